@@ -1,0 +1,76 @@
+"""A suite's `compare` pairs evaluated on a run: speedup of candidate over baseline at each sweep point,
+next to the cost model's predicted ratio, and whether the pair's expectation is met."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .results import CaseResult, RunResult
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    baseline_id: str
+    candidate_id: str
+    axes: dict[str, Any]
+    speedup: float | None  # baseline median / candidate median (> 1: candidate is faster)
+    flops_ratio: float | None  # baseline flops / candidate flops, from the cost model
+    bytes_ratio: float | None
+    met: bool | None  # None: no expectation, or a case did not run
+    bound: str  # the expectation in words, e.g. "speedup >= 0.5 x flops ratio"
+
+
+@dataclass(frozen=True)
+class PairReport:
+    baseline: str
+    candidate: str
+    claim: str
+    outcomes: list[PairOutcome]
+
+    @property
+    def met(self) -> bool | None:
+        verdicts = [o.met for o in self.outcomes if o.met is not None]
+        return None if not verdicts else all(verdicts)
+
+
+def evaluate(run: RunResult) -> list[PairReport]:
+    return [_evaluate_pair(run, pair) for pair in run.suite.compare]
+
+
+def _evaluate_pair(run: RunResult, pair: dict[str, Any]) -> PairReport:
+    by_key = {(c.variant, _key(c.axes)): c for c in run.cases}
+    where = pair.get("where") or {}
+    expect = pair.get("expect") or {}
+    outcomes = []
+    for c in run.cases:
+        if c.variant != pair["baseline"] or any(c.params.get(k) != v for k, v in where.items()):
+            continue
+        cand = by_key.get((pair["candidate"], _key(c.axes)))
+        if cand is not None:
+            outcomes.append(_outcome(c, cand, expect))
+    return PairReport(pair["baseline"], pair["candidate"], pair.get("claim", ""), outcomes)
+
+
+def _key(axes: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in axes.items()))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any]) -> PairOutcome:
+    ran = base.status == "ok" and cand.status == "ok" and base.stats and cand.stats
+    speedup = base.stats.median / cand.stats.median if ran else None
+    flops_ratio, bytes_ratio = _ratio(base.flops, cand.flops), _ratio(base.bytes, cand.bytes)
+    relative_to = expect.get("relative_to", "none")
+    scale = {"none": 1.0, "flops": flops_ratio, "bytes": bytes_ratio}[relative_to]
+    lo, hi = expect.get("speedup_min"), expect.get("speedup_max")
+    unit = "" if relative_to == "none" else f" x {relative_to} ratio"
+    bound = " and ".join(b for b in (f"speedup >= {lo}{unit}" if lo else "",
+                                     f"speedup <= {hi}{unit}" if hi else "") if b)
+    met = None
+    if bound and speedup is not None and scale:
+        met = (lo is None or speedup >= lo * scale) and (hi is None or speedup <= hi * scale)
+    return PairOutcome(base.id, cand.id, dict(base.axes), speedup, flops_ratio, bytes_ratio, met, bound)

@@ -1,0 +1,215 @@
+"""The results file: schema ``ossbench.results/1``, atomic save, validated load, a DataFrame view.
+
+Every timed sample is kept, so any statistic (or a later statistical test) can be recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ResultsError
+
+SCHEMA = "ossbench.results/1"
+Status = Literal["ok", "failed", "oom", "skipped"]
+
+
+class _Model(BaseModel):
+    # Extra keys are kept, not rejected: later versions add fields within the same schema.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Stats(_Model):
+    """Statistics of the timed samples, in milliseconds."""
+
+    n: int
+    median: float
+    mean: float
+    stdev: float
+    min: float
+    max: float
+    p10: float
+    p90: float
+    ci95_low: float  # distribution-free 95% confidence interval of the median
+    ci95_high: float
+    rel_ci: float  # (ci95_high - ci95_low) / 2 / median
+    converged: bool  # rel_ci reached the target before the time budget ran out
+
+
+class Derived(_Model):
+    tokens_per_s: float | None = None
+    tflops: float | None = None  # achieved, from the cost model's FLOPs
+    gbps: float | None = None  # achieved, from the cost model's minimum bytes (a floor, not a measurement)
+
+
+class Memory(_Model):
+    kind: Literal["cuda", "rss"]  # cuda: allocator peak; rss: growth of the process's peak RSS
+    peak_bytes: int | None = None  # peak during the case (cuda: max_memory_allocated)
+    persistent_bytes: int | None = None  # weights, caches, inputs held for the whole case
+    reserved_bytes: int | None = None
+
+
+class Numerics(_Model):
+    max_abs_err: float
+    max_rel_err: float
+    tolerance: float
+    reference: str
+    ok: bool
+
+
+class CaseResult(_Model):
+    id: str
+    family: str
+    variant: str
+    axes: dict[str, Any] = Field(default_factory=dict)  # this case's point in the sweep
+    params: dict[str, Any] = Field(default_factory=dict)  # every effective parameter
+    dtype: str
+    status: Status
+    error: str | None = None
+    samples_ms: list[float] = Field(default_factory=list)
+    stats: Stats | None = None
+    timing: dict[str, Any] = Field(default_factory=dict)  # settings the timer used
+    flops: float | None = None
+    bytes: float | None = None
+    tokens: int | None = None
+    cost_extra: dict[str, float] = Field(default_factory=dict)
+    derived: Derived = Field(default_factory=Derived)
+    memory: Memory | None = None
+    numerics: Numerics | None = None
+    duration_s: float | None = None  # wall time spent on the case, set-up included
+
+
+class SuiteInfo(_Model):
+    name: str
+    description: str = ""
+    path: str
+    sha256: str
+    family: str
+    preset: str
+    profile: Literal["full", "cpu"] = "full"  # "cpu": the suite's reduced CPU profile was applied
+    compare: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Environment(_Model):
+    device_type: str
+    device_name: str
+    gpu_count: int = 0
+    driver: str | None = None
+    cuda: str | None = None
+    torch: str | None = None
+    triton: str | None = None
+    python: str
+    platform: str
+    host: str
+    cpu: str | None = None
+    ossbench_version: str
+    git_revision: str | None = None
+    start_time: str
+    end_time: str | None = None
+    l2_cache_bytes: int | None = None
+    sm_count: int | None = None
+    peak: dict[str, Any] | None = None  # datasheet peak table row for this device, if known
+
+
+class RunResult(_Model):
+    schema_: str = Field(SCHEMA, alias="schema")
+    suite: SuiteInfo
+    environment: Environment
+    timing: dict[str, Any] = Field(default_factory=dict)  # the timer settings the run asked for
+    cases: list[CaseResult] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, validate_assignment=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=1)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: a crash mid-write never leaves a truncated results file."""
+        return write_atomic(Path(path), self.to_json())
+
+    def case(self, case_id: str) -> CaseResult:
+        for c in self.cases:
+            if c.id == case_id:
+                return c
+        raise KeyError(case_id)
+
+    def to_dataframe(self):
+        """One row per case: id, family, variant, status, the sweep axes, params, stats, cost and derived."""
+        import pandas as pd
+
+        rows = []
+        for c in self.cases:
+            row: dict[str, Any] = {"id": c.id, "family": c.family, "variant": c.variant,
+                                   "status": c.status, "dtype": c.dtype, "error": c.error}
+            row.update({f"param.{k}": v for k, v in c.params.items()})
+            row.update(c.axes)
+            stats = c.stats.model_dump() if c.stats else {}
+            row.update({f"{k}_ms" if k not in ("n", "rel_ci", "converged") else k: v
+                        for k, v in stats.items()})
+            row.update(flops=c.flops, bytes=c.bytes, tokens=c.tokens, **c.derived.model_dump())
+            row["peak_bytes"] = c.memory.peak_bytes if c.memory else None
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _from_journal(text: str) -> dict:
+    raw = [line for line in text.splitlines() if line.strip()]
+    try:  # the last line may be cut short by the crash that left the journal behind
+        json.loads(raw[-1]) if raw else None
+    except json.JSONDecodeError:
+        raw = raw[:-1]
+    lines = [json.loads(line) for line in raw]
+    if not lines or "journal" not in lines[0]:
+        return {}
+    head = {k: v for k, v in lines[0].items() if k != "journal"}
+    head["cases"] = [line["case"] for line in lines[1:] if "case" in line]
+    return head
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_results(path: str | os.PathLike) -> RunResult:
+    """Load and validate a results file; a missing, corrupt or foreign file raises ResultsError.
+
+    A run's journal (``journal.jsonl``, left behind when a run was interrupted) loads too: it holds the
+    run's header and every case that finished.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        data = _from_journal(text) if p.suffix == ".jsonl" else json.loads(text)
+    except FileNotFoundError:
+        raise ResultsError("no such file", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"cannot read: {e}", path=str(p)) from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(p)) from None
+    if not isinstance(data, dict) or "schema" not in data:
+        raise ResultsError(f"not an ossbench results file (no 'schema' field; expected {SCHEMA!r})", path=str(p))
+    if data["schema"] != SCHEMA:
+        raise ResultsError(f"unsupported schema {data['schema']!r} (this ossbench reads {SCHEMA!r})", path=str(p))
+    try:
+        return RunResult.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ResultsError(f"invalid results file at {loc}: {first['msg']} ({e.error_count()} error(s))",
+                           path=str(p)) from None

@@ -1,0 +1,64 @@
+"""Terminal tables for a run: one row per case, and the suite's compare pairs."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from .expectations import PairReport
+from .results import RunResult
+
+STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1:
+        return f"{ms * 1e3:.1f} µs"
+    return f"{ms:.3f} ms" if ms < 100 else f"{ms:.1f} ms"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def cases_table(run: RunResult) -> Table:
+    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
+    for col, justify in (("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"),
+                         ("TFLOP/s", "right"), ("GB/s", "right"), ("memory", "right"), ("status", "left")):
+        t.add_column(col, justify=justify, overflow="fold")
+    for c in run.cases:
+        s = c.stats
+        status = f"[{STATUS_STYLE[c.status]}]{c.status}[/]"
+        if c.status == "ok" and s and not s.converged:
+            status += " [yellow](CI target not reached)[/]"
+        elif c.error:
+            status += f" {escape(c.error[:160])}"
+        t.add_row(escape(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
+                  str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
+                  fmt_bytes(c.memory.peak_bytes if c.memory else None), status)
+    return t
+
+
+def pairs_table(reports: list[PairReport]) -> Table:
+    t = Table(title="compare pairs (speedup = baseline median / candidate median)", title_justify="left")
+    for col in ("baseline -> candidate", "at", "speedup", "FLOP ratio", "bytes ratio", "expectation"):
+        t.add_column(col, overflow="fold")
+    for r in reports:
+        for o in r.outcomes:
+            verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "-"}[o.met]
+            at = ",".join(f"{k}={v}" for k, v in o.axes.items())
+            t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
+                      _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
+    return t

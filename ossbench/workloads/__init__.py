@@ -1,0 +1,56 @@
+"""The catalogue of layer families. Adding a family: write its workload module, add one line here."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Cost, Check, Family, Workload
+
+# family name -> module exposing FAMILY; imported on first use (they import torch)
+_MODULES = {
+    "attention": "ossbench.workloads.attention",
+}
+
+__all__ = ["Cost", "Check", "Family", "Workload", "family_names", "get_family", "all_families", "describe_families"]
+
+
+def family_names() -> list[str]:
+    return list(_MODULES)
+
+
+def get_family(name: str) -> Family:
+    if name not in _MODULES:
+        raise KeyError(name)
+    return importlib.import_module(_MODULES[name]).FAMILY
+
+
+def all_families() -> list[Family]:
+    return [get_family(n) for n in _MODULES]
+
+
+def describe_families(preset: str = "gpt-oss-20b") -> list[dict]:
+    """For `ossbench list`: each family's parameters with type/choices, the preset's default and help."""
+    from ..layers.config import get_preset
+
+    cfg = get_preset(preset)
+    out = []
+    for fam in all_families():
+        defaults = fam.defaults(cfg)
+        params = []
+        for name, info in fam.params_model.model_fields.items():
+            prop = fam.params_model.model_json_schema()["properties"].get(name, {})
+            params.append({"name": name, "type": _type_text(prop), "default": repr(defaults.get(name, info.default)),
+                           "help": info.description or ""})
+        out.append({"name": fam.name, "description": fam.description, "params": params,
+                    "variants": fam.variants})
+    return out
+
+
+def _type_text(prop: dict) -> str:
+    if "enum" in prop:
+        return " | ".join(map(str, prop["enum"]))
+    if "anyOf" in prop:
+        return " | ".join(_type_text(p) for p in prop["anyOf"])
+    if "const" in prop:
+        return repr(prop["const"])
+    return prop.get("type", "any")

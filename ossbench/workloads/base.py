@@ -1,0 +1,57 @@
+"""What a layer family hands the runner: a timed function, its cost, and a numerics check.
+
+A *family* (attention, moe, ...) declares its parameters as a pydantic model and knows how to turn one
+validated parameter set into a `Workload` on a device. The runner never looks inside a workload: it
+checks it once, times `fn`, and derives throughput from `cost`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work per call of `Workload.fn`, from the family's cost model (not measured)."""
+
+    flops: float  # floating-point operations actually computed (multiply-add = 2)
+    bytes: float  # minimum bytes that must move to/from device memory
+    tokens: int  # tokens processed (prefill: batch*seq_len, decode: batch)
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. kv_cache_bytes, params
+
+
+@dataclass(frozen=True)
+class Check:
+    """Outcome of comparing a backend's output with the family's reference."""
+
+    max_abs_err: float
+    max_rel_err: float  # max |out - ref| / max |ref|
+    tolerance: float  # allowed max_rel_err for this dtype
+    reference: str  # what the output was compared against, e.g. "eager float64 on cpu"
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel_err <= self.tolerance
+
+
+@dataclass
+class Workload:
+    fn: Callable[[], Any]  # the timed call: launches only, all set-up done before
+    cost: Cost
+    check: Callable[[], Check]  # run once before timing; the runner fails the case when not ok
+    persistent_bytes: int = 0  # weights, caches and inputs held for the whole case
+
+
+@dataclass(frozen=True)
+class Family:
+    """One layer family: its parameter model, defaults from a model preset, and its workload builder."""
+
+    name: str
+    description: str
+    params_model: type[BaseModel]  # pydantic model, extra="forbid"; includes `mode` and `backend`
+    defaults: Callable[[Any], dict[str, Any]]  # ModelConfig -> default parameter values
+    build: Callable[[BaseModel, Any, Any], Workload]  # (params, torch.device, torch.dtype) -> Workload
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # ready-made overrides, shown by `list`
