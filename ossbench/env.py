@@ -107,9 +107,12 @@ def ossbench_version() -> str:
         return f"{__version__}+unknown"
 
 
-def git_revision() -> str | None:
-    """HEAD of the ossbench source checkout ("<sha>" or "<sha>-dirty"); None when not run from a checkout."""
-    source_root = Path(__file__).resolve().parent.parent
+def git_revision(source_root: Path | None = None) -> str | None:
+    """HEAD of the ossbench source checkout ("<sha>" or "<sha>-dirty"); None when not run from a checkout.
+
+    `source_root` defaults to the directory holding the `ossbench` package.
+    """
+    source_root = source_root or Path(__file__).resolve().parent.parent
     # An installed copy may sit inside some unrelated repository (a venv in a project); its HEAD says
     # nothing about this code.
     if {"site-packages", "dist-packages"} & set(source_root.parts):

@@ -95,7 +95,7 @@ class Measurement:
 
     def __str__(self) -> str:
         mode = f"{self.cache}, cuda-graph x{self.graph_calls}" if self.cuda_graph else self.cache
-        text = (f"{_fmt_ms(self.median_ms)} ms ± {self.rel_ci * 100:.1f}% "
+        text = (f"{_fmt_ms(self.median_ms)} ms ± {self.rel_ci * 100:.2g}% "
                 f"(median, CI95, n={self.n}, {mode}, {self.device})")
         if not self.converged:
             text += f" [not converged: {self.stop_reason}]"
@@ -124,8 +124,11 @@ def bench(
     of the median is within ±target_rel_ci, or until max_time_s of sampling is spent (converged=False).
     The budget covers sampling only (a slow first call or a long compile in warm-up does not eat it), and
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
+    A min_time_s above max_time_s is lowered to max_time_s.
     """
     _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, graph_calls, flush_bytes)
+    # A short budget asked for explicitly wins over the default minimum time (else it could never converge).
+    min_time_s = min(min_time_s, max_time_s)
     dev = _resolve_device(device)
     if cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
@@ -391,8 +394,6 @@ def _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_re
         raise ValueError(f"min_samples must be an int >= 1, got {min_samples!r}")
     if not max_time_s > 0:
         raise ValueError(f"max_time_s must be > 0, got {max_time_s!r}")
-    if min_time_s > max_time_s:
-        raise ValueError(f"min_time_s ({min_time_s}) > max_time_s ({max_time_s}): could never converge")
     if not (target_rel_ci > 0 and math.isfinite(target_rel_ci)):
         raise ValueError(f"target_rel_ci must be a positive number, got {target_rel_ci!r}")
     if graph_calls is not None and not (isinstance(graph_calls, int) and graph_calls >= 1):

@@ -1,0 +1,89 @@
+"""The runner: one failing case never stops the run, failures are classified, the journal survives a crash."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import ossbench.workloads as workloads
+from ossbench.results import load_results
+from ossbench.runner import plan_run, run_plan
+from ossbench.suite import load_suite
+from ossbench.workloads.base import Check
+
+TINY = Path(__file__).parent / "suites" / "tiny.yaml"
+
+
+def patch_build(monkeypatch, wrap):
+    """Route the attention family's build through `wrap(real_build, params, device, dtype)`."""
+    real = workloads.get_family("attention")
+    fake = dataclasses.replace(real, build=lambda p, d, t: wrap(real.build, p, d, t))
+    monkeypatch.setattr(workloads, "get_family", lambda name: fake)
+
+
+def test_failures_are_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
+    import torch
+
+    def wrap(build, params, device, dtype):
+        if params.seq_len == 32 and params.mode == "prefill" and params.window:
+            raise RuntimeError("boom")
+        if params.mode == "decode" and params.window:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+        if params.mode == "decode":
+            w = build(params, device, dtype)
+            return dataclasses.replace(w, check=lambda: Check(1.0, 0.5, 1e-5, "a deliberately wrong output"))
+        return build(params, device, dtype)
+
+    patch_build(monkeypatch, wrap)
+    run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path))
+    status = {c.id: (c.status, c.error) for c in run.cases}
+    assert status["attention/window8/mode=prefill,seq_len=32"][0] == "failed"
+    assert "RuntimeError: boom" in status["attention/window8/mode=prefill,seq_len=32"][1]
+    assert status["attention/window8/mode=decode,kv_len=64"][0] == "oom"
+    assert status["attention/full/mode=decode,kv_len=64"][0] == "failed"
+    assert "max relative error 0.5 > tolerance 1e-05" in status["attention/full/mode=decode,kv_len=64"][1]
+    assert [s for s, _ in status.values()].count("ok") == 3
+    assert load_results(tmp_path / "results.json").cases[0].status == "ok"
+
+
+def test_skip_is_recorded_with_reason(monkeypatch, tmp_path):
+    from ossbench.errors import SkipCase
+
+    def wrap(build, params, device, dtype):
+        if params.window:
+            raise SkipCase("this backend cannot express a sliding window")
+        return build(params, device, dtype)
+
+    patch_build(monkeypatch, wrap)
+    run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path, filter_text="mode=prefill"))
+    skipped = [c for c in run.cases if c.status == "skipped"]
+    assert len(skipped) == 2 and all("sliding window" in c.error for c in skipped)
+
+
+def test_a_crash_mid_run_leaves_a_journal_of_finished_cases(tmp_path):
+    finished = []
+
+    def on_case(case, result):
+        if result is not None:
+            finished.append(case.id)
+            if len(finished) == 2:
+                raise KeyboardInterrupt  # the user pressed Ctrl-C after the second case
+
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path), on_case)
+    assert not (tmp_path / "results.json").exists()
+    recovered = load_results(tmp_path / "journal.jsonl")
+    assert [c.id for c in recovered.cases] == finished
+    assert recovered.suite.name == "tiny"
+
+
+def test_memory_and_cost_are_recorded(tmp_path):
+    run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path, filter_text="seq_len=64"))
+    for c in run.cases:
+        assert c.memory.kind == "rss" and c.memory.persistent_bytes > 0
+        assert c.flops > 0 and c.bytes > 0 and c.tokens == 64
+        assert c.derived.tokens_per_s == pytest.approx(64 / (c.stats.median / 1e3))
+    full, window = run.cases
+    assert window.flops < full.flops  # the window computes fewer query/key pairs
