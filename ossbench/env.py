@@ -23,6 +23,7 @@ _GIT_TIMEOUT_S = 3.0  # a hung git (network filesystem, lock) must not hold up a
 
 def capture(device: str) -> dict[str, Any]:
     """The fields of `ossbench.results.Environment` for a run on `device` ("cpu", "cuda", "cuda:N", "auto")."""
+    start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
     import torch
 
     dev = _resolve_device(device)
@@ -33,7 +34,7 @@ def capture(device: str) -> dict[str, Any]:
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "driver": _nvml_driver(),
         "cuda": torch.version.cuda,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass; keep the plain string
         "triton": triton_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -41,7 +42,7 @@ def capture(device: str) -> dict[str, Any]:
         "cpu": f"{cpu} ({os.cpu_count()} logical cores)",
         "ossbench_version": ossbench_version(),
         "git_revision": git_revision(),
-        "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "start_time": start_time,
         "l2_cache_bytes": None,
         "sm_count": None,
     }

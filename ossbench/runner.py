@@ -64,6 +64,7 @@ class RunPlan:
     cases: list[Case]
     timing: Timing
     out_dir: Path
+    environment: dict  # captured once while planning; start_time is reset when the run starts
 
 
 def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
@@ -79,21 +80,21 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
     timing = suite.timing(profile)
     if quick:
         timing = timing.model_copy(update=QUICK_TIMING)
-    out = Path(out_dir) if out_dir else default_out_dir(suite, capture(dev)["device_name"], dev)
-    return RunPlan(suite=suite, device=dev, profile=profile, cases=cases, timing=timing, out_dir=out)
+    env = capture(dev)
+    out = Path(out_dir) if out_dir else default_out_dir(suite, env["device_name"], dev)
+    return RunPlan(suite=suite, device=dev, profile=profile, cases=cases, timing=timing, out_dir=out,
+                   environment=env)
 
 
 def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None) -> RunResult:
     """Run every case of the plan. `on_case(case, None)` before a case starts, `(case, result)` after."""
-    from .env import capture
-
     suite = plan.suite
     run = RunResult(
         schema=SCHEMA,
         suite=SuiteInfo(name=suite.name, description=suite.spec.description, path=suite.path,
                         sha256=suite.sha256, family=suite.spec.family, preset=suite.spec.preset,
                         profile=plan.profile, compare=[p.model_dump() for p in suite.spec.compare]),
-        environment=Environment.model_validate(capture(plan.device)),
+        environment=Environment.model_validate({**plan.environment, "start_time": _now()}),
         timing=plan.timing.model_dump(),
     )
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,10 +109,14 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
             _journal_line(j, {"case": json.loads(result.model_dump_json())})
             if on_case:
                 on_case(case, result)
-    run.environment.end_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run.environment.end_time = _now()
     run.save(plan.out_dir / "results.json")
     journal.unlink()  # results.json now holds everything the journal did
     return run
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _journal_line(f, obj: dict) -> None:

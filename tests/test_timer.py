@@ -129,7 +129,7 @@ def test_measurement_api():
 # -------------------------------------------------------------------------------------------- timer truth
 
 
-ROUNDS = 5
+ROUNDS = 7
 
 
 def _timer_median_ms(stmt: str, env: dict, min_run_time: float) -> float:
@@ -142,19 +142,21 @@ def _timer_median_ms(stmt: str, env: dict, min_run_time: float) -> float:
 def test_timer_truth_against_torch_utils_benchmark(n, one_thread):
     """bench(cache="hot") and torch.utils.benchmark.Timer agree within 5% on CPU matmuls of three sizes.
 
-    Run alternately in one process, ROUNDS rounds each; the medians of the rounds are compared, so a burst
-    of noise on the shared machine hits both timers alike.
+    The two run alternately in one process, ROUNDS rounds each, and each round gives one median per timer.
+    Both are wall-clock timers, so a process sharing the core can only add time to them (Timer's blocks
+    of ~10 ms are hit far more often than bench's single calls); the least median over the rounds is each
+    timer's least-disturbed figure, and those two are compared.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
     env = {"a": a, "b": b}
     ours, theirs = [], []
     for _ in range(ROUNDS):
-        ours.append(bench(lambda: a @ b, device="cpu", cache="hot", warmup_s=0.05, min_time_s=0.3,
+        ours.append(bench(lambda: a @ b, device="cpu", cache="hot", warmup_s=0.05, min_time_s=0.2,
                           max_time_s=3.0).median_ms)
-        theirs.append(_timer_median_ms("a @ b", env, min_run_time=0.3))
-    ours_ms, theirs_ms = statistics.median(ours), statistics.median(theirs)
+        theirs.append(_timer_median_ms("a @ b", env, min_run_time=0.2))
+    ours_ms, theirs_ms = min(ours), min(theirs)
     ratio = ours_ms / theirs_ms
-    print(f"\n[timer truth] {n}x{n} matmul, 1 thread: bench {ours_ms:.5f} ms, "
+    print(f"\n[timer truth] {n}x{n} fp32 matmul, 1 thread: bench {ours_ms:.5f} ms, "
           f"torch.utils.benchmark {theirs_ms:.5f} ms, ratio {ratio:.4f} "
-          f"(rounds: bench {[round(x, 5) for x in ours]}, Timer {[round(x, 5) for x in theirs]})")
+          f"(round medians: bench {[round(x, 5) for x in ours]}, Timer {[round(x, 5) for x in theirs]})")
     assert abs(ratio - 1) <= 0.05
