@@ -43,6 +43,7 @@ class Timing(_Strict):
     min_time_s: NonNegativeFloat = 0.5
     max_time_s: PositiveFloat = 15.0
     target_rel_ci: float = Field(0.01, gt=0, lt=1)
+    max_samples: PositiveInt = 20_000
     cuda_graph: bool = False
 
 

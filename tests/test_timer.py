@@ -120,7 +120,8 @@ def test_measurement_api():
     assert isinstance(m, Measurement) and m.device == "cpu"
     Stats.model_validate(m.stats())
     assert set(m.settings()) == {"cache", "warmup_s", "min_samples", "min_time_s", "max_time_s", "target_rel_ci",
-                                 "cuda_graph", "graph_calls", "flush_bytes", "device", "warmup_calls"}
+                                 "cuda_graph", "graph_calls", "flush_bytes", "device", "warmup_calls", "max_samples",
+                                 "stop_reason"}
     text = str(m)
     assert text.endswith("(median, CI95, n=%d, hot, cpu)" % m.n) and " ms ± " in text
     assert repr(m) == text
@@ -160,3 +161,81 @@ def test_timer_truth_against_torch_utils_benchmark(n, one_thread):
           f"torch.utils.benchmark {theirs_ms:.5f} ms, ratio {ratio:.4f} "
           f"(round medians: bench {[round(x, 5) for x in ours]}, Timer {[round(x, 5) for x in theirs]})")
     assert abs(ratio - 1) <= 0.05
+
+
+# -------------------------------------------------------------------------------------------------- GPU
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DO_BENCH_FLUSH_BYTES = 256 * 2**20  # triton.testing.do_bench zeroes a 256 MB buffer before each sample
+
+
+def _elementwise_bf16():
+    x, y = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = torch.empty_like(x)
+    return lambda: torch.mul(x, y, out=out)
+
+
+def _matmul_bf16(m, n, k):
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    return lambda: torch.matmul(a, b, out=c)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("workload", ["elementwise-bf16-4M", "matmul-bf16-4096", "matmul-bf16-16384"])
+def test_gpu_agrees_with_triton_do_bench(workload):
+    """Same flush policy as do_bench (256 MB zeroed before each sample), medians of both, within 2%."""
+    from triton.testing import do_bench
+
+    make = {"elementwise-bf16-4M": _elementwise_bf16,
+            "matmul-bf16-4096": lambda: _matmul_bf16(4096, 4096, 4096),
+            "matmul-bf16-16384": lambda: _matmul_bf16(16384, 16384, 16384)}[workload]
+    fn = make()
+    ours, theirs = [], []
+    for _ in range(3):  # alternate, so clock or temperature drift hits both alike
+        ours.append(bench(fn, cache="cold", flush_bytes=DO_BENCH_FLUSH_BYTES, max_time_s=5.0).median_ms)
+        theirs.append(do_bench(fn, warmup=25, rep=500, return_mode="median"))
+    ours_ms, theirs_ms = statistics.median(ours), statistics.median(theirs)
+    ratio = ours_ms / theirs_ms
+    print(f"\n[vs do_bench] {workload} on {torch.cuda.get_device_name()}: bench {ours_ms:.5f} ms, "
+          f"do_bench {theirs_ms:.5f} ms, ratio {ratio:.4f} (rounds: bench {[round(x, 5) for x in ours]}, "
+          f"do_bench {[round(x, 5) for x in theirs]})")
+    assert abs(ratio - 1) <= 0.02
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_cuda_graph_removes_launch_overhead():
+    x = torch.randn(1024, device="cuda")
+    fn = lambda: x.mul_(1.0)  # noqa: E731 - a tiny kernel: launch cost dominates
+    plain = bench(fn, cache="hot", max_time_s=3.0)
+    graph = bench(fn, cache="hot", cuda_graph=True, max_time_s=3.0)
+    print(f"\n[cuda graph] tiny kernel: plain {plain}; graph {graph}")
+    assert graph.cuda_graph and graph.graph_calls >= 1 and graph.device.startswith("cuda:")
+    assert graph.median_ms < plain.median_ms
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_cold_not_faster_than_hot_for_l2_resident_op():
+    x = torch.randn(2 * 2**20, device="cuda")  # 8 MiB in + 8 MiB out: fits in the L2 of any recent GPU
+    out = torch.empty_like(x)
+    fn = lambda: torch.add(x, 1.0, out=out)  # noqa: E731
+    cold = bench(fn, cache="cold", max_time_s=3.0)
+    hot = bench(fn, cache="hot", max_time_s=3.0)
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    print(f"\n[cold vs hot] add on 8 MiB (L2 {l2 / 2**20:.0f} MiB): cold {cold}; hot {hot}")
+    assert cold.flush_bytes >= l2
+    assert cold.median_ms >= hot.median_ms
+
+
+def test_max_samples_caps_the_samples_kept():
+    from ossbench.measure.timer import bench
+
+    m = bench(lambda: None, device="cpu", cache="hot", warmup_s=0, min_samples=10, min_time_s=5.0,
+              max_time_s=5.0, max_samples=300)
+    assert m.n == 300 and len(m.samples_ms) == 300
+    assert m.stop_reason.startswith("max_samples reached")
+    assert m.total_time_s < 2.0  # stopped by the cap, not by the 5 s minimum time

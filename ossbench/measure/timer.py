@@ -38,6 +38,7 @@ MIN_CUDA_FLUSH_BYTES = 64 * 2**20
 CPU_LLC_FALLBACK_BYTES = 32 * 2**20
 GRAPH_TARGET_MS = 1.0  # default graph_calls: enough back-to-back calls to fill about this much GPU time
 MAX_GRAPH_CALLS = 1000  # a capture of more calls costs memory and capture time for no better figure
+MAX_SAMPLES = 20_000  # keeps results files small: a 1 µs kernel would give ~500k samples in 0.5 s
 MAX_BATCH = 8192  # samples recorded between two synchronisations / stopping checks
 
 
@@ -70,6 +71,7 @@ class Measurement:
     min_time_s: float = MIN_TIME_S
     max_time_s: float = MAX_TIME_S
     flush_bytes: int | None = None  # size of the buffer overwritten before each sample (None when hot)
+    max_samples: int = MAX_SAMPLES
 
     def stats(self) -> dict:
         """The ``ossbench.results.Stats`` fields; ``converged`` is the timer's full stopping verdict."""
@@ -89,6 +91,8 @@ class Measurement:
             "cuda_graph": self.cuda_graph,
             "graph_calls": self.graph_calls,
             "flush_bytes": self.flush_bytes,
+            "max_samples": self.max_samples,
+            "stop_reason": self.stop_reason,
             "device": self.device,
             "warmup_calls": self.warmup_calls,
         }
@@ -117,16 +121,20 @@ def bench(
     cuda_graph: bool = False,
     graph_calls: int | None = None,
     flush_bytes: int | None = None,
+    max_samples: int = MAX_SAMPLES,
 ) -> Measurement:
     """Time ``fn()`` (no arguments; its result is ignored) and return a Measurement. See docs/bench.md.
 
     Stopping rule: sample until n >= min_samples, the samples span >= min_time_s of wall time and the CI95
-    of the median is within ±target_rel_ci, or until max_time_s of sampling is spent (converged=False).
+    of the median is within ±target_rel_ci, or until max_time_s of sampling is spent (converged=False), or
+    until max_samples samples are kept (converged when the CI target and min_samples are met).
     The budget covers sampling only (a slow first call or a long compile in warm-up does not eat it), and
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
     A min_time_s above max_time_s is lowered to max_time_s.
     """
     _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, graph_calls, flush_bytes)
+    if max_samples < max(1, min_samples):
+        raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
     # A short budget asked for explicitly wins over the default minimum time (else it could never converge).
     min_time_s = min(min_time_s, max_time_s)
     dev = _resolve_device(device)
@@ -136,15 +144,16 @@ def bench(
         with torch.cuda.device(dev):
             sampler = _CudaSampler(fn, dev, cache, flush_bytes)
             return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph,
-                        graph_calls)
+                        graph_calls, max_samples)
     sampler = _CpuSampler(fn, cache, flush_bytes)
-    return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, False, None)
+    return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, False, None, max_samples)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph, graph_calls):
+def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph, graph_calls,
+         max_samples):
     t_begin = time.perf_counter()
 
     # Warm-up by time, at least one call: compilation, autotuning and allocator growth happen here.
@@ -179,6 +188,10 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
         if len(samples) >= min_samples and sampled_s >= min_time_s and rel_ci <= target_rel_ci:
             converged, stop_reason = True, "target reached"
             break
+        if len(samples) >= max_samples:
+            converged = len(samples) >= min_samples and rel_ci <= target_rel_ci
+            stop_reason = "max_samples reached" + ("" if converged else f" (CI ±{rel_ci * 100:.2g}%)")
+            break
         remaining_s = max_time_s - sampled_s
         if remaining_s <= 0:
             converged = False
@@ -186,7 +199,7 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
             break
         # Double the batch (fewer synchronisations and checks), but never plan past the budget.
         fits = int(remaining_s / max(per_sample_wall_s, 1e-9))
-        batch = max(1, min(2 * batch, fits, MAX_BATCH))
+        batch = max(1, min(2 * batch, fits, MAX_BATCH, max_samples - len(samples)))
 
     s = summarize(samples, target_rel_ci)
     return Measurement(
@@ -197,7 +210,7 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
         graph_calls=graph_calls if cuda_graph else None, warmup_calls=warmup_calls,
         total_time_s=time.perf_counter() - t_begin, stop_reason=stop_reason, warmup_s=warmup_s,
         min_samples=min_samples, min_time_s=min_time_s, max_time_s=max_time_s,
-        flush_bytes=sampler.flush_bytes,
+        flush_bytes=sampler.flush_bytes, max_samples=max_samples,
     )
 
 
