@@ -29,7 +29,7 @@ class _Group(click.Group):
         except UserError as e:
             from rich.markup import escape
 
-            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}")
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(e.exit_code)
 
 
@@ -43,6 +43,7 @@ def main() -> None:
       ossbench validate suites/*.yaml        check suites without running them
       ossbench list                          layer families, parameters, modes and backends
       ossbench env                           device, driver, CUDA, torch, triton, peak table row
+      ossbench calibrate                     measure this device's matmul and copy ceilings
     """
 
 
@@ -53,7 +54,13 @@ def main() -> None:
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
 @click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
 @click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
-def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | None, quick: bool) -> None:
+@click.option("--profile", "profile_kernels", is_flag=True,
+              help="Also run each case under torch.profiler: top kernels, launches, a Chrome trace per case.")
+@click.option("--ncu", is_flag=True, help="Measure DRAM bytes per case with Nsight Compute (ncu on the PATH).")
+@click.option("--strict-clocks", is_flag=True,
+              help="Discard and re-take samples taken while NVML reports power/thermal throttling.")
+def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
+        profile_kernels: bool, ncu: bool, strict_clocks: bool) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory (results are
@@ -70,7 +77,8 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
 
     out, err = _console(), _console(stderr=True)
     suite = load_suite(suite_file)
-    plan = plan_run(suite, device=device, out_dir=out_dir, filter_text=filter_text, quick=quick)
+    plan = plan_run(suite, device=device, out_dir=out_dir, filter_text=filter_text, quick=quick,
+                    profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
     err.print(f"[bold]{escape(suite.name)}[/]: {len(plan.cases)} case(s) on {plan.device}, "
               f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}")
     if plan.profile == "cpu":
@@ -78,6 +86,8 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
                   "recorded as profile=cpu in the results. Use a GPU for the full suite.[/]")
     if quick:
         err.print("[yellow]--quick: short time budget and a 5% CI target; numbers are a smoke test.[/]")
+    for line in measure_notices(plan):
+        err.print(line)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -99,6 +109,8 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
     if pairs:
         out.print(pairs_table(pairs))
     counts = {s: sum(c.status == s for c in result.cases) for s in STATUS_STYLE}
+    if plan.measure.profile:
+        out.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
               f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path}")
     sys.exit(1 if counts["failed"] or counts["oom"] else 0)
@@ -119,7 +131,7 @@ def validate(suite_files: tuple[Path, ...]) -> None:
         try:
             suite = load_suite(path)
         except SuiteError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             bad += 1
             continue
         cpu = f", {len(suite.cases('cpu'))} in its CPU profile" if suite.spec.cpu else ""
@@ -183,6 +195,166 @@ def report(results_file: Path, output: Path | None) -> None:
     run_result = load_results(results_file)
     path = write_report(run_result, output or results_file.with_name("report.html"))
     click.echo(str(path))
+
+
+def _compare_labels(paths: tuple[Path, ...], runs) -> list[str]:
+    """Device names when they tell the runs apart, else the file paths as given."""
+    names = [r.environment.device_name for r in runs]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+@main.command()
+@click.argument("results_files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the comparison as a self-contained HTML file.")
+def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
+    """Compare runs case by case (other GPUs, versions, commits); the first file is the reference.
+
+    Per case: the speedup over the reference with a bootstrap CI95, and each run's fraction of its device's
+    peak compute and HBM bandwidth, so you can see whether a difference follows compute, bandwidth or neither.
+    """
+    from .compare import compare_runs, comparison_table, unmatched_lines
+    from .results import load_results
+
+    if len(results_files) < 2:
+        raise UserError(f"compare needs at least two results files (got {len(results_files)})")
+    runs = [load_results(p) for p in results_files]
+    comparison = compare_runs(runs, _compare_labels(results_files, runs))
+    out = _console()
+    out.print(comparison_table(comparison))
+    for line in unmatched_lines(comparison):
+        out.print(line, markup=False)
+    if output:
+        from .report.compare_html import write_compare_report
+
+        click.echo(str(write_compare_report(comparison, output)))
+
+
+class _Fraction(click.ParamType):
+    name = "FRACTION"
+
+    def convert(self, value, param, ctx):
+        from .gate import parse_fraction
+
+        try:
+            return parse_fraction(value)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+@main.command()
+@click.option("--baseline", "baseline_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The stored baseline results file.")
+@click.argument("current_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-slowdown", type=_Fraction(),
+              help="Largest tolerated slowdown of a median: 5% or 0.05 [default: the suite's gate.max_slowdown, "
+                   "else 5%].")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Significance level of the one-sided Mann-Whitney U test.")
+@click.option("--allow-hardware-mismatch", is_flag=True, help="Gate runs from different GPU models anyway.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set).")
+def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, alpha: float,
+         allow_hardware_mismatch: bool, junit: Path | None, markdown: Path | None) -> None:
+    """Regression gate: compare CURRENT_FILE with --baseline case by case.
+
+    A case regresses when its samples are significantly slower (one-sided Mann-Whitney U, p < alpha) AND
+    its median is slower by more than the threshold; a case that ran in the baseline and fails now also
+    fails the gate. Exit 0 pass, 1 regression or newly failing case, 2 bad input. See docs/gate.md.
+    """
+    from .gate import gate as run_gate
+    from .gate import gate_table, write_outputs
+    from .results import load_results
+
+    baseline, current = load_results(baseline_file), load_results(current_file)
+    result = run_gate(baseline, current, max_slowdown=max_slowdown, alpha=alpha,
+                      allow_hardware_mismatch=allow_hardware_mismatch)
+    write_outputs(result, markdown=markdown, junit=junit)
+    out = _console()
+    out.print(gate_table(result))
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False)
+    style = "bold green" if result.passed else "bold red"
+    out.print(f"[{style}]{'PASSED' if result.passed else 'FAILED'}[/]")
+    for v in result.cases:
+        if v.failing:
+            out.print(f"  {v.verdict}: {v.describe()}", markup=False)
+    sys.exit(0 if result.passed else 1)
+
+
+@main.command(name="export")
+@click.argument("results_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "pytest-benchmark"]), required=True,
+              help="csv / parquet: one row per case; pytest-benchmark: a saved run `pytest-benchmark compare` reads.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write [default: beside RESULTS_FILE, e.g. results.csv].")
+def export_(results_file: Path, fmt: str, output: Path | None) -> None:
+    """Export RESULTS_FILE as CSV, Parquet or a pytest-benchmark saved run (times in seconds)."""
+    from .export import default_path, export
+    from .results import load_results
+
+    run_result = load_results(results_file)
+    click.echo(str(export(run_result, fmt, output or default_path(results_file, fmt))))  # type: ignore[arg-type]
+
+
+def measure_notices(plan) -> list[str]:
+    """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
+    from rich.markup import escape
+
+    lines = []
+    nvml = plan.environment.get("nvml") or {}
+    if not nvml.get("available"):
+        lines.append(f"[dim]NVML unavailable ({escape(nvml.get('reason', 'unknown'))}): no power, energy, "
+                     "clock or throttling readings.[/]")
+    if plan.environment.get("ceilings") is None:
+        lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "
+                     "`ossbench calibrate` measures them.[/]")
+    if plan.measure.ncu:
+        from .measure.counters import ncu_path
+
+        if plan.device == "cpu" or ncu_path() is None:
+            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if plan.device == "cpu"
+                                              else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
+    return lines
+
+
+@main.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quick", is_flag=True, help="Small budgets: a rough calibration in a few seconds.")
+@click.option("--no-save", is_flag=True, help="Print the figures without saving them.")
+def calibrate(device: str, quick: bool, no_save: bool) -> None:
+    """Measure this device's matmul TFLOP/s per dtype and copy bandwidth; save them for runs' rooflines.
+
+    Saved to $OSSBENCH_CALIBRATION_DIR, else $XDG_CACHE_HOME/ossbench/calibration (~/.cache/...), one JSON
+    per device; `ossbench run` then uses the calibrated ceilings (recorded in results as their source).
+    """
+    from rich.table import Table
+
+    from .measure.calibrate import calibrate as measure_ceilings
+    from .measure.calibrate import save_calibration
+    from .measure.roofline import peak_for
+    from .runner import resolve_device
+
+    dev = resolve_device(device)
+    _console(stderr=True).print(f"calibrating {dev} ...")
+    record = measure_ceilings(dev, quick=quick)
+    sheet = peak_for(record["device_name"]) if record["device_type"] == "cuda" else None
+    t = Table(title=f"{record['device_name']} ({dev})", title_justify="left")
+    for col in ("ceiling", "measured", "datasheet", "measured / datasheet", "detail"):
+        t.add_column(col, justify="left" if col in ("ceiling", "detail") else "right")
+    rows = [(f"{k} matmul TFLOP/s", v.get("tflops"), (sheet or {}).get(f"{k}_tflops"),
+             v.get("skipped") or f"n={v['n']}, ±{v['rel_ci'] * 100:.1f}%") for k, v in record["matmul"].items()]
+    c = record["copy"]
+    rows.append(("copy GB/s (read + write)", c["gbps"], (sheet or {}).get("hbm_gbps"),
+                 f"{c['bytes'] / 2**20:.0f} MiB, ±{c['rel_ci'] * 100:.1f}%"))
+    for name, measured, datasheet, detail in rows:
+        ratio = f"{measured / datasheet:.0%}" if measured and datasheet else "-"
+        t.add_row(name, "-" if measured is None else f"{measured:.4g}", "-" if datasheet is None else f"{datasheet:g}",
+                  ratio, detail)
+    _console().print(t)
+    if not no_save:
+        click.echo(f"saved: {save_calibration(record)}")
 
 
 if __name__ == "__main__":

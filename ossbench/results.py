@@ -52,6 +52,14 @@ class Memory(_Model):
     peak_bytes: int | None = None  # peak during the case (cuda: max_memory_allocated)
     persistent_bytes: int | None = None  # weights, caches, inputs held for the whole case
     reserved_bytes: int | None = None
+    # Memory detail (docs/results.md): measured persistent level, the timed phase's own peak, and the KV cache.
+    persistent_measured_bytes: int | None = None  # growth from the case's start to "workload built"
+    timed_peak_bytes: int | None = None  # peak while timing, above the level just before timing
+    transient_peak_bytes: int | None = None  # timed_peak_bytes less bench's cache-flush buffer
+    allocated_bytes: int | None = None  # cuda: still allocated at the end of the case, above its start
+    rss_growth_bytes: int | None = None  # rss: RSS at the end of the case minus at its start
+    kv_cache_model_bytes: float | None = None  # the cost model's KV-cache bytes (cost_extra)
+    kv_cache_measured_bytes: float | None = None  # the workload's own measurement of its KV cache
 
 
 class Numerics(_Model):
@@ -82,6 +90,13 @@ class CaseResult(_Model):
     memory: Memory | None = None
     numerics: Numerics | None = None
     duration_s: float | None = None  # wall time spent on the case, set-up included
+    # Measurement depth (docs/results.md, docs/measure.md); absent or null when not measured.
+    power: dict[str, Any] | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
+    clocks: dict[str, Any] | None = None  # bench's per-batch SM clock and throttle record (strict_clocks)
+    throttled: bool | None = None  # NVML saw power/thermal throttling while kept samples were taken
+    roofline: dict[str, Any] | None = None  # intensity, bound, floor time and fraction of the ceiling
+    profile: dict[str, Any] | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
+    counters: dict[str, Any] | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
 
 
 class SuiteInfo(_Model):
@@ -93,6 +108,7 @@ class SuiteInfo(_Model):
     preset: str
     profile: Literal["full", "cpu"] = "full"  # "cpu": the suite's reduced CPU profile was applied
     compare: list[dict[str, Any]] = Field(default_factory=list)
+    gate: dict[str, Any] = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
 
 
 class Environment(_Model):
@@ -114,6 +130,9 @@ class Environment(_Model):
     l2_cache_bytes: int | None = None
     sm_count: int | None = None
     peak: dict[str, Any] | None = None  # datasheet peak table row for this device, if known
+    ceilings: dict[str, Any] | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
+    nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
+    measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
 
 
 class RunResult(_Model):

@@ -13,10 +13,11 @@ import re
 import time
 import traceback
 import zlib
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import SkipCase, UserError
 from .results import SCHEMA, CaseResult, Environment, RunResult, SuiteInfo, write_atomic
@@ -25,6 +26,8 @@ from .suite import Case, Suite, Timing
 # `--quick`: a smoke run, not a measurement to quote (each case's CI target is loose and its budget short).
 QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0, target_rel_ci=0.05)
 JOURNAL = "journal.jsonl"
+TRACES = "traces"  # under the output directory: one gzipped Chrome trace per profiled case
+NCU_CALLS = 3  # calls profiled under Nsight Compute (it replays every kernel, so a few suffice)
 
 
 def resolve_device(spec: str) -> str:
@@ -55,6 +58,21 @@ def default_out_dir(suite: Suite, device_name: str, device: str) -> Path:
 
 
 @dataclass
+class MeasureOptions:
+    """Measurement beyond timing (docs/measure.md). NVML readings and the roofline are always on where
+    available; the profiler, Nsight Compute and strict clocks are asked for."""
+
+    profile: bool = False  # torch.profiler breakdown and a Chrome trace per case (tries CUPTI DRAM counters)
+    ncu: bool = False  # measure DRAM bytes with Nsight Compute when CUPTI gives none
+    strict_clocks: bool = False  # bench discards and re-takes samples taken under throttling
+    ceilings: dict | None = None  # roofline ceilings (environment.ceilings)
+    out_dir: Path | None = None  # traces go to out_dir/traces
+    suite_path: str | None = None  # for the Nsight Compute child process
+    suite_profile: str = "full"
+    nvml_device: Any = None  # an open ossbench.measure.nvml.NvmlDevice while the run lasts
+
+
+@dataclass
 class RunPlan:
     """Everything decided before the first case runs."""
 
@@ -65,25 +83,42 @@ class RunPlan:
     timing: Timing
     out_dir: Path
     environment: dict  # captured once while planning; start_time is reset when the run starts
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
 
 
 def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
-             filter_text: str | None = None, quick: bool = False) -> RunPlan:
+             filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
+             strict_clocks: bool = False) -> RunPlan:
     from .env import capture
     from .suite import filter_cases
 
     dev = resolve_device(device)
-    profile = suite.profile_for("cpu" if dev == "cpu" else "cuda")
-    cases = filter_cases(suite.cases(profile), filter_text)
+    suite_profile = suite.profile_for("cpu" if dev == "cpu" else "cuda")
+    cases = filter_cases(suite.cases(suite_profile), filter_text)
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
-    timing = suite.timing(profile)
+    timing = suite.timing(suite_profile)
     if quick:
         timing = timing.model_copy(update=QUICK_TIMING)
     env = capture(dev)
     out = Path(out_dir) if out_dir else default_out_dir(suite, env["device_name"], dev)
-    return RunPlan(suite=suite, device=dev, profile=profile, cases=cases, timing=timing, out_dir=out,
-                   environment=env)
+    measure = MeasureOptions(profile=profile or suite.spec.profile, ncu=ncu, strict_clocks=strict_clocks,
+                             out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
+    env.update(_measure_environment(dev, env, measure))
+    measure.ceilings = env["ceilings"]
+    return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
+                   environment=env, measure=measure)
+
+
+def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
+    """NVML's availability, the roofline ceilings (calibrated or datasheet) and the depth asked for."""
+    from .measure import nvml
+    from .measure.calibrate import load_calibration
+    from .measure.roofline import resolve_ceilings
+
+    calibration = load_calibration(env["device_name"], env["device_type"])
+    return {"nvml": nvml.status(device), "ceilings": resolve_ceilings(env.get("peak"), calibration),
+            "measure": {"profile": measure.profile, "ncu": measure.ncu, "strict_clocks": measure.strict_clocks}}
 
 
 def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None) -> RunResult:
@@ -93,26 +128,43 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
         schema=SCHEMA,
         suite=SuiteInfo(name=suite.name, description=suite.spec.description, path=suite.path,
                         sha256=suite.sha256, family=suite.spec.family, preset=suite.spec.preset,
-                        profile=plan.profile, compare=[p.model_dump() for p in suite.spec.compare]),
+                        profile=plan.profile, compare=[p.model_dump() for p in suite.spec.compare],
+                        gate=suite.spec.gate.model_dump(exclude_defaults=True)),
         environment=Environment.model_validate({**plan.environment, "start_time": _now()}),
         timing=plan.timing.model_dump(),
     )
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     journal = plan.out_dir / JOURNAL
-    with journal.open("w", encoding="utf-8") as j:
-        _journal_line(j, {"journal": SCHEMA, **json.loads(run.to_json())})
-        for case in plan.cases:
-            if on_case:
-                on_case(case, None)
-            result = run_case(case, plan.device, plan.timing)
-            run.cases.append(result)
-            _journal_line(j, {"case": json.loads(result.model_dump_json())})
-            if on_case:
-                on_case(case, result)
+    measure = replace(plan.measure, nvml_device=_open_nvml(plan))
+    try:
+        with journal.open("w", encoding="utf-8") as j:
+            _journal_line(j, {"journal": SCHEMA, **json.loads(run.to_json())})
+            for case in plan.cases:
+                if on_case:
+                    on_case(case, None)
+                result = run_case(case, plan.device, plan.timing, measure)
+                run.cases.append(result)
+                _journal_line(j, {"case": json.loads(result.model_dump_json())})
+                if on_case:
+                    on_case(case, result)
+    finally:
+        if measure.nvml_device is not None:
+            measure.nvml_device.close()
     run.environment.end_time = _now()
     run.save(plan.out_dir / "results.json")
     journal.unlink()  # results.json now holds everything the journal did
     return run
+
+
+def _open_nvml(plan: RunPlan):
+    if not (plan.environment.get("nvml") or {}).get("available"):
+        return None  # the reason is in environment.nvml; the CLI has said it once
+    from .measure.nvml import NvmlUnavailable, open_device
+
+    try:
+        return open_device(int(plan.device.partition(":")[2] or 0))
+    except NvmlUnavailable:
+        return None
 
 
 def _now() -> str:
@@ -124,13 +176,16 @@ def _journal_line(f, obj: dict) -> None:
     f.flush()
 
 
-def run_case(case: Case, device: str, timing: Timing) -> CaseResult:
+def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | None = None) -> CaseResult:
     """Build, check, time and record one case. Never raises for a failure of the case itself."""
     import torch
 
     from .measure.memory import MemoryWatch
-    from .measure.timer import bench
+    from .measure.nvml import NvmlSampler
+    from .measure.timer import bench, cache_flusher
     from .workloads import get_family
+
+    measure = measure or MeasureOptions()
 
     family = get_family(case.family)
     record = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
@@ -145,6 +200,7 @@ def run_case(case: Case, device: str, timing: Timing) -> CaseResult:
         watch.start()
         params = family.params_model.model_validate(case.params_dict)
         workload = family.build(params, torch.device(device), getattr(torch, case.dtype))
+        watch.mark_built()
         record.flops, record.bytes, record.tokens = (workload.cost.flops, workload.cost.bytes,
                                                      workload.cost.tokens)
         record.cost_extra = dict(workload.cost.extra)
@@ -154,12 +210,26 @@ def run_case(case: Case, device: str, timing: Timing) -> CaseResult:
         if not check.ok:
             raise _NumericsMismatch(f"output differs from the reference ({check.reference}): max relative "
                                     f"error {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
-        m = bench(workload.fn, device=device, **timing.model_dump())
+        if timing.cache == "cold" and device == "cpu":
+            cache_flusher(device)  # allocate bench's process-wide flush buffer now, outside the timed peak
+        watch.mark_timing()
+        sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
+        with sampler or nullcontext():
+            m = bench(workload.fn, device=device, monitor=sampler, strict_clocks=measure.strict_clocks,
+                      **timing.model_dump())
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()
-        record.memory = {**watch.read(), "persistent_bytes": workload.persistent_bytes}
+        record.memory = _memory_detail(watch.read(), workload, m)
+        if m.clock_batches:
+            record.clocks, record.throttled = m.clock_report(), m.throttled
+        if sampler is not None:
+            record.power = sampler.summary(tokens_per_call=record.tokens)
         _derive(record)
+        record.roofline = _roofline(record, device, measure.ceilings)
+        if measure.profile:
+            record.profile = _profile(case, workload, device, m, measure)
+        record.counters = _counters_in_process(workload, device, record, measure)
     except SkipCase as e:
         record.status, record.error = "skipped", str(e)
     except Exception as e:  # noqa: BLE001 - one case's failure must not stop the run
@@ -170,8 +240,112 @@ def run_case(case: Case, device: str, timing: Timing) -> CaseResult:
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+    if measure.ncu and record.status == "ok" and record.counters and not record.counters.get("available"):
+        record.counters = _counters_ncu(case, device, record, measure)  # the workload is freed by now
     record.duration_s = time.perf_counter() - started
     return record
+
+
+# ---------------------------------------------------------------------------------- measurement depth
+
+
+def _memory_detail(read: dict, workload, m) -> dict:
+    mem = {**read, "persistent_bytes": workload.persistent_bytes,
+           "kv_cache_model_bytes": workload.cost.extra.get("kv_cache_bytes"),
+           "kv_cache_measured_bytes": getattr(workload, "measured", {}).get("kv_cache_bytes")}
+    if mem.get("timed_peak_bytes") is not None:
+        # On CUDA bench allocates its cold-cache flush buffer inside the timed phase; it is not the workload's.
+        flush = m.flush_bytes if read["kind"] == "cuda" and m.flush_bytes else 0
+        mem["transient_peak_bytes"] = max(0, mem["timed_peak_bytes"] - flush)
+    return mem
+
+
+def _roofline(record: CaseResult, device: str, ceilings: dict | None) -> dict:
+    import torch
+
+    from .measure.roofline import dtype_key, roofline
+
+    tf32 = device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32
+    return roofline(record.flops, record.bytes, record.stats.median if record.stats else None,
+                    dtype_key(record.dtype, tf32=tf32), ceilings)
+
+
+def _profile(case: Case, workload, device: str, m, measure: MeasureOptions) -> dict:
+    """torch.profiler breakdown after timing; a profiler failure is recorded, never fails the case."""
+    from .measure.profile import profile_calls, trace_file_name
+    from .measure.timer import cache_flusher
+
+    trace = Path(TRACES) / trace_file_name(case.id)
+    try:
+        flush = cache_flusher(device, m.flush_bytes) if m.cache == "cold" else None
+        rec = profile_calls(workload.fn, device, flush=flush,
+                            trace_path=measure.out_dir / trace if measure.out_dir else None)
+    except Exception as e:  # noqa: BLE001
+        return {"available": False, "reason": _describe(e)}
+    if rec.get("trace"):
+        rec["trace"] = trace.as_posix()  # relative to the results file's directory
+    return rec
+
+
+def _counters_in_process(workload, device: str, record: CaseResult, measure: MeasureOptions) -> dict:
+    """DRAM bytes through CUPTI when this torch supports it; else why not (the ncu pass may follow)."""
+    from .measure.counters import cupti_dram_bytes, cupti_supported, dram_record, unavailable
+
+    if not device.startswith("cuda"):
+        return unavailable("CPU run: no DRAM hardware counters")
+    if not (measure.profile or measure.ncu):
+        return unavailable("not requested: `ossbench run --profile` tries CUPTI, `--ncu` Nsight Compute")
+    ok, why = cupti_supported()
+    if ok:
+        try:
+            raw = cupti_dram_bytes(workload.fn)
+        except Exception as e:  # noqa: BLE001
+            raw = {"available": False, "reason": _describe(e)}
+        if "read" in raw:
+            return dram_record(raw["read"], raw["write"], raw["calls"], "cupti",
+                               median_ms=record.stats.median, model_bytes=record.bytes)
+        why = raw["reason"]
+    hint = "" if measure.ncu else "; `--ncu` measures them with Nsight Compute"
+    return unavailable(f"CUPTI: {why}{hint}")
+
+
+def _counters_ncu(case: Case, device: str, record: CaseResult, measure: MeasureOptions) -> dict:
+    import sys
+
+    from .measure.counters import run_ncu, unavailable
+
+    if measure.suite_path is None:
+        return unavailable("--ncu needs the suite file to re-run the case")
+    code = (f"from ossbench.runner import replay_case; replay_case({measure.suite_path!r}, {case.id!r}, "
+            f"{measure.suite_profile!r}, {device!r}, {NCU_CALLS})")
+    rec = run_ncu([sys.executable, "-c", code], NCU_CALLS, median_ms=record.stats.median, model_bytes=record.bytes)
+    if not rec.get("available"):
+        rec["reason"] = f"{record.counters['reason']}; ncu: {rec['reason']}"
+    return rec
+
+
+def replay_case(suite_path: str, case_id: str, suite_profile: str, device: str, calls: int) -> None:
+    """The `--ncu` child process: rebuild one case, warm it up, make `calls` calls between
+    cudaProfilerStart and cudaProfilerStop (ncu runs with --profile-from-start off)."""
+    import torch
+
+    from .suite import load_suite
+    from .workloads import get_family
+
+    case = next(c for c in load_suite(suite_path).cases(suite_profile) if c.id == case_id)  # type: ignore[arg-type]
+    torch.manual_seed(zlib.crc32(case.id.encode()))
+    torch.cuda.set_device(torch.device(device))
+    family = get_family(case.family)
+    workload = family.build(family.params_model.model_validate(case.params_dict), torch.device(device),
+                            getattr(torch, case.dtype))
+    for _ in range(2):  # compilation and autotuning stay outside the profiled range
+        workload.fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for _ in range(calls):
+        workload.fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
 class _NumericsMismatch(Exception):

@@ -12,6 +12,7 @@ the field path that supplied the bad value.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import math
@@ -67,6 +68,14 @@ class ComparePair(_Strict):
     claim: str = ""  # the claim being checked, shown in the report
 
 
+class GateSpec(_Strict):
+    """Thresholds for `ossbench gate` (docs/gate.md): the largest tolerated slowdown of the median, as a
+    fraction (0.05 = 5%), and per-case overrides keyed by a substring of the case id (longest match wins)."""
+
+    max_slowdown: PositiveFloat | None = None
+    cases: dict[str, PositiveFloat] = Field(default_factory=dict)
+
+
 SweepBlock = dict[str, list[Scalar]]
 
 
@@ -108,6 +117,8 @@ class SuiteSpec(_Strict):
     exclude: list[dict[str, Scalar]] = Field(default_factory=list)
     timing: Timing = Field(default_factory=Timing)
     compare: list[ComparePair] = Field(default_factory=list)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    profile: bool = False  # also run every case under torch.profiler (as `ossbench run --profile`)
     cpu: CpuProfile | None = None
 
     _sweep = field_validator("sweep")(lambda cls, v: _check_sweep(v))
@@ -207,8 +218,12 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         raise _first_error(probe, e, ()) from None
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
     _check_references(suite)
+    ids: set[str] = set()
     for profile in ("full", "cpu") if spec.cpu else ("full",):
-        _expand(suite, profile)  # validates every case
+        ids.update(c.id for c in _expand(suite, profile))  # validates every case
+    for key in spec.gate.cases:  # an override that selects nothing is a typo, not a no-op
+        if not any(key in case_id for case_id in ids):
+            raise suite.error(f"gate override {key!r} matches no case id", ("gate", "cases", key))
     return suite
 
 
@@ -252,18 +267,44 @@ def _dotted(path: YamlPath) -> str:
     return out
 
 
+# An unknown key usually explains a "missing" one (a typo), so it is reported first.
+_ERROR_ORDER = {"extra_forbidden": 0, "missing": 2}
+
+
 def _first_error(suite: Suite, e: ValidationError, prefix: YamlPath, context: str = "") -> SuiteError:
-    err = e.errors()[0]
+    err = min(e.errors(), key=lambda x: _ERROR_ORDER.get(x["type"], 1))
     loc = prefix + tuple(err["loc"])
-    msg = err["msg"]
+    msg = _message(err)
     if err["type"] == "extra_forbidden":
-        msg = f"unknown field {loc[-1]!r}"
+        msg = f"unknown field {loc[-1]!r}" + _did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))
     elif err["type"] == "missing":
         msg = f"missing required field {loc[-1]!r}"
     elif "input" in err and not isinstance(err["input"], (dict, list)):
         msg += f" (got {err['input']!r})"
     more = f" (and {e.error_count() - 1} more error(s))" if e.error_count() > 1 else ""
     return suite.error(msg + context + more, loc)
+
+
+def _message(err: dict) -> str:
+    # pydantic prefixes messages raised by validators with "Value error, "; the user needs only the reason
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _known_keys(at: YamlPath) -> list[str]:
+    """The field names allowed at a YAML path of the suite format (for "did you mean")."""
+    model: Any = SuiteSpec
+    for part in at:
+        if isinstance(part, int) or model is None:
+            continue
+        info = model.model_fields.get(part)
+        model = next((a for a in getattr(info.annotation, "__args__", (info.annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None) if info else None
+    return list(model.model_fields) if model else []
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------- references
@@ -294,8 +335,8 @@ def _check_references(suite: Suite) -> None:
 
     def known_field(key: str, at: YamlPath, extra: tuple[str, ...] = ()) -> None:
         if key not in fields and key not in extra:
-            raise suite.error(f"unknown parameter {key!r} for family {spec.family!r}; "
-                              f"known: {', '.join(sorted(fields))}", at)
+            hint = _did_you_mean(key, sorted(fields)) or f"; known: {', '.join(sorted(fields))}"
+            raise suite.error(f"unknown parameter {key!r} for family {spec.family!r}{hint}", at)
 
     def known_variant(name: Any, at: YamlPath) -> None:
         if name not in variants:
@@ -391,7 +432,11 @@ def _reanchor(suite: Suite, e: ValidationError, at: YamlPath, context: str) -> S
     """A family validation error, reported at the YAML node that supplied the offending value."""
     err = e.errors()[0]
     key = err["loc"][0] if err["loc"] else None
-    msg = f"unknown parameter {key!r}" if err["type"] == "extra_forbidden" else f"{key}: {err['msg']}"
+    if err["type"] == "extra_forbidden":
+        fields = list(_family(suite).params_model.model_fields)
+        msg = f"unknown parameter {key!r}" + _did_you_mean(str(key), fields)
+    else:
+        msg = f"{key}: {_message(err)}"
     if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], (dict, list)):
         msg += f" (got {err['input']!r})"
     return suite.error(msg + context, at)

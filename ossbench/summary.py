@@ -33,10 +33,28 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def speed_of_light(c) -> str:
+    """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'."""
+    r = c.roofline or {}
+    if not r.get("available"):
+        return "-"
+    return f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
+
+
+def energy_per_token(c) -> str:
+    """Energy per token from NVML's counter, in mJ, or '-'."""
+    e = (c.power or {}).get("energy") or {}
+    j = e.get("per_token_j")
+    return "-" if j is None else f"{j * 1e3:.3g} mJ"
+
+
 def cases_table(run: RunResult) -> Table:
     t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
-    for col, justify in (("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"),
-                         ("TFLOP/s", "right"), ("GB/s", "right"), ("memory", "right"), ("status", "left")):
+    with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
+    columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
+               ("GB/s", "right"), ("SoL", "right")] + ([("energy/token", "right")] if with_energy else []) + [
+               ("memory", "right"), ("status", "left")]
+    for col, justify in columns:
         t.add_column(col, justify=justify, overflow="fold")
     for c in run.cases:
         s = c.stats
@@ -45,8 +63,11 @@ def cases_table(run: RunResult) -> Table:
             status += " [yellow](CI target not reached)[/]"
         elif c.error:
             status += f" {escape(c.error[:160])}"
+        if c.throttled:
+            status += " [red](throttled)[/]"
         t.add_row(escape(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
-                  str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
+                  str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1), speed_of_light(c),
+                  *([energy_per_token(c)] if with_energy else []),
                   fmt_bytes(c.memory.peak_bytes if c.memory else None), status)
     return t
 

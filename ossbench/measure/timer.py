@@ -40,6 +40,8 @@ GRAPH_TARGET_MS = 1.0  # default graph_calls: enough back-to-back calls to fill 
 MAX_GRAPH_CALLS = 1000  # a capture of more calls costs memory and capture time for no better figure
 MAX_SAMPLES = 20_000  # keeps results files small: a 1 µs kernel would give ~500k samples in 0.5 s
 MAX_BATCH = 8192  # samples recorded between two synchronisations / stopping checks
+MONITOR_BATCH_S = 0.1  # with a clock monitor, batches last at most ~this long: clocks are known per batch
+MAX_DISCARDED_BATCHES = 20  # strict_clocks: after this many throttled batches, keep samples (and say so)
 
 
 @dataclass
@@ -72,6 +74,45 @@ class Measurement:
     max_time_s: float = MAX_TIME_S
     flush_bytes: int | None = None  # size of the buffer overwritten before each sample (None when hot)
     max_samples: int = MAX_SAMPLES
+    # With a clock monitor (NVML): one record per batch of kept samples, in order, each with `first_sample`,
+    # `n`, `sm_clock_mhz_min/max`, `clock_events` (bitmask) and `throttled`; discarded batches have
+    # `discarded: True` and no `first_sample`.
+    clock_batches: list[dict] = field(default_factory=list)
+    strict_clocks: bool = False
+    discarded_samples: int = 0  # samples taken under throttling and re-taken (strict_clocks)
+
+    @property
+    def throttled(self) -> bool | None:
+        """Some kept sample was taken while NVML reported power/thermal throttling; None without a monitor."""
+        kept = [b for b in self.clock_batches if not b.get("discarded")]
+        if not kept:
+            return None
+        return any(b.get("throttled") for b in kept)
+
+    def sample_sm_clock_mhz(self) -> list[float | None]:
+        """The SM clock for each sample: the lowest NVML reading while its batch ran (None when unknown)."""
+        out: list[float | None] = [None] * self.n
+        for b in self.clock_batches:
+            if b.get("discarded") or b.get("first_sample") is None:
+                continue
+            out[b["first_sample"]:b["first_sample"] + b["n"]] = [b.get("sm_clock_mhz_min")] * b["n"]
+        return out
+
+    def clock_report(self) -> dict:
+        """Clock monitoring of this measurement (stored as a case's ``clocks`` in results files)."""
+        kept = [b for b in self.clock_batches if not b.get("discarded")]
+        clocks = [b["sm_clock_mhz_min"] for b in kept if b.get("sm_clock_mhz_min") is not None]
+        return {
+            "monitored": bool(self.clock_batches),
+            "strict_clocks": self.strict_clocks,
+            "discarded_samples": self.discarded_samples,
+            "throttled": self.throttled,
+            "throttled_samples": sum(b["n"] for b in kept if b.get("throttled")),
+            "sm_clock_mhz_min": min(clocks) if clocks else None,
+            "sm_clock_mhz_max": max(b["sm_clock_mhz_max"] for b in kept
+                                    if b.get("sm_clock_mhz_max") is not None) if clocks else None,
+            "batches": self.clock_batches,
+        }
 
     def stats(self) -> dict:
         """The ``ossbench.results.Stats`` fields; ``converged`` is the timer's full stopping verdict."""
@@ -122,6 +163,8 @@ def bench(
     graph_calls: int | None = None,
     flush_bytes: int | None = None,
     max_samples: int = MAX_SAMPLES,
+    monitor=None,
+    strict_clocks: bool = False,
 ) -> Measurement:
     """Time ``fn()`` (no arguments; its result is ignored) and return a Measurement. See docs/bench.md.
 
@@ -131,6 +174,11 @@ def bench(
     The budget covers sampling only (a slow first call or a long compile in warm-up does not eat it), and
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
     A min_time_s above max_time_s is lowered to max_time_s.
+
+    ``monitor`` (e.g. an ``ossbench.measure.nvml.NvmlSampler``) is told when sampling starts and ends and
+    reports the SM clock and clock-event reasons of each batch (batches then last at most ~0.1 s). With
+    ``strict_clocks=True`` a batch taken while the monitor saw power/thermal throttling is discarded and
+    re-taken, at most 20 times; the time budget still applies. Without a monitor strict_clocks does nothing.
     """
     _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, graph_calls, flush_bytes)
     if max_samples < max(1, min_samples):
@@ -144,16 +192,17 @@ def bench(
         with torch.cuda.device(dev):
             sampler = _CudaSampler(fn, dev, cache, flush_bytes)
             return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph,
-                        graph_calls, max_samples)
+                        graph_calls, max_samples, monitor, strict_clocks)
     sampler = _CpuSampler(fn, cache, flush_bytes)
-    return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, False, None, max_samples)
+    return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, False, None, max_samples,
+                monitor, strict_clocks)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 
 
 def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph, graph_calls,
-         max_samples):
+         max_samples, monitor=None, strict_clocks=False):
     t_begin = time.perf_counter()
 
     # Warm-up by time, at least one call: compilation, autotuning and allocator growth happen here.
@@ -174,14 +223,38 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
         per_sample_wall_s *= graph_calls
 
     samples: list[float] = []
+    clock_batches: list[dict] = []
+    discarded = discarded_batches = calls_made = 0
+    timed_ms = 0.0
+    if monitor is not None:
+        monitor.sampling_started()
     t_sampling = time.perf_counter()
     batch = max(1, min(min_samples, int(max_time_s / max(per_sample_wall_s, 1e-9))))
+    if monitor is not None:
+        batch = max(1, min(batch, int(MONITOR_BATCH_S / max(per_sample_wall_s, 1e-9))))
     while True:
         t_batch = time.perf_counter()
-        samples.extend(sampler.take(batch))
+        taken = sampler.take(batch)
         now = time.perf_counter()
         per_sample_wall_s = (now - t_batch) / batch
         sampled_s = now - t_sampling
+        clock = None
+        if monitor is not None:
+            calls_made += batch * sampler.calls_per_sample
+            timed_ms += sum(taken) * sampler.calls_per_sample
+            clock = monitor.batch_done(t_batch, now)
+        discard = bool(strict_clocks and clock is not None and clock.get("throttled")
+                       and discarded_batches < MAX_DISCARDED_BATCHES and (samples or sampled_s < max_time_s))
+        if clock is not None:
+            clock_batches.append({**clock, "discarded": True} if discard
+                                 else {**clock, "first_sample": len(samples), "n": len(taken)})
+        if discard:
+            discarded += len(taken)
+            discarded_batches += 1
+            if sampled_s < max_time_s:
+                continue  # re-take: the stopping rule only looks at kept samples
+        else:
+            samples.extend(taken)
 
         median = float(np.median(samples))
         rel_ci = relative_half_width(median_ci95(samples), median)
@@ -199,8 +272,16 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
             break
         # Double the batch (fewer synchronisations and checks), but never plan past the budget.
         fits = int(remaining_s / max(per_sample_wall_s, 1e-9))
+        if monitor is not None:
+            fits = min(fits, int(MONITOR_BATCH_S / max(per_sample_wall_s, 1e-9)))
         batch = max(1, min(2 * batch, fits, MAX_BATCH, max_samples - len(samples)))
 
+    if monitor is not None:
+        monitor.sampling_ended(calls_made, timed_ms / 1e3)
+    if discarded:
+        stop_reason += f"; {discarded} throttled sample(s) discarded"
+        if discarded_batches >= MAX_DISCARDED_BATCHES:
+            stop_reason += f" (limit of {MAX_DISCARDED_BATCHES} batches reached: later throttled ones kept)"
     s = summarize(samples, target_rel_ci)
     return Measurement(
         samples_ms=samples, median_ms=s["median"], mean_ms=s["mean"], stdev_ms=s["stdev"], min_ms=s["min"],
@@ -210,7 +291,8 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
         graph_calls=graph_calls if cuda_graph else None, warmup_calls=warmup_calls,
         total_time_s=time.perf_counter() - t_begin, stop_reason=stop_reason, warmup_s=warmup_s,
         min_samples=min_samples, min_time_s=min_time_s, max_time_s=max_time_s,
-        flush_bytes=sampler.flush_bytes, max_samples=max_samples,
+        flush_bytes=sampler.flush_bytes, max_samples=max_samples, clock_batches=clock_batches,
+        strict_clocks=strict_clocks, discarded_samples=discarded,
     )
 
 
@@ -239,7 +321,7 @@ class _CudaSampler:
             self.flush_bytes = int(flush_bytes or max(2 * l2, MIN_CUDA_FLUSH_BYTES))
             self._flush_buf = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device=dev)
         self._call = fn
-        self._calls_per_sample = 1
+        self.calls_per_sample = 1
         self._starts: list[torch.cuda.Event] = []
         self._ends: list[torch.cuda.Event] = []
 
@@ -273,7 +355,7 @@ class _CudaSampler:
         graph.replay()  # the first replay uploads the graph; keep that out of the samples
         torch.cuda.synchronize()
         self._graph = graph  # hold it: the graph's memory pool lives as long as the graph
-        self._call, self._calls_per_sample = graph.replay, calls
+        self._call, self.calls_per_sample = graph.replay, calls
 
     def take(self, k: int) -> list[float]:
         while len(self._starts) < k:
@@ -292,7 +374,7 @@ class _CudaSampler:
         finally:
             if gc_was_enabled:
                 gc.enable()
-        per = self._calls_per_sample
+        per = self.calls_per_sample
         return [self._starts[i].elapsed_time(self._ends[i]) / per for i in range(k)]
 
 
@@ -300,6 +382,7 @@ class _CpuSampler:
     """``time.perf_counter_ns`` around each call; cold mode sweeps a buffer larger than the LLC first."""
 
     device_name = "cpu"
+    calls_per_sample = 1
 
     def __init__(self, fn, cache: Cache, flush_bytes: int | None) -> None:
         self.fn, self.cache = fn, cache
@@ -338,6 +421,16 @@ class _CpuSampler:
             if gc_was_enabled:
                 gc.enable()
         return out
+
+
+def cache_flusher(device: str | torch.device | None, flush_bytes: int | None = None) -> Callable[[], None]:
+    """The cold-cache flush bench runs before each sample, for tools that must reproduce its conditions
+    (the profiler). Same default size as bench; on CPU the process-wide buffer bench uses is shared."""
+    dev = _resolve_device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            return _CudaSampler(None, dev, "cold", flush_bytes)._flush
+    return _CpuSampler(None, "cold", flush_bytes)._flush
 
 
 _CPU_FLUSH_BUFFERS: dict[int, np.ndarray] = {}

@@ -9,6 +9,8 @@ from .base import Cost, Check, Family, Workload
 # family name -> module exposing FAMILY; imported on first use (they import torch)
 _MODULES = {
     "attention": "ossbench.workloads.attention",
+    "moe": "ossbench.workloads.moe",
+    "ffn": "ossbench.workloads.ffn",
 }
 
 __all__ = ["Cost", "Check", "Family", "Workload", "family_names", "get_family", "all_families", "describe_families"]

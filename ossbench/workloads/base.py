@@ -43,6 +43,12 @@ class Workload:
     cost: Cost
     check: Callable[[], Check]  # run once before timing; the runner fails the case when not ok
     persistent_bytes: int = 0  # weights, caches and inputs held for the whole case
+    # What the workload measured of itself, e.g. {"kv_cache_bytes": ...} from its real tensors; the runner
+    # records it next to the cost model's figure (memory.kv_cache_measured_bytes).
+    measured: dict[str, float] = field(default_factory=dict)
+    # facts about the built case that are not numbers per call: the kernel chosen automatically, the
+    # routing's tokens per expert, ... (JSON-serialisable; recorded with the case)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

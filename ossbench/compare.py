@@ -1,0 +1,287 @@
+"""Cross-run comparison: the same cases measured by several runs (other GPUs, versions, commits).
+
+The first run is the reference. For every case it shares with another run we give the ratio of medians with
+a bootstrap CI95, and each run's achieved fraction of its own device's ceilings, so a reader can tell whether
+a difference between two GPUs follows their compute, their memory bandwidth, or neither (docs/gate.md has
+the rule). The data classes here are what `ossbench.report.compare_html` renders; `comparison_table` is the
+terminal view.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import UserError
+from .results import CaseResult, RunResult
+from .summary import STATUS_STYLE, fmt_ms
+
+# A speedup "follows" a device ratio when it is within this relative distance of it.
+FOLLOWS_TOLERANCE = 0.15
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+Follows = Literal["bandwidth", "compute", "compute and bandwidth", "neither", "same ceilings", "unknown"]
+
+# Which peak-table key bounds a case's math, by dtype (float64 has no tensor-core peak in the table).
+_COMPUTE_KEY = {"bfloat16": "bf16_tflops", "float16": "fp16_tflops", "float32": "fp32_tflops"}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One compared run. `unmatched`: its case ids that have no counterpart (see `compare_runs`)."""
+
+    label: str
+    suite: str
+    device_name: str
+    device_type: str
+    peak: dict[str, Any] | None  # the device's peak table row (environment.peak), None when unknown
+    torch: str | None
+    git_revision: str | None
+    start_time: str
+    n_cases: int
+    unmatched: list[str]
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """One case as one run measured it. Fractions are of that run's own device ceilings (0.42 = 42%)."""
+
+    status: str
+    error: str | None
+    median_ms: float | None
+    ci95_ms: tuple[float, float] | None  # CI95 of the median, from the results file
+    n: int
+    tflops: float | None
+    gbps: float | None
+    compute_key: str | None  # the peak-table key used for compute, e.g. "bf16_tflops"
+    compute_fraction: float | None  # achieved TFLOP/s / peak TFLOP/s for the dtype
+    bandwidth_fraction: float | None  # achieved GB/s (from the minimum bytes) / peak HBM GB/s
+
+
+@dataclass(frozen=True)
+class VsReference:
+    """A run's case against the reference run's same case."""
+
+    ratio: float  # other median / reference median (> 1: slower than the reference)
+    ratio_ci95: tuple[float, float]  # percentile bootstrap CI95 of the ratio of medians
+    speedup: float  # 1 / ratio (> 1: faster than the reference)
+    speedup_ci95: tuple[float, float]
+    compute_ratio: float | None  # other device's peak compute / reference's, for the case's dtype
+    bandwidth_ratio: float | None  # other device's peak HBM bandwidth / reference's
+    follows: Follows
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    """One case id across runs; `runs` and `vs_reference` are index-aligned with `Comparison.runs`."""
+
+    id: str
+    family: str
+    variant: str
+    axes: dict[str, Any]
+    dtype: str
+    runs: list[CaseRun | None]  # None: that run does not have the case
+    vs_reference: list[VsReference | None]  # [0] is always None; None where either side did not run ok
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: list[RunInfo]  # runs[0] is the reference
+    cases: list[CaseComparison]  # cases of the reference that at least one other run has, in its order
+    follows_tolerance: float = FOLLOWS_TOLERANCE
+
+    @property
+    def reference(self) -> RunInfo:
+        return self.runs[0]
+
+
+def compare_runs(runs: list[RunResult], labels: list[str] | None = None, *,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """Match cases by id across `runs` (the first is the reference) and compare each run to it.
+
+    A run's `unmatched` cases are, for the reference, its ids found in no other run, and for another run,
+    its ids the reference lacks. Labels default to the device names (with ``#k`` added when they repeat).
+    """
+    if len(runs) < 2:
+        raise UserError(f"compare needs at least two runs (got {len(runs)})")
+    labels = list(labels) if labels is not None else _default_labels(runs)
+    if len(labels) != len(runs) or len(set(labels)) != len(labels):
+        raise UserError(f"compare needs one distinct label per run (got {labels!r})")
+
+    by_id = [{c.id: c for c in run.cases} for run in runs]
+    ref_ids = list(by_id[0])
+    others_ids = set().union(*(set(d) for d in by_id[1:]))
+    infos = []
+    for k, (run, label) in enumerate(zip(runs, labels)):
+        unmatched = ([i for i in ref_ids if i not in others_ids] if k == 0
+                     else [c.id for c in run.cases if c.id not in by_id[0]])
+        env = run.environment
+        infos.append(RunInfo(label=label, suite=run.suite.name, device_name=env.device_name,
+                             device_type=env.device_type, peak=env.peak, torch=env.torch,
+                             git_revision=env.git_revision, start_time=env.start_time,
+                             n_cases=len(run.cases), unmatched=unmatched))
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for case_id in ref_ids:
+        if case_id not in others_ids:
+            continue
+        ref = by_id[0][case_id]
+        present = [d.get(case_id) for d in by_id]
+        cells = [_case_run(c, run.environment.peak) if c is not None else None for c, run in zip(present, runs)]
+        vs: list[VsReference | None] = [None]
+        for k in range(1, len(runs)):
+            vs.append(_vs_reference(ref, present[k], runs[0].environment.peak, runs[k].environment.peak,
+                                    rng, resamples))
+        cases.append(CaseComparison(id=case_id, family=ref.family, variant=ref.variant, axes=dict(ref.axes),
+                                    dtype=ref.dtype, runs=cells, vs_reference=vs))
+    return Comparison(runs=infos, cases=cases)
+
+
+def _default_labels(runs: list[RunResult]) -> list[str]:
+    names = [r.environment.device_name for r in runs]
+    return [n if names.count(n) == 1 else f"{n} #{k + 1}" for k, n in enumerate(names)]
+
+
+def compute_key(case: CaseResult) -> str | None:
+    """The peak-table key bounding this case's math: bf16/fp16 by dtype; float32 uses the plain fp32 peak
+    unless the case's params enable TF32 (a truthy `tf32` or `allow_tf32`); None for other dtypes."""
+    if case.dtype == "float32" and (case.params.get("tf32") or case.params.get("allow_tf32")):
+        return "tf32_tflops"
+    return _COMPUTE_KEY.get(case.dtype)
+
+
+def _peak(peak: dict[str, Any] | None, key: str | None) -> float | None:
+    value = (peak or {}).get(key) if key else None
+    return float(value) if value else None
+
+
+def _fraction(achieved: float | None, peak: float | None) -> float | None:
+    return achieved / peak if achieved is not None and peak else None
+
+
+def _case_run(c: CaseResult, peak: dict[str, Any] | None) -> CaseRun:
+    key = compute_key(c)
+    s = c.stats if c.status == "ok" else None
+    return CaseRun(status=c.status, error=c.error, median_ms=s.median if s else None,
+                   ci95_ms=(s.ci95_low, s.ci95_high) if s else None, n=s.n if s else 0,
+                   tflops=c.derived.tflops, gbps=c.derived.gbps, compute_key=key,
+                   compute_fraction=_fraction(c.derived.tflops, _peak(peak, key)),
+                   bandwidth_fraction=_fraction(c.derived.gbps, _peak(peak, "hbm_gbps")))
+
+
+def ratio_of_medians_ci(reference: np.ndarray, other: np.ndarray, rng: np.random.Generator,
+                        resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, tuple[float, float]]:
+    """median(other) / median(reference) with a percentile bootstrap CI95.
+
+    scipy.stats.bootstrap resamples each sample independently (paired=False), which is the two-sample
+    design here. Percentile rather than BCa: BCa's jackknife acceleration is unreliable for the median,
+    a non-smooth statistic, and with many tied timer ticks it degenerates.
+    """
+    from scipy.stats import bootstrap
+
+    ratio = float(np.median(other) / np.median(reference))
+
+    def stat(ref, oth, axis=-1):
+        return np.median(oth, axis=axis) / np.median(ref, axis=axis)
+
+    # scipy >= 1.15 names the generator `rng`; older releases (pyproject allows >= 1.10) `random_state`.
+    seed_arg = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
+    with warnings.catch_warnings():  # identical samples give a degenerate (zero-width) interval, fine here
+        warnings.simplefilter("ignore")
+        res = bootstrap((reference, other), stat, n_resamples=resamples, paired=False, vectorized=True,
+                        method="percentile", confidence_level=0.95, batch=100, **{seed_arg: rng})
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        lo = hi = ratio
+    return ratio, (lo, hi)
+
+
+def classify(speedup: float, compute_ratio: float | None, bandwidth_ratio: float | None,
+             tolerance: float = FOLLOWS_TOLERANCE) -> Follows:
+    """Which device ratio a speedup follows (the rule in docs/gate.md, "Reading a comparison")."""
+    if compute_ratio is None or bandwidth_ratio is None:
+        return "unknown"
+
+    def near(a: float, b: float) -> bool:
+        return abs(a / b - 1.0) <= tolerance
+
+    if near(compute_ratio, 1.0) and near(bandwidth_ratio, 1.0):
+        return "same ceilings"  # same class of device: the hardware explains no difference
+    by_compute, by_bandwidth = near(speedup, compute_ratio), near(speedup, bandwidth_ratio)
+    if by_compute and by_bandwidth:
+        return "compute and bandwidth"  # the two devices' ratios are too close to tell apart
+    return "compute" if by_compute else "bandwidth" if by_bandwidth else "neither"
+
+
+def _vs_reference(ref: CaseResult, other: CaseResult | None, ref_peak: dict[str, Any] | None,
+                  other_peak: dict[str, Any] | None, rng: np.random.Generator,
+                  resamples: int) -> VsReference | None:
+    if other is None or ref.status != "ok" or other.status != "ok" or not ref.samples_ms or not other.samples_ms:
+        return None
+    ratio, (lo, hi) = ratio_of_medians_ci(np.asarray(ref.samples_ms, float), np.asarray(other.samples_ms, float),
+                                          rng, resamples)
+    key = compute_key(ref)
+    ref_c, oth_c = _peak(ref_peak, key), _peak(other_peak, key)
+    ref_b, oth_b = _peak(ref_peak, "hbm_gbps"), _peak(other_peak, "hbm_gbps")
+    compute_ratio = oth_c / ref_c if ref_c and oth_c else None
+    bandwidth_ratio = oth_b / ref_b if ref_b and oth_b else None
+    speedup = 1.0 / ratio
+    return VsReference(ratio=ratio, ratio_ci95=(lo, hi), speedup=speedup, speedup_ci95=(1.0 / hi, 1.0 / lo),
+                       compute_ratio=compute_ratio, bandwidth_ratio=bandwidth_ratio,
+                       follows=classify(speedup, compute_ratio, bandwidth_ratio))
+
+
+# ------------------------------------------------------------------------------------------- terminal
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def comparison_table(c: Comparison) -> Table:
+    """One row per (case, run): median ± CI, speedup vs the reference with its CI95, % of the run's ceilings."""
+    ref = c.reference
+    t = Table(title=escape(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
+                           f"> 1 is faster)"), title_justify="left")
+    for col, justify in (("case", "left"), ("run", "left"), ("median", "right"), ("CI95", "right"),
+                         ("speedup [CI95]", "right"), ("% peak compute", "right"), ("% peak HBM", "right"),
+                         ("follows", "left")):
+        t.add_column(col, justify=justify, overflow="fold")
+    for case in c.cases:
+        for k, (info, cell, vs) in enumerate(zip(c.runs, case.runs, case.vs_reference)):
+            name = escape(case.id) if k == 0 else ""
+            if cell is None:
+                t.add_row(name, escape(info.label), "[dim]absent[/]", "", "", "", "", "", end_section=False)
+                continue
+            if cell.status != "ok":
+                why = f"[{STATUS_STYLE[cell.status]}]{cell.status}[/]"
+                if cell.error:
+                    why += " " + escape(cell.error[:100])
+                t.add_row(name, escape(info.label), why, "", "", "", "", "")
+                continue
+            ci = f"{cell.ci95_ms[0]:.4g}-{cell.ci95_ms[1]:.4g}" if cell.ci95_ms else "-"
+            speed = ("ref" if k == 0 else "-" if vs is None else
+                     f"{vs.speedup:.2f} [{vs.speedup_ci95[0]:.2f}, {vs.speedup_ci95[1]:.2f}]")
+            follows = "" if k == 0 or vs is None else vs.follows
+            t.add_row(name, escape(info.label), fmt_ms(cell.median_ms), ci, speed,
+                      _pct(cell.compute_fraction), _pct(cell.bandwidth_fraction), follows)
+        t.add_section()
+    return t
+
+
+def unmatched_lines(c: Comparison) -> list[str]:
+    """Plain-text lines listing each run's unmatched case ids (empty when every case matched)."""
+    lines = []
+    for k, info in enumerate(c.runs):
+        if info.unmatched:
+            where = "in no other run" if k == 0 else f"not in the reference ({c.reference.label})"
+            lines.append(f"{info.label}: {len(info.unmatched)} case(s) {where}: " + ", ".join(info.unmatched))
+    return lines

@@ -1,0 +1,316 @@
+"""The CI regression gate: a current run against a stored baseline, case by case.
+
+A case regresses only when both hold: its samples are significantly slower (one-sided Mann-Whitney U on
+the timed samples, p < alpha) AND its median is slower by more than the threshold. The test alone would
+flag run-to-run drift of a fraction of a percent on a quiet GPU (thousands of samples make tiny shifts
+significant); the threshold alone would flag noise on short, noisy runs. docs/gate.md states the rule.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import UserError
+from .results import CaseResult, RunResult, write_atomic
+from .summary import fmt_ms as _ms
+
+DEFAULT_MAX_SLOWDOWN = 0.05
+DEFAULT_ALPHA = 0.01
+
+Verdict = Literal["regression", "improvement", "unchanged", "new failure", "still failing", "fixed",
+                  "skipped", "missing", "new"]
+FAILING: frozenset[str] = frozenset({"regression", "new failure"})
+_ORDER = ("regression", "new failure", "improvement", "unchanged", "fixed", "still failing", "skipped", "missing",
+          "new")
+_BROKEN = ("failed", "oom")
+_STYLE = {"regression": "bold red", "new failure": "bold red", "improvement": "green", "fixed": "green",
+          "unchanged": "", "still failing": "yellow", "skipped": "yellow", "missing": "yellow", "new": "cyan"}
+
+
+@dataclass(frozen=True)
+class CaseVerdict:
+    id: str
+    verdict: Verdict
+    threshold: float  # the max slowdown that applied to this case (0.05 = 5%)
+    baseline_status: str | None = None  # None: the case is not in that run
+    current_status: str | None = None
+    baseline_median_ms: float | None = None
+    current_median_ms: float | None = None
+    ratio: float | None = None  # current median / baseline median (> 1: slower)
+    p_slower: float | None = None  # one-sided Mann-Whitney U p-value, H1: current samples are larger
+    p_faster: float | None = None  # the mirror test, H1: current samples are smaller
+    n_baseline: int = 0
+    n_current: int = 0
+    error: str | None = None  # the current run's error for a failed case
+
+    @property
+    def failing(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def p_value(self) -> float | None:
+        """The one-sided p-value in the direction the median moved."""
+        if self.ratio is None:
+            return None
+        return self.p_slower if self.ratio >= 1 else self.p_faster
+
+    def describe(self) -> str:
+        """The figures in one line, e.g. for a JUnit failure message."""
+        if self.verdict == "new failure":
+            return (f"{self.id}: {self.current_status} in the current run (was {self.baseline_status})"
+                    + (f": {self.error}" if self.error else ""))
+        if self.ratio is None:
+            return f"{self.id}: {self.verdict}"
+        return (f"{self.id}: median {_ms(self.baseline_median_ms)} → {_ms(self.current_median_ms)} "
+                f"({(self.ratio - 1) * 100:+.1f}%, threshold {self.threshold * 100:g}%), "
+                f"one-sided Mann-Whitney p={self.p_value:.2g}, n={self.n_baseline}/{self.n_current}")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    baseline_device: str
+    current_device: str
+    suite: str
+    alpha: float
+    max_slowdown: float  # the default threshold (per-case overrides are in each CaseVerdict)
+    cases: list[CaseVerdict]  # baseline order, then cases new in the current run
+    notes: list[str] = field(default_factory=list)  # things a reader should know (suite file changed, ...)
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.failing for c in self.cases)
+
+    def having(self, *verdicts: str) -> list[CaseVerdict]:
+        return [c for c in self.cases if c.verdict in verdicts]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cases:
+            out[c.verdict] = out.get(c.verdict, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        """One line: PASSED/FAILED, the counts, the settings."""
+        counts = self.counts()
+        compared = sum(counts.get(v, 0) for v in ("regression", "improvement", "unchanged"))
+        others = ", ".join(f"{counts[v]} {v}" for v in _ORDER if v not in FAILING and counts.get(v))
+        return (f"{'PASSED' if self.passed else 'FAILED'}: {counts.get('regression', 0)} regression(s), "
+                f"{counts.get('new failure', 0)} newly failing" + (f"; {others}" if others else "")
+                + f" ({compared} compared; max slowdown {self.max_slowdown * 100:g}%, alpha {self.alpha:g};"
+                  f" baseline {self.baseline_device}, current {self.current_device})")
+
+
+def gate(baseline: RunResult, current: RunResult, *, max_slowdown: float | None = None,
+         alpha: float = DEFAULT_ALPHA, overrides: dict[str, float] | None = None,
+         allow_hardware_mismatch: bool = False) -> GateResult:
+    """Decide, case by case, whether `current` regressed against `baseline`.
+
+    `max_slowdown` defaults to the current run's suite `gate.max_slowdown`, else 5%; `overrides` (id
+    substring -> threshold, longest matching substring wins) default to the suite's `gate.cases`.
+    Raises UserError when the runs come from different device models, unless `allow_hardware_mismatch`.
+    """
+    b_dev, c_dev = baseline.environment.device_name, current.environment.device_name
+    if b_dev != c_dev and not allow_hardware_mismatch:
+        raise UserError(f"baseline was measured on {b_dev!r} but the current run on {c_dev!r}; timings from "
+                        "different GPU models are not comparable (use --allow-hardware-mismatch to gate anyway,"
+                        " or `ossbench compare` to study the difference)")
+    suite_gate = current.suite.gate or {}
+    if max_slowdown is None:
+        max_slowdown = suite_gate.get("max_slowdown") or DEFAULT_MAX_SLOWDOWN
+    if overrides is None:
+        overrides = dict(suite_gate.get("cases") or {})
+    if not max_slowdown > 0 or any(not v > 0 for v in overrides.values()):
+        raise UserError("gate thresholds must be > 0")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
+
+    notes = []
+    if b_dev != c_dev:
+        notes.append(f"hardware mismatch allowed: baseline {b_dev}, current {c_dev}")
+    if baseline.suite.name != current.suite.name:
+        notes.append(f"different suites: baseline {baseline.suite.name!r}, current {current.suite.name!r}")
+    elif baseline.suite.sha256 != current.suite.sha256:
+        notes.append("the suite file changed between the runs (sha256 differs)")
+    if baseline.suite.profile != current.suite.profile:
+        notes.append(f"different profiles: baseline {baseline.suite.profile}, current {current.suite.profile}")
+
+    cur = {c.id: c for c in current.cases}
+    if baseline.cases and current.cases and not any(b.id in cur for b in baseline.cases):
+        # Passing here would let a wrong baseline file wave everything through.
+        raise UserError(f"no case of the current run ({current.suite.name!r}) is in the baseline "
+                        f"({baseline.suite.name!r}): is it the right baseline file?")
+    verdicts = []
+    for b in baseline.cases:
+        threshold = threshold_for(b.id, max_slowdown, overrides)
+        verdicts.append(_judge(b, cur.get(b.id), threshold, alpha))
+    base_ids = {b.id for b in baseline.cases}
+    for c in current.cases:
+        if c.id not in base_ids:
+            verdicts.append(CaseVerdict(id=c.id, verdict="new", threshold=threshold_for(c.id, max_slowdown, overrides),
+                                        current_status=c.status, current_median_ms=_median(c)))
+    return GateResult(baseline_device=b_dev, current_device=c_dev, suite=current.suite.name, alpha=alpha,
+                      max_slowdown=max_slowdown, cases=verdicts, notes=notes)
+
+
+def threshold_for(case_id: str, default: float, overrides: dict[str, float]) -> float:
+    """The override whose key is the longest substring of `case_id` (the most specific), else `default`."""
+    hits = [k for k in overrides if k in case_id]
+    return overrides[max(hits, key=len)] if hits else default
+
+
+def _median(c: CaseResult | None) -> float | None:
+    return float(np.median(c.samples_ms)) if c is not None and c.status == "ok" and c.samples_ms else None
+
+
+def _judge(b: CaseResult, c: CaseResult | None, threshold: float, alpha: float) -> CaseVerdict:
+    common = dict(id=b.id, threshold=threshold, baseline_status=b.status, baseline_median_ms=_median(b))
+    if c is None:
+        return CaseVerdict(verdict="missing", **common)
+    common.update(current_status=c.status, current_median_ms=_median(c), error=c.error)
+    if c.status in _BROKEN:
+        return CaseVerdict(verdict="still failing" if b.status in _BROKEN else "new failure", **common)
+    if c.status == "skipped":
+        return CaseVerdict(verdict="skipped", **common)
+    if b.status in _BROKEN:
+        return CaseVerdict(verdict="fixed", **common)
+    if b.status != "ok" or not b.samples_ms or not c.samples_ms:
+        return CaseVerdict(verdict="skipped", **common)  # nothing to compare against (baseline skipped)
+
+    from scipy.stats import mannwhitneyu
+
+    x, y = np.asarray(c.samples_ms, float), np.asarray(b.samples_ms, float)
+    ratio = float(np.median(x) / np.median(y))
+    p_slower = float(mannwhitneyu(x, y, alternative="greater").pvalue)
+    p_faster = float(mannwhitneyu(x, y, alternative="less").pvalue)
+    # The improvement threshold mirrors the slowdown one in log space: 5% slower <-> 1.05x faster.
+    if p_slower < alpha and ratio > 1 + threshold:
+        verdict: Verdict = "regression"
+    elif p_faster < alpha and ratio < 1 / (1 + threshold):
+        verdict = "improvement"
+    else:
+        verdict = "unchanged"
+    return CaseVerdict(verdict=verdict, ratio=ratio, p_slower=p_slower, p_faster=p_faster,
+                       n_baseline=y.size, n_current=x.size, **common)
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+
+def _ratio(v: CaseVerdict) -> str:
+    return "-" if v.ratio is None else f"{v.ratio:.3f} ({(v.ratio - 1) * 100:+.1f}%)"
+
+
+def _p(v: CaseVerdict) -> str:
+    return "-" if v.p_value is None else f"{v.p_value:.2g}"
+
+
+def _verdict_text(v: CaseVerdict) -> str:
+    if v.verdict in ("new failure", "still failing", "skipped") and v.current_status:
+        return f"{v.verdict} ({v.current_status})"
+    return v.verdict
+
+
+def gate_table(result: GateResult) -> Table:
+    t = Table(title=escape(f"gate: {result.suite} on {result.current_device} — {result.summary()}"),
+              title_justify="left")
+    for col, justify in (("case", "left"), ("baseline", "right"), ("current", "right"),
+                         ("ratio", "right"), ("p", "right"), ("limit", "right"), ("verdict", "left")):
+        t.add_column(col, justify=justify, overflow="fold")
+    for v in result.cases:
+        style = _STYLE[v.verdict]
+        verdict = f"[{style}]{escape(_verdict_text(v))}[/]" if style else escape(_verdict_text(v))
+        t.add_row(escape(v.id), _ms(v.baseline_median_ms), _ms(v.current_median_ms), _ratio(v), _p(v),
+                  f"{v.threshold * 100:g}%", verdict)
+    return t
+
+
+def _md(text: str) -> str:
+    """Text for a GitHub markdown table cell: no table breaks, no live HTML."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("\n", " "))
+
+
+def gate_markdown(result: GateResult) -> str:
+    """GitHub-flavoured markdown: a one-line verdict, the failing cases, then a table of every case."""
+    mark = "✅" if result.passed else "❌"
+    lines = [f"{mark} **ossbench gate {_md(result.summary())}**", ""]
+    failing = [v for v in result.cases if v.failing]
+    for v in failing:
+        lines.append(f"- **{v.verdict}**: {_md(v.describe())}")
+    for note in result.notes:
+        lines.append(f"- note: {_md(note)}")
+    if failing or result.notes:
+        lines.append("")
+    lines += ["| case | baseline | current | ratio | p | limit | verdict |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for v in result.cases:
+        verdict = f"**{v.verdict}**" if v.failing else _md(_verdict_text(v))
+        lines.append(f"| {_md(v.id)} | {_md(_ms(v.baseline_median_ms))} | {_md(_ms(v.current_median_ms))} | "
+                     f"{_md(_ratio(v))} | {_p(v)} | {v.threshold * 100:g}% | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def gate_junit(result: GateResult) -> str:
+    """JUnit XML: one testcase per case; regressions and new failures as <failure>, cases that were not
+    compared (missing, new, skipped, failing in both runs) as <skipped>."""
+    not_compared = ("missing", "new", "skipped", "still failing")
+    suite = ET.Element("testsuite", name=f"ossbench gate: {result.suite}", tests=str(len(result.cases)),
+                       failures=str(sum(v.failing for v in result.cases)), errors="0",
+                       skipped=str(sum(v.verdict in not_compared for v in result.cases)))
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("baseline_device", result.baseline_device), ("current_device", result.current_device),
+                        ("max_slowdown", f"{result.max_slowdown:g}"), ("alpha", f"{result.alpha:g}")):
+        ET.SubElement(props, "property", name=name, value=value)
+    for v in result.cases:
+        tc = ET.SubElement(suite, "testcase", classname=f"ossbench.{result.suite}", name=v.id)
+        if v.failing:
+            ET.SubElement(tc, "failure", type=v.verdict, message=v.describe()).text = v.describe()
+        elif v.verdict in not_compared:
+            reason = {"missing": "missing from the current run", "new": "new case: no baseline",
+                      "skipped": f"skipped: {v.error or 'not compared'}",
+                      "still failing": f"failing in baseline and current run: {v.error or ''}"}[v.verdict]
+            ET.SubElement(tc, "skipped", message=reason)
+        else:
+            ET.SubElement(tc, "system-out").text = f"{v.verdict}: {v.describe()}"
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_outputs(result: GateResult, *, markdown: Path | None = None, junit: Path | None = None,
+                  step_summary: str | None = None) -> None:
+    """Write the markdown and JUnit files; append the markdown to `step_summary` (default:
+    $GITHUB_STEP_SUMMARY, which GitHub Actions sets to the job summary file)."""
+    md = gate_markdown(result)
+    if markdown:
+        write_atomic(Path(markdown), md)
+    if junit:
+        write_atomic(Path(junit), gate_junit(result))
+    step_summary = step_summary if step_summary is not None else os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+
+
+def parse_fraction(text: str | float) -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05. A bare number >= 1 is refused as ambiguous (write 5% or 0.05)."""
+    s = str(text).strip()
+    try:
+        value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+    except ValueError:
+        raise UserError(f"max slowdown {text!r} is not a number (write 5% or 0.05)") from None
+    if not value > 0 or not np.isfinite(value):
+        raise UserError(f"max slowdown must be > 0 (got {text!r})")
+    if not s.endswith("%") and value >= 1:
+        raise UserError(f"max slowdown {text!r} is ambiguous: write {s}% or {value / 100:g} (a fraction)")
+    return value
+

@@ -1,0 +1,14 @@
+"""Pure nn.Modules faithful to gpt-oss and GPT-2, and the model presets they are built from.
+
+No benchmarking code here: layers never import ossbench.measure or ossbench.report.
+"""
+
+from .attention import BACKENDS, Attention, KVCache, RMSNorm, apply_sinks_from_lse, causal_window_block_mask
+from .config import PRESETS, ModelConfig, get_preset
+from .rope import RopeSpec, RotaryEmbedding, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
+
+__all__ = [
+    "BACKENDS", "Attention", "KVCache", "RMSNorm", "apply_sinks_from_lse", "causal_window_block_mask",
+    "PRESETS", "ModelConfig", "get_preset",
+    "RopeSpec", "RotaryEmbedding", "apply_rotary", "inv_freq_and_concentration", "rotary_cos_sin",
+]

@@ -1,0 +1,392 @@
+"""gpt-oss attention block (and its MHA/MQA/full/no-sink/GPT-2 relatives) with three backends.
+
+One `Attention` module covers: query and KV head counts (MHA, GQA, MQA), head_dim, an optional causal
+sliding window, learned attention sinks, RoPE/YaRN or no positions, projection biases and the pre-norm.
+Parameter names follow gpt-oss's checkpoint (`norm.scale`, `qkv.weight/bias`, `sinks`, `out.weight/bias`)
+so a block's `attn.*` tensors load with `load_state_dict`.
+
+Like gpt-oss's AttentionBlock, `forward(x)` returns `x + out(attend(rope(qkv(norm(x)))))`: the residual
+add is part of the block. `update(x)` is the same without the residual add.
+
+Backends (all compute the same function; `unsupported_reason` says when one cannot):
+- "eager": explicit matmul, mask, fp32 softmax with the sink column, matmul: the reference math.
+- "sdpa":  torch.nn.functional.scaled_dot_product_attention. It cannot express sinks (no extra softmax
+           column, no log-sum-exp returned), so sinks are refused rather than dropped.
+- "flex":  torch.compile'd flex_attention with a block mask, so blocks outside the causal window cost
+           nothing; sinks through the log-sum-exp it returns (not available on CPU in torch 2.13).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SkipCase
+from .config import ModelConfig
+from .rope import RopeSpec, RotaryEmbedding
+
+BACKENDS = ("eager", "sdpa", "flex")
+NORMS = ("rmsnorm", "layernorm", "none")
+POSITIONS = ("none", "rope", "yarn")
+FLEX_BLOCK = 128  # flex_attention's default sparse block size
+
+_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+_SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
+
+
+class RMSNorm(nn.Module):
+    """gpt-oss's RMSNorm: statistics and the fp32 `scale` applied in float32, result cast back."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device: Any = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim, device=device, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.float()
+        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (t * self.scale).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys (after RoPE) and values of one layer.
+
+    Full layers keep one slot per position (slot = position). Windowed layers keep a ring of `window`
+    slots (slot = position % window), so memory and decode reads stay bounded by the window.
+    """
+
+    k: torch.Tensor  # [B, Hkv, C, D]
+    v: torch.Tensor  # [B, Hkv, C, D]
+    window: int | None
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int = 2880, n_heads: int = 64, n_kv_heads: int = 8, head_dim: int = 64, *,
+                 window: int | None = None, sinks: bool = True, positions: str = "yarn",
+                 rope: RopeSpec | None = None, bias: bool = True, causal: bool = True, norm: str = "rmsnorm",
+                 norm_eps: float = 1e-5, backend: str = "eager", device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        if window is not None and window <= 0:
+            raise ValueError(f"window must be None or > 0, got {window}")
+        if window is not None and not causal:
+            raise ValueError("a sliding window is defined here only for causal attention")
+        for name, value, allowed in (("positions", positions, POSITIONS), ("norm", norm, NORMS),
+                                     ("backend", backend, BACKENDS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        self.hidden, self.n_heads, self.n_kv_heads, self.head_dim = hidden, n_heads, n_kv_heads, head_dim
+        self.window, self.causal, self.backend = window, causal, backend
+        self.scale = 1.0 / math.sqrt(head_dim)  # 1/8 for head_dim 64
+        q_width, kv_width = n_heads * head_dim, n_kv_heads * head_dim
+        self.split = (q_width, kv_width, kv_width)
+
+        if norm == "rmsnorm":
+            self.norm = RMSNorm(hidden, norm_eps, device=device)
+        elif norm == "layernorm":  # GPT-2
+            self.norm = nn.LayerNorm(hidden, eps=norm_eps, device=device, dtype=dtype)
+        else:
+            self.norm = None
+        self.qkv = nn.Linear(hidden, q_width + 2 * kv_width, bias=bias, device=device, dtype=dtype)
+        # sinks: one logit per query head, in head order h = kv_head * (n_heads // n_kv_heads) + j
+        self.sinks = nn.Parameter(torch.zeros(n_heads, device=device, dtype=dtype)) if sinks else None
+        self.out = nn.Linear(q_width, hidden, bias=bias, device=device, dtype=dtype)
+        if positions == "none":
+            self.rope = None
+        else:
+            spec = rope or RopeSpec()
+            if positions == "rope":
+                spec = RopeSpec(theta=spec.theta)  # plain RoPE: no YaRN scaling
+            self.rope = RotaryEmbedding(head_dim, spec)
+        self.positions = positions
+        self._masks: dict[tuple, Any] = {}  # per-shape masks, built once outside the timed calls
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, layer_idx: int = 0, **overrides: Any) -> Attention:
+        """The attention block of layer `layer_idx` of a preset (windowed on even gpt-oss layers)."""
+        kwargs: dict[str, Any] = dict(
+            hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+            window=cfg.layer_window(layer_idx), sinks=cfg.sinks,
+            positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",
+            rope=RopeSpec(cfg.rope_theta, cfg.yarn_factor, cfg.yarn_beta_slow, cfg.yarn_beta_fast,
+                          cfg.yarn_original_context),
+            bias=cfg.qkv_bias, norm=cfg.norm, norm_eps=cfg.norm_eps)
+        if cfg.qkv_bias != cfg.out_bias:
+            raise ValueError("Attention has one bias switch for qkv and out; the preset sets them differently")
+        return cls(**{**kwargs, **overrides})
+
+    @property
+    def has_sinks(self) -> bool:
+        return self.sinks is not None
+
+    def unsupported_reason(self, backend: str | None = None, device: Any = None,
+                           training: bool = False) -> str | None:
+        """Why `backend` cannot compute this block on `device` (None when it can)."""
+        backend = backend or self.backend
+        device_type = torch.device(device).type if device is not None else self.qkv.weight.device.type
+        if backend == "sdpa" and self.has_sinks:
+            return ("sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
+                    "column and does not return the log-sum-exp needed to add one exactly")
+        if backend == "flex":
+            if device_type not in ("cuda", "cpu"):
+                return f"flex_attention runs on CUDA or CPU, not {device_type}"
+            if device_type == "cpu" and self.has_sinks:
+                return (f"flex on CPU cannot express attention sinks: the sink correction needs the "
+                        f"log-sum-exp, which compiled flex_attention cannot return on CPU (torch {torch.__version__})")
+            if device_type == "cpu" and training:
+                return f"flex_attention has no backward pass on CPU (torch {torch.__version__})"
+        return None
+
+    # --- caches
+    def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
+        """An empty cache for up to `max_tokens` positions (a windowed layer keeps only `window` of them)."""
+        device = device if device is not None else self.qkv.weight.device
+        dtype = dtype if dtype is not None else self.qkv.weight.dtype
+        slots = max_tokens if self.window is None else min(max_tokens, self.window)
+        shape = (batch, self.n_kv_heads, slots, self.head_dim)  # [B, Hkv, C, D]
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype),
+                       torch.zeros(shape, device=device, dtype=dtype), self.window)
+
+    def _cache_write_read(self, cache: KVCache, k: torch.Tensor, v: torch.Tensor,
+                          start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, Hkv, S, D] of positions start_pos.. and return the keys/values to attend to."""
+        if cache.window != self.window:
+            raise ValueError(f"cache built for window {cache.window}, layer has window {self.window}")
+        S, C = k.shape[2], cache.capacity
+        if S == 1:  # decode: one new token against everything the cache holds
+            if cache.window is None or C < cache.window:
+                if start_pos >= C:
+                    raise ValueError(f"position {start_pos} does not fit a cache of {C} slots")
+                slot, n_valid = start_pos, start_pos + 1
+            else:
+                slot, n_valid = start_pos % C, min(start_pos + 1, C)
+            cache.k[:, :, slot:slot + 1].copy_(k)
+            cache.v[:, :, slot:slot + 1].copy_(v)
+            # Ring slots are out of position order; that is fine: RoPE is already applied and a decode
+            # query sees every key the ring holds.
+            return cache.k[:, :, :n_valid], cache.v[:, :, :n_valid]  # [B, Hkv, n_valid, D]
+        if start_pos != 0:
+            raise ValueError("a KV cache takes a prefill from position 0 or single-token decode steps")
+        if cache.window is None:
+            if S > C:
+                raise ValueError(f"{S} tokens do not fit a cache of {C} slots")
+            cache.k[:, :, :S].copy_(k)
+            cache.v[:, :, :S].copy_(v)
+        else:  # keep the last C positions, each at slot position % C
+            keep = min(S, C)
+            slots = torch.arange(S - keep, S, device=k.device) % C
+            cache.k[:, :, slots] = k[:, :, S - keep:]
+            cache.v[:, :, slots] = v[:, :, S - keep:]
+        return k, v  # the prefill attends over its own tokens
+
+    # --- forward
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                backend: str | None = None) -> torch.Tensor:
+        """x [B, S, hidden] -> [B, S, hidden]: x + the attention update (gpt-oss's residual form)."""
+        return x + self.update(x, cache, start_pos, backend)
+
+    def update(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+               backend: str | None = None) -> torch.Tensor:
+        """The block without its residual add: out(attend(rope(qkv(norm(x))))), [B, S, hidden]."""
+        backend = backend or self.backend
+        reason = self.unsupported_reason(backend, x.device, training=torch.is_grad_enabled() and (
+            x.requires_grad or self.qkv.weight.requires_grad))
+        if reason:
+            raise SkipCase(reason)
+        B, S, _ = x.shape
+        h = self.norm(x) if self.norm is not None else x
+        q, k, v = self.qkv(h).split(self.split, dim=-1)  # [B, S, Hq*D], [B, S, Hkv*D] x2
+        q = q.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, Hq, S, D]
+        k = k.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        v = v.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, D]
+        if self.rope is not None:
+            q, k = self.rope(q, start_pos), self.rope(k, start_pos)
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("a KV cache needs causal attention")
+            k, v = self._cache_write_read(cache, k, v, start_pos)
+        elif start_pos != 0 and S > 1:
+            raise ValueError("without a cache, tokens start at position 0 (start_pos only shifts RoPE for S=1)")
+        # With more than one query the queries are the keys' own tokens, so the causal window is a mask
+        # over [S, S]; a single query (decode) sees every key it was given.
+        masked = self.causal and S > 1
+        window = self.window if masked and self.window is not None and self.window < S else None
+        attend = {"eager": self._eager, "sdpa": self._sdpa, "flex": self._flex}[backend]
+        o = attend(q, k, v, masked, window)  # [B, Hq, S, D]
+        return self.out(o.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+
+    # --- backends: q [B, Hq, S, D], k/v [B, Hkv, T, D] -> [B, Hq, S, D]
+    def _allowed(self, S: int, window: int | None, device: torch.device) -> torch.Tensor:
+        """[S, S] bool: query i may see key j (j <= i and i - j < window)."""
+        key = ("allowed", S, window, device)
+        if key not in self._masks:
+            i = torch.arange(S, device=device)
+            d = i[:, None] - i[None, :]  # [S, S] query position minus key position
+            self._masks[key] = (d >= 0) & (d < window) if window is not None else d >= 0
+        return self._masks[key]
+
+    def _eager(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+        B, Hq, S, D = q.shape
+        Hkv, T = k.shape[1], k.shape[2]
+        group = Hq // Hkv
+        # query head h = kv_head * group + j, so the heads of one KV group are contiguous
+        qg = q.reshape(B, Hkv, group * S, D)  # [B, Hkv, G*S, D]
+        scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, Hkv, group, S, T)  # [B, Hkv, G, S, T]
+        scores = scores.float() * self.scale  # softmax in fp32 for half-precision inputs
+        if masked:
+            scores = scores.masked_fill(~self._allowed(S, window, q.device), float("-inf"))
+        if self.sinks is not None:
+            sink = self.sinks.float().view(1, Hkv, group, 1, 1).expand(B, Hkv, group, S, 1)
+            probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :T]  # drop the sink column
+        else:
+            probs = torch.softmax(scores, dim=-1)
+        o = torch.matmul(probs.to(v.dtype).view(B, Hkv, group * S, T), v)  # [B, Hkv, G*S, D]
+        return o.view(B, Hq, S, D)
+
+    def _sdpa(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+        Hq, Hkv, S = q.shape[1], k.shape[1], q.shape[2]
+        mask = None
+        if masked and window is not None:
+            key = ("sdpa", S, window, q.device, q.dtype)
+            if key not in self._masks:  # additive mask in the compute dtype: no per-call conversion
+                allowed = self._allowed(S, window, q.device)
+                self._masks[key] = torch.zeros(S, S, device=q.device, dtype=q.dtype).masked_fill(
+                    ~allowed, float("-inf"))
+            mask = self._masks[key]
+        is_causal = masked and mask is None
+        if Hq != Hkv and (not _SDPA_HAS_GQA or self._sdpa_expand_kv(q, k, mask, is_causal)):
+            k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
+        gqa = {"enable_gqa": True} if _SDPA_HAS_GQA and k.shape[1] != Hq else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+                                              **gqa)
+
+    def _sdpa_expand_kv(self, q, k, mask, is_causal: bool) -> bool:
+        """True when native GQA would fall back to SDPA's math kernel but expanded K/V would not.
+
+        On CUDA the fused kernel that takes a mask (memory-efficient) does not take grouped heads, and the
+        math fallback materialises [B, Hq, S, S] scores. Decided once per shape, outside the timed calls.
+        """
+        key = ("sdpa_expand", tuple(q.shape), tuple(k.shape), mask is not None, is_causal, q.device, q.dtype)
+        if key not in self._masks:
+            expand = False
+            if q.device.type == "cuda":
+                try:
+                    native = torch._fused_sdp_choice(q, k, k, attn_mask=mask, is_causal=is_causal,
+                                                     scale=self.scale, enable_gqa=True)
+                    expand = int(native) == 0  # SDPBackend.MATH
+                except (AttributeError, RuntimeError, TypeError):
+                    expand = mask is not None  # private probe unavailable: assume the documented limits
+            self._masks[key] = expand
+        return self._masks[key]
+
+    def _flex(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+        block_mask = self._flex_block_mask(q.shape[2], window, q.device) if masked else None
+        kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=self.scale,
+                                      enable_gqa=q.shape[1] != k.shape[1])
+        if self.sinks is None:
+            return _compiled_flex()(q, k, v, **kwargs)
+        o, lse = _flex_with_lse(q, k, v, kwargs)  # lse [B, Hq, S], natural log, float32
+        return apply_sinks_from_lse(o, lse, self.sinks)
+
+    def _flex_block_mask(self, S: int, window: int | None, device: torch.device):
+        key = ("flex", S, window, device)
+        if key not in self._masks:
+            self._masks[key] = causal_window_block_mask(S, window, device)
+        return self._masks[key]
+
+    def extra_repr(self) -> str:
+        return (f"hidden={self.hidden}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, window={self.window}, sinks={self.has_sinks}, "
+                f"positions={self.positions}, causal={self.causal}, backend={self.backend}")
+
+
+def apply_sinks_from_lse(o: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Turn softmax-without-sink outputs into softmax-with-sink outputs.
+
+    With the sink column every weight is divided by (sum_j e^s_j + e^sink) instead of sum_j e^s_j, i.e.
+    multiplied by e^lse / (e^lse + e^sink) = sigmoid(lse - sink).
+    o [B, Hq, S, D], lse [B, Hq, S], sinks [Hq].
+    """
+    factor = torch.sigmoid(lse.float() - sinks.float()[None, :, None])  # [B, Hq, S]
+    return o * factor.unsqueeze(-1).to(o.dtype)
+
+
+# --- flex_attention plumbing
+_FLEX = None
+
+
+def _compiled_flex():
+    """flex_attention compiled once per process (each new shape compiles its own kernel).
+
+    Every distinct shape is a recompilation of the same function; dynamo's default limit of 8 per function
+    would silently drop a long sweep to the unfused eager path, so the limit is raised here.
+    """
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        import torch._dynamo.config as dynamo_config
+        for name, floor in (("recompile_limit", 512), ("accumulated_recompile_limit", 4096)):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), floor))
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _flex_with_lse(q, k, v, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """flex_attention's output and log-sum-exp; `return_aux` (newer torch) or `return_lse` (older)."""
+    from torch.nn.attention import flex_attention as flex_module
+    if hasattr(flex_module, "AuxRequest"):
+        o, aux = _compiled_flex()(q, k, v, return_aux=flex_module.AuxRequest(lse=True), **kwargs)
+        return o, aux.lse
+    return _compiled_flex()(q, k, v, return_lse=True, **kwargs)
+
+
+def causal_window_block_mask(S: int, window: int | None, device: Any, block: int = FLEX_BLOCK):
+    """A flex BlockMask for causal attention over S tokens with an optional window, built per block.
+
+    create_block_mask would evaluate the mask on all S*S pairs (17 GB of booleans at 131072 tokens);
+    whether a block is empty, full or partial follows from its corner positions. The window is a tensor
+    captured by the mask function so full and windowed masks of one shape share one compiled kernel.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+    w = window if window is not None else S  # a window of S is plain causal attention
+    n = -(-S // block)
+    start = torch.arange(n, device=device) * block
+    end = torch.clamp(start + block, max=S) - 1  # last index in each block
+    whole = (end - start + 1) == block  # a truncated last block is never "full"
+    q0, q1, k0, k1 = start[:, None], end[:, None], start[None, :], end[None, :]  # [n, 1] / [1, n]
+    # Over a block pair, d = q - k takes every value in [q0 - k1, q1 - k0]; a pair is allowed iff 0 <= d < w.
+    any_allowed = (q1 - k0 >= 0) & (q0 - k1 <= w - 1)  # [n, n]
+    all_allowed = (q0 - k1 >= 0) & (q1 - k0 <= w - 1) & whole[:, None] & whole[None, :]
+    partial = any_allowed & ~all_allowed
+
+    window_t = torch.tensor(w, device=device)
+
+    def causal_window(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window_t)
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, n] bool -> per-row count and the indices of the set blocks first, as [1, 1, ...] int32."""
+        counts = blocks.sum(dim=-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None, None].contiguous(), indices[None, None].contiguous()
+
+    kv_num, kv_idx = ordered(partial)
+    full_num, full_idx = ordered(all_allowed)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
+                                    mask_mod=causal_window, seq_lengths=(S, S))

@@ -1,0 +1,101 @@
+"""Dense feed-forward layers: GPT-2's GELU FFN and a dense version of gpt-oss's clamped SwiGLU expert.
+
+`DenseFFN(hidden, intermediate, activation)` computes `fc2(act(fc1(x)))`:
+- "gelu_tanh": GPT-2's FFN, fc1 hidden -> intermediate (4 x hidden in GPT-2), GELU with the tanh
+  approximation, fc2 back to hidden; both with biases.
+- "swiglu": gpt-oss's expert as one dense layer: fc1 hidden -> 2 x intermediate whose even columns are
+  the gate and odd columns the linear half (interleaved, as in gpt-oss's mlp1), `clamped_swiglu`, fc2.
+
+With `norm="rmsnorm"` (or "layernorm") and `residual=True` it becomes a whole pre-norm MLP block,
+`x + fc2(act(fc1(norm(x))))`, the same shape of computation as gpt-oss's MLPBlock (see `moe.MoE`), so a
+dense FFN and an MoE can be compared block for block.
+
+`matched_ffn_intermediate` sizes a dense FFN to hold as many parameters as an MoE's active experts
+(router + top_k experts) or all of its experts (router + every expert).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import RMSNorm
+from .config import ModelConfig
+from .params import fc1_width, matched_intermediate, moe_params
+
+ACTIVATIONS = ("swiglu", "gelu_tanh")
+MATCHES = ("none", "active", "total")
+
+
+def clamped_swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """gpt-oss's SwiGLU on interleaved columns: x [..., 2I] -> [..., I].
+
+    The gate g = x[..., 0::2] is clamped above at `limit`, the linear half l = x[..., 1::2] to
+    [-limit, limit]; out = g * sigmoid(alpha * g) * (l + 1). The +1 is gpt-oss's: an extra bias on the
+    linear half.
+    """
+    g = x[..., 0::2].clamp(max=limit)
+    lin = x[..., 1::2].clamp(min=-limit, max=limit)
+    return g * torch.sigmoid(alpha * g) * (lin + 1)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return F.gelu(x, approximate="tanh")
+
+
+def matched_ffn_intermediate(match: Literal["active", "total"], hidden: int, expert_intermediate: int,
+                             n_experts: int, top_k: int, *, activation: str = "swiglu", bias: bool = True,
+                             router_bias: bool = True, expert_activation: str = "swiglu") -> int:
+    """Width of a dense FFN with the parameters of an MoE's router + top_k experts ("active") or router
+    + all experts ("total"); norms are left out on both sides (each block has the same one)."""
+    counts = moe_params(hidden, expert_intermediate, n_experts, top_k, activation=expert_activation,
+                        bias=bias, router_bias=router_bias)
+    return matched_intermediate(counts[match], hidden, activation, bias)
+
+
+class DenseFFN(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, activation: str = "gelu_tanh", *, bias: bool = True,
+                 norm: str | None = None, norm_eps: float = 1e-5, residual: bool = False,
+                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if norm not in (None, "rmsnorm", "layernorm"):
+            raise ValueError(f"norm must be None, 'rmsnorm' or 'layernorm', got {norm!r}")
+        self.hidden, self.intermediate, self.activation = hidden, intermediate, activation
+        self.swiglu_alpha, self.swiglu_limit, self.residual = swiglu_alpha, swiglu_limit, residual
+        if norm == "rmsnorm":
+            self.norm = RMSNorm(hidden, norm_eps, device=device)
+        elif norm == "layernorm":
+            self.norm = nn.LayerNorm(hidden, eps=norm_eps, device=device, dtype=dtype)
+        else:
+            self.norm = None
+        self.fc1 = nn.Linear(hidden, fc1_width(intermediate, activation), bias=bias, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(intermediate, hidden, bias=bias, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, intermediate: int | None = None, **overrides: Any) -> DenseFFN:
+        """The dense FFN of a preset (GPT-2: 4 x hidden, GELU tanh), without norm or residual."""
+        kwargs: dict[str, Any] = dict(hidden=cfg.hidden, intermediate=intermediate or cfg.intermediate,
+                                      activation=cfg.activation, bias=cfg.mlp_bias,
+                                      swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit)
+        return cls(**{**kwargs, **overrides})
+
+    def act(self, h: torch.Tensor) -> torch.Tensor:
+        if self.activation == "swiglu":
+            return clamped_swiglu(h, self.swiglu_alpha, self.swiglu_limit)
+        return gelu_tanh(h)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., hidden] -> fc2(act(fc1(norm(x)))) [..., hidden], without the residual."""
+        t = self.norm(x) if self.norm is not None else x
+        return self.fc2(self.act(self.fc1(t)))  # [..., hidden]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.update(x)
+        return x + y if self.residual else y

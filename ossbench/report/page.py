@@ -1,0 +1,126 @@
+"""What every HTML page of ossbench shares: the jinja2 environment, number formats, plotly.js and charts.
+
+Every string from a suite or a results file (names, descriptions, ids, errors, labels) is user input. The
+jinja2 environment autoescapes; chart JSON goes through jinja's ``tojson`` (which escapes ``<``, ``>``,
+``&`` and ``'``); and every label handed to plotly is HTML-escaped first (see `plot_text`), because plotly
+renders a subset of HTML in titles, legends and hover text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from ..results import write_atomic
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass
+class Chart:
+    """One plotly figure on a page: ``figure`` is plain JSON data (``{"data": [...], "layout": {...}}``)."""
+
+    id: str
+    figure: dict[str, Any]
+    note: str = ""  # shown under the chart, as text
+
+
+@dataclass
+class ChartIds:
+    """Hands out unique div ids (``plot-0``, ``plot-1``, ...) for the charts of one page."""
+
+    issued: list[str] = field(default_factory=list)
+
+    def __call__(self) -> str:
+        self.issued.append(f"plot-{len(self.issued)}")
+        return self.issued[-1]
+
+
+def chart(ids: ChartIds, fig: Any, note: str = "") -> Chart:
+    """A plotly ``go.Figure`` as a Chart; plotly's own encoder turns numpy values into plain JSON."""
+    return Chart(id=ids(), figure=json.loads(fig.to_json()), note=note)
+
+
+def plot_text(value: Any) -> str:
+    """A user string as plotly shows it: escaped, so that plotly displays it instead of parsing tags."""
+    return html.escape(str(value), quote=True)
+
+
+def render_page(template: str, charts: list[Chart], **context: Any) -> str:
+    """Render ``template`` with ``charts`` (each needs a ``<div id=...>`` in the page, see base.html.j2)."""
+    return _environment().get_template(template).render(
+        charts=charts,
+        # 4.8 MB of JavaScript: only worth inlining when there is something to plot.
+        plotly_js=plotly_js() if charts else None,
+        **context,
+    )
+
+
+def write_page(text: str, path: str | os.PathLike) -> Path:
+    """Write atomically: a crash mid-write never leaves a half-written report."""
+    return write_atomic(Path(path), text)
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> Markup:
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    # Inlined as raw script text, so a "</script" inside would end the tag early and break the page.
+    if "</script" in js.lower():
+        raise RuntimeError("this plotly.js bundle contains '</script' and cannot be inlined")
+    return Markup(js)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(ms=format_ms, bytes=format_bytes, num=format_number, pct=format_percent,
+                       ratio=format_ratio, sortkey=sort_key)
+    return env
+
+
+def format_ms(value: float | None) -> str:
+    if value is None:
+        return ""
+    if abs(value) < 1.0:
+        return f"{value * 1e3:.4g} µs"
+    return f"{value:.4g} ms" if value < 1e4 else f"{value / 1e3:.4g} s"
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} TiB"
+
+
+def format_number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def format_percent(fraction: float | None) -> str:
+    return "" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def format_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}x"
+
+
+def sort_key(value: float | None) -> str:
+    """The ``data-sort`` value of a numeric table cell: the number in full, empty when missing."""
+    return "" if value is None else repr(float(value))

@@ -1,0 +1,269 @@
+"""The charts of one run's report: latency, speedup of the compare pairs, roofline, memory, energy.
+
+Each function returns a list of Charts (empty when the run has nothing to show) and never raises for
+missing data: a run without a field simply gets no chart for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..compare import ratio_of_medians_ci
+from ..expectations import PairOutcome, PairReport
+from ..results import CaseResult, RunResult
+from .ceilings import Placement, place, run_ceilings
+from .page import Chart, ChartIds, chart, plot_text
+from .plots import add_band_line, axis_type, dash_for, layout, lines_along, numeric_axes, numeric_keys, palette
+
+ROOF_COLOUR = "#444444"
+REFERENCE_COLOUR = "#888888"
+SpeedupCIs = dict[tuple[str, str], tuple[float, float]]  # (baseline id, candidate id) -> CI95 of the speedup
+
+
+def variant_colours(run: RunResult) -> dict[str, str]:
+    return palette(series_key(c, run) for c in run.cases)
+
+
+def series_key(case: CaseResult, run: RunResult) -> str:
+    """What a line stands for: the variant, prefixed by the family when the run mixes families."""
+    several = len({c.family for c in run.cases}) > 1
+    return f"{case.family}/{case.variant}" if several else case.variant
+
+
+def measured(run: RunResult) -> list[CaseResult]:
+    return [c for c in run.cases if c.status == "ok" and c.stats is not None]
+
+
+def metric_charts(run: RunResult, ids: ChartIds, colours: dict[str, str], *, value: Callable[[CaseResult], Any],
+                  band: Callable[[CaseResult], tuple[Any, Any]] | None, title: str, y_title: str,
+                  unit: str = "", note: str = "") -> list[Chart]:
+    """One chart per numeric sweep axis: ``value`` of each measured case against the axis, a line per
+    variant (and per combination of the other axes), with a filled band from ``band`` when given."""
+    import plotly.graph_objects as go
+
+    cases = [c for c in measured(run) if value(c) is not None]
+    charts = []
+    for axis in numeric_axes(run.cases):
+        lines = lines_along(cases, axis, lambda c: c.axes, lambda c: series_key(c, run))
+        if not lines:
+            continue
+        dashes = dash_for(lines)
+        fig = go.Figure()
+        for line in lines:
+            bands = [band(c) for c in line.points] if band else None
+            add_band_line(fig, x=[c.axes[axis] for c in line.points], y=[value(c) for c in line.points],
+                          low=[b[0] for b in bands] if bands else None, high=[b[1] for b in bands] if bands else None,
+                          name=line.label, colour=colours[line.key], dash=dashes[line.others],
+                          hover=[c.id for c in line.points], unit=unit)
+        xs = [c.axes[axis] for line in lines for c in line.points]
+        ys = [value(c) for line in lines for c in line.points]
+        fig.update_layout(**layout(title=f"{title} vs {axis}", x_title=axis, y_title=y_title,
+                                   x_type=axis_type(xs), y_type=axis_type(ys)))
+        charts.append(chart(ids, fig, note))
+    return charts
+
+
+def latency_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
+    return metric_charts(
+        run, ids, colours, value=lambda c: c.stats.median, band=lambda c: (c.stats.ci95_low, c.stats.ci95_high),
+        title="Median latency", y_title="median latency (ms)", unit=" ms",
+        note="Filled bands: the 95% confidence interval of each median (distribution-free, from the samples).")
+
+
+def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) -> list[Chart]:
+    """Per compare pair: measured speedup (baseline median / candidate median) and the cost model's FLOP
+    ratio as a dashed reference, against each numeric axis of the pair's points (a bar chart when the
+    points have no numeric axis)."""
+    import plotly.graph_objects as go
+
+    charts = []
+    for report in reports:
+        outcomes = [o for o in report.outcomes if o.speedup is not None]
+        if not outcomes:
+            continue
+        title = f"Speedup of {report.candidate} over {report.baseline}"
+        axes = numeric_keys(o.axes for o in outcomes)
+        note = ("Speedup = baseline median / candidate median (above 1: the candidate is faster). Band: "
+                "percentile bootstrap CI95 of that ratio, from the samples. Dashed: the FLOP ratio the "
+                "cost model predicts (baseline FLOPs / candidate FLOPs).")
+        if not axes:
+            fig = go.Figure()
+            labels = [plot_text(_at(o.axes) or o.baseline_id) for o in outcomes]
+            fig.add_trace(go.Bar(x=labels, y=[o.speedup for o in outcomes], name="measured speedup",
+                                 error_y=_bar_errors(outcomes, cis)))
+            fig.add_trace(go.Scatter(x=labels, y=[o.flops_ratio for o in outcomes], mode="markers",
+                                     name="FLOP ratio", marker=dict(symbol="line-ew-open", size=30,
+                                                                    color=REFERENCE_COLOUR)))
+            fig.update_layout(**layout(title=title, x_title="sweep point", y_title="speedup (x)"))
+            charts.append(chart(ids, fig, note))
+            continue
+        for axis in axes:
+            lines = lines_along(outcomes, axis, lambda o: o.axes, lambda o: "measured")
+            dashes = dash_for(lines)
+            fig = go.Figure()
+            for line in lines:
+                x = [o.axes[axis] for o in line.points]
+                ci = [_ci_of(o, cis) for o in line.points]
+                add_band_line(fig, x=x, y=[o.speedup for o in line.points], low=[c[0] for c in ci],
+                              high=[c[1] for c in ci], name=f"speedup ({line.others})" if line.others else "speedup",
+                              colour="#1f77b4", dash=dashes[line.others],
+                              hover=[f"{o.candidate_id} vs {o.baseline_id}" for o in line.points], unit="x")
+                fig.add_trace(go.Scatter(
+                    x=x, y=[o.flops_ratio for o in line.points], mode="lines",
+                    name=plot_text(f"FLOP ratio ({line.others})" if line.others else "FLOP ratio"),
+                    line=dict(color=REFERENCE_COLOUR, dash="dash"), hovertemplate="FLOP ratio %{y:.3g}x<extra></extra>"))
+            xs = [o.axes[axis] for o in outcomes]
+            ys = [v for o in outcomes for v in (o.speedup, o.flops_ratio) if v]
+            fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
+            fig.update_layout(**layout(title=f"{title} vs {axis}", x_title=axis, y_title="speedup (x)",
+                                       x_type=axis_type(xs), y_type=axis_type(ys)))
+            charts.append(chart(ids, fig, note))
+    return charts
+
+
+def roofline_chart(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
+    """Arithmetic intensity (cost-model FLOPs / minimum bytes) against achieved TFLOP/s, log-log, with the
+    run's memory roof and the compute roof of each dtype in the run, when the run has ceilings."""
+    import plotly.graph_objects as go
+
+    ceilings = run_ceilings(run.environment)
+    points = []
+    for c in measured(run):
+        p = place(c, ceilings)
+        if p.intensity and c.derived.tflops:
+            points.append((c, p))
+    if not points:
+        return []
+    fig = go.Figure()
+    for key in colours:
+        mine = [(c, p) for c, p in points if series_key(c, run) == key]
+        if not mine:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[p.intensity for _, p in mine], y=[c.derived.tflops for c, _ in mine], mode="markers",
+            name=plot_text(key), marker=dict(color=colours[key], size=9),
+            text=[plot_text(f"{c.id}: {_fraction_text(p)}") for c, p in mine],
+            hovertemplate="%{text}<br>%{x:.3g} FLOP/B, %{y:.4g} TFLOP/s<extra></extra>"))
+    lo = min(p.intensity for _, p in points) / 4
+    hi = max(p.intensity for _, p in points) * 4
+    notes = _add_roofs(fig, ceilings, sorted({p.key for _, p in points}), lo, hi)
+    fig.update_layout(**layout(title="Roofline", x_title="arithmetic intensity (FLOP per byte, cost model)",
+                               y_title="achieved TFLOP/s", x_type="log", y_type="log"))
+    fig.update_yaxes(exponentformat="power")
+    return [chart(ids, fig, " ".join(notes))]
+
+
+def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: float, hi: float) -> list[str]:
+    """Draw min(compute roof, intensity x bandwidth) for each compute ceiling key of the run's cases;
+    return what was drawn and what was left out, in words."""
+    import plotly.graph_objects as go
+
+    if not ceilings:
+        return ["No ceilings are recorded for this run (a CPU, or a GPU neither in the datasheet table nor "
+                "calibrated with `ossbench calibrate`): the roofs are omitted."]
+    bandwidth = ceilings.get("bandwidth_gbps")
+    sources = ceilings.get("sources", {})
+    tb_per_s = bandwidth / 1e3 if bandwidth else None  # FLOP/B x TB/s = TFLOP/s
+    notes = []
+    drawn = False
+    for key in keys:
+        compute = ceilings.get("compute_tflops", {}).get(key)
+        if compute is None:
+            notes.append(f"No {key} compute ceiling for this device: that roof is omitted.")
+            continue
+        drawn = True
+        ridge = compute / tb_per_s if tb_per_s else None
+        # Always show the ridge and a stretch of both roofs, so the reader sees which side a case is on.
+        xs = sorted({min(lo, ridge / 4) if ridge else lo, max(hi, ridge * 4) if ridge else hi,
+                     *([ridge] if ridge else [])})
+        ys = [min(compute, x * tb_per_s) if tb_per_s else compute for x in xs]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines",
+                                 name=f"{key} roof ({compute:g} TFLOP/s, {sources.get(key, '?')})",
+                                 line=dict(color=ROOF_COLOUR, width=2),
+                                 hovertemplate="roof %{y:.4g} TFLOP/s at %{x:.3g} FLOP/B<extra></extra>"))
+        notes.append(f"{key} roof: {compute:g} TFLOP/s ({sources.get(key, '?')}).")
+    if tb_per_s:
+        notes.append(f"Slope: memory bandwidth {bandwidth:g} GB/s ({sources.get('bandwidth', '?')}).")
+        if not drawn:
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo * tb_per_s, hi * tb_per_s], mode="lines",
+                                     name=f"bandwidth roof ({bandwidth:g} GB/s)", line=dict(color=ROOF_COLOUR)))
+    else:
+        notes.append("No memory bandwidth ceiling for this device: the bandwidth roof is omitted.")
+    return notes
+
+
+def memory_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
+    """Measured peak memory, and the cost model's KV cache where the family reports one, per numeric axis."""
+    charts = metric_charts(
+        run, ids, colours, value=lambda c: _mib(c.memory.peak_bytes if c.memory else None), band=None,
+        title="Peak memory", y_title="peak memory (MiB)", unit=" MiB",
+        note="Measured during the case: the CUDA allocator's peak above the case's start, or on CPU the "
+             "growth of the process's peak resident set (coarse: it only grows once per process).")
+    charts += metric_charts(
+        run, ids, colours, value=lambda c: _mib(kv_cache_bytes(c)), band=None,
+        title="KV cache", y_title="KV cache (MiB)", unit=" MiB",
+        note="From the family's cost model (cost_extra.kv_cache_bytes): the keys and values the layer keeps.")
+    return charts
+
+
+def energy_charts(run: RunResult, ids: ChartIds, colours: dict[str, str],
+                  per_token: Callable[[CaseResult], float | None]) -> list[Chart]:
+    return metric_charts(
+        run, ids, colours, value=lambda c: _mj(per_token(c)), band=None, title="Energy per token",
+        y_title="energy per token (mJ)", unit=" mJ",
+        note="GPU energy over the timed samples (NVML) divided by the tokens they processed.")
+
+
+def kv_cache_bytes(case: CaseResult) -> float | None:
+    """The cost model's KV cache of a case (recorded in memory detail, or in cost_extra by older runs)."""
+    recorded = case.memory.kv_cache_model_bytes if case.memory else None
+    return recorded if recorded is not None else case.cost_extra.get("kv_cache_bytes")
+
+
+def _mib(n: float | None) -> float | None:
+    return None if n is None else n / 2**20
+
+
+def _mj(joules: float | None) -> float | None:
+    return None if joules is None else joules * 1e3
+
+
+def speedup_cis(run: RunResult, reports: list[PairReport]) -> SpeedupCIs:
+    """(baseline id, candidate id) -> percentile bootstrap CI95 of baseline median / candidate median, from
+    the samples (the same estimator as `ossbench compare`), for every pair outcome where both cases ran."""
+    import numpy as np
+
+    by_id = {c.id: c for c in run.cases}
+    rng = np.random.default_rng(0)  # fixed: rendering the same results twice gives the same page
+    out: SpeedupCIs = {}
+    for report in reports:
+        for o in report.outcomes:
+            base, cand = by_id.get(o.baseline_id), by_id.get(o.candidate_id)
+            if o.speedup is None or not (base and cand and base.samples_ms and cand.samples_ms):
+                continue
+            # ratio_of_medians_ci(reference, other) is median(other) / median(reference): the speedup here.
+            _, ci = ratio_of_medians_ci(np.asarray(cand.samples_ms), np.asarray(base.samples_ms), rng)
+            out[(o.baseline_id, o.candidate_id)] = ci
+    return out
+
+
+def _ci_of(o: PairOutcome, cis: SpeedupCIs) -> tuple[float | None, float | None]:
+    return cis.get((o.baseline_id, o.candidate_id), (None, None))
+
+
+def _bar_errors(outcomes: list[PairOutcome], cis: SpeedupCIs) -> dict[str, Any] | None:
+    ci = [_ci_of(o, cis) for o in outcomes]
+    if any(lo is None for lo, _ in ci):
+        return None
+    return dict(type="data", symmetric=False, array=[hi - o.speedup for o, (_, hi) in zip(outcomes, ci)],
+                arrayminus=[o.speedup - lo for o, (lo, _) in zip(outcomes, ci)])
+
+
+def _at(axes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in axes.items())
+
+
+def _fraction_text(p: Placement) -> str:
+    if p.fraction is None:
+        return "speed of light not known" + (f" ({p.reason})" if p.reason else "")
+    return f"{p.fraction * 100:.1f}% of speed of light, {p.bound}-bound"

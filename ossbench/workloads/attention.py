@@ -1,0 +1,462 @@
+"""The attention family: how one attention block is benchmarked, checked and costed.
+
+Modes:
+- prefill: one forward pass over batch x seq_len tokens (no KV cache written).
+- decode:  one new token per sequence at position kv_len against a cache pre-filled with kv_len random
+           keys/values; every call rewrites the same slot, so the cache never grows and calls repeat.
+- train:   forward + backward (gradients of the input and all parameters via autograd.grad).
+
+Cost model (per call of `fn`; see docs/attention.md):
+- pairs P: query/key pairs computed per sequence per head. Prefill/train causal: S(S+1)/2, or with a
+  window W: W(W+1)/2 + (S-W)W; non-causal: S^2. Decode: min(kv_len+1, W).
+- FLOPs = matmuls only, 2 per multiply-add: projections 2*T*hidden*(qkv_width + q_width) for T query
+  tokens, attention 2 matmuls (QK^T, PV) = 4*B*n_heads*P*head_dim. Train = 3x forward (each matmul's
+  backward is two matmuls of the same size; no recomputation counted). Softmax, RoPE, norm, bias and
+  the residual add are not counted.
+- bytes = the minimum that must move: weights once, input read, output written; decode adds the KV
+  cache it attends over (P tokens of K and V: P-1 read, 1 written); train adds weight gradients written,
+  output gradient read and input gradient written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+
+from ..errors import SkipCase
+from ..layers.attention import Attention, KVCache
+from ..layers.config import ModelConfig
+from ..layers.rope import RopeSpec, yarn_ramp_bounds
+from .base import Check, Cost, Family, Workload
+
+SEED = 0
+WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
+# Allowed max|out - ref| / max|ref| per dtype. A block chains about five roundings (input cast, qkv
+# output, scores/probabilities, attention output, out projection), each at most the unit roundoff u
+# (bf16 2^-8, fp16 2^-11): 2e-2 and 2e-3 are ~5u. fp32 leaves room for accumulation over 2880-long
+# dot products (sqrt(2880) * 2^-24 ~ 3e-6) at 1e-5.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+FULL_REFERENCE_SCORES = 1 << 24  # up to this many scores, the reference covers every query row
+REFERENCE_CHUNK_SCORES = 1 << 25  # scores per reference chunk (256 MB in float64)
+
+
+class AttentionParams(BaseModel):
+    """One attention case. Fields are ordered so that cross-field checks see the fields they need."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    mode: Literal["prefill", "decode", "train"]
+    backend: Literal["eager", "sdpa", "flex"]
+    batch: PositiveInt
+    seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
+    kv_len: PositiveInt = Field(description="cached tokens before the decoded one (unused in prefill/train)")
+    hidden: PositiveInt
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt
+    head_dim: PositiveInt
+    window: PositiveInt | None = Field(description="None: full attention; W: a query sees itself and W-1 "
+                                                   "earlier tokens")
+    sinks: bool
+    positions: Literal["none", "rope", "yarn"]
+    bias: bool
+    causal: bool
+    rope_theta: PositiveFloat
+    yarn_factor: float = Field(ge=1.0, description="1: no YaRN scaling (used only with positions=yarn)")
+    yarn_beta_slow: PositiveFloat
+    yarn_beta_fast: PositiveFloat
+    yarn_original_context: PositiveInt
+    norm: Literal["rmsnorm", "layernorm", "none"] = Field(description="pre-norm inside the block")
+    norm_eps: PositiveFloat
+
+    @field_validator("n_kv_heads")
+    @classmethod
+    def _divides_heads(cls, v: int, info: ValidationInfo) -> int:
+        n_heads = info.data.get("n_heads")
+        if n_heads is not None and n_heads % v:
+            raise ValueError(f"n_kv_heads ({v}) must divide n_heads ({n_heads})")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window_fits(cls, v: int | None, info: ValidationInfo) -> int | None:
+        mode = info.data.get("mode")
+        if v is None or mode is None:
+            return v
+        if mode == "decode":
+            kv_len = info.data.get("kv_len")
+            if kv_len is not None and v > kv_len:
+                raise ValueError(f"window {v} is longer than the cache (kv_len {kv_len}): it would be full "
+                                 f"attention; use window: null or a longer kv_len")
+        else:
+            seq_len = info.data.get("seq_len")
+            if seq_len is not None and v > seq_len:
+                raise ValueError(f"window {v} is longer than seq_len {seq_len}: it would be full attention; "
+                                 f"use window: null or a longer seq_len")
+        return v
+
+    @field_validator("positions")
+    @classmethod
+    def _even_head_dim(cls, v: str, info: ValidationInfo) -> str:
+        head_dim = info.data.get("head_dim")
+        if v != "none" and head_dim is not None and head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {head_dim}")
+        return v
+
+    @field_validator("causal")
+    @classmethod
+    def _causal_needed(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v and info.data.get("window") is not None:
+            raise ValueError("causal: false with a window: the sliding window is defined only for causal "
+                             "attention (a query sees itself and earlier tokens)")
+        if not v and info.data.get("mode") == "decode":
+            raise ValueError("causal: false in decode mode: decoding one token against a cache is causal")
+        return v
+
+    @field_validator("yarn_beta_fast")
+    @classmethod
+    def _betas_ordered(cls, v: float, info: ValidationInfo) -> float:
+        slow = info.data.get("yarn_beta_slow")
+        if slow is not None and not slow < v:
+            raise ValueError(f"yarn_beta_fast ({v}) must be greater than yarn_beta_slow ({slow})")
+        return v
+
+    @field_validator("yarn_original_context")
+    @classmethod
+    def _yarn_ramp_valid(cls, v: int, info: ValidationInfo) -> int:
+        d = info.data
+        needed = ("positions", "head_dim", "rope_theta", "yarn_factor", "yarn_beta_slow", "yarn_beta_fast")
+        if all(k in d for k in needed) and d["positions"] == "yarn" and d["yarn_factor"] > 1:
+            yarn_ramp_bounds(d["head_dim"], RopeSpec(d["rope_theta"], d["yarn_factor"], d["yarn_beta_slow"],
+                                                     d["yarn_beta_fast"], v))
+        return v
+
+    @property
+    def rope(self) -> RopeSpec:
+        return RopeSpec(self.rope_theta, self.yarn_factor, self.yarn_beta_slow, self.yarn_beta_fast,
+                        self.yarn_original_context)
+
+
+def defaults(cfg: ModelConfig) -> dict[str, Any]:
+    """A full-attention (not windowed) layer with the preset's heads, in prefill over 4096 tokens."""
+    context = min(4096, cfg.max_position)
+    return dict(
+        mode="prefill", backend="sdpa", batch=1, seq_len=context, kv_len=context,
+        hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        window=None, sinks=cfg.sinks,
+        positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",  # learned: at the embedding
+        bias=cfg.qkv_bias, causal=True,
+        rope_theta=cfg.rope_theta, yarn_factor=cfg.yarn_factor, yarn_beta_slow=cfg.yarn_beta_slow,
+        yarn_beta_fast=cfg.yarn_beta_fast, yarn_original_context=cfg.yarn_original_context,
+        norm=cfg.norm, norm_eps=cfg.norm_eps,
+    )
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "window128": {"window": 128},
+    "mha": {"n_kv_heads": 64},  # gpt-oss's 64 query heads, each with its own K/V
+    "mqa": {"n_kv_heads": 1},
+    "no-sinks": {"sinks": False},
+    "rope": {"positions": "rope"},
+    "no-positions": {"positions": "none"},
+}
+
+
+# --- cost model
+def attention_pairs(p: AttentionParams) -> int:
+    """Query/key pairs computed per sequence and head."""
+    if p.mode == "decode":
+        return min(p.kv_len + 1, p.window) if p.window is not None else p.kv_len + 1
+    S = p.seq_len
+    if not p.causal:
+        return S * S
+    if p.window is None:
+        return S * (S + 1) // 2
+    W = p.window
+    return W * (W + 1) // 2 + (S - W) * W  # the first W rows see 1..W keys, every later row sees W
+
+
+def query_tokens(p: AttentionParams) -> int:
+    return p.batch if p.mode == "decode" else p.batch * p.seq_len
+
+
+def forward_flops(p: AttentionParams, pairs: int) -> tuple[float, float]:
+    """(projection FLOPs, attention FLOPs) of one forward pass with `pairs` pairs per sequence and head."""
+    q_width, kv_width = p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim
+    tokens = query_tokens(p)
+    projections = 2 * tokens * p.hidden * (q_width + 2 * kv_width) + 2 * tokens * q_width * p.hidden
+    attention = 2 * 2 * p.batch * p.n_heads * pairs * p.head_dim  # QK^T and PV
+    return float(projections), float(attention)
+
+
+def param_count(p: AttentionParams) -> int:
+    q_width, kv_width = p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim
+    qkv_width = q_width + 2 * kv_width
+    n = p.hidden * qkv_width + q_width * p.hidden
+    n += (qkv_width + p.hidden) if p.bias else 0
+    n += p.n_heads if p.sinks else 0
+    n += {"rmsnorm": p.hidden, "layernorm": 2 * p.hidden, "none": 0}[p.norm]
+    return n
+
+
+def layer_kv_cache_bytes(n_tokens: int, n_kv_heads: int, head_dim: int, window: int | None = None,
+                         batch: int = 1, dtype_bytes: int = 2) -> int:
+    """K and V of one layer after `n_tokens` tokens; a windowed layer keeps only `window` of them."""
+    kept = n_tokens if window is None else min(n_tokens, window)
+    return batch * kept * 2 * n_kv_heads * head_dim * dtype_bytes
+
+
+def kv_cache_bytes(cfg: ModelConfig, n_tokens: int, *, batch: int = 1, dtype_bytes: int = 2,
+                   windows: bool = True, mha: bool = False) -> int:
+    """Whole-model KV cache after `n_tokens` tokens.
+
+    windows=False treats every layer as full attention; mha=True gives every query head its own K/V.
+    gpt-oss-20b at 131072 tokens in bf16: 3.22 GB (alternating 128-windows), 6.44 GB (all full),
+    51.5 GB (MHA, all full).
+    """
+    kv_heads = cfg.n_heads if mha else cfg.n_kv_heads
+    return sum(layer_kv_cache_bytes(n_tokens, kv_heads, cfg.head_dim, cfg.layer_window(i) if windows else None,
+                                    batch, dtype_bytes)
+               for i in range(cfg.n_layers))
+
+
+def attention_cost(p: AttentionParams, dtype_bytes: int) -> Cost:
+    pairs = attention_pairs(p)
+    proj_flops, attn_flops = forward_flops(p, pairs)
+    tokens = query_tokens(p)
+    n_params = param_count(p)
+    fp32_params = p.hidden if p.norm == "rmsnorm" else 0  # gpt-oss keeps the RMSNorm scale in fp32
+    weight_bytes = (n_params - fp32_params) * dtype_bytes + fp32_params * 4
+    activation_bytes = tokens * p.hidden * dtype_bytes  # one [tokens, hidden] tensor
+    if p.mode == "decode":
+        kept = pairs  # keys the new token attends to, including its own
+    else:
+        kept = p.seq_len if p.window is None else min(p.seq_len, p.window)
+    cache_bytes = layer_kv_cache_bytes(kept, p.n_kv_heads, p.head_dim, None, p.batch, dtype_bytes)
+    if p.mode == "prefill":
+        flops, nbytes = proj_flops + attn_flops, weight_bytes + 2 * activation_bytes
+    elif p.mode == "decode":
+        flops, nbytes = proj_flops + attn_flops, weight_bytes + 2 * activation_bytes + cache_bytes
+    else:  # train: weights read + gradients written; x, y, dy, dx
+        flops, nbytes = 3 * (proj_flops + attn_flops), 2 * weight_bytes + 4 * activation_bytes
+    return Cost(flops=flops, bytes=float(nbytes), tokens=tokens, extra={
+        "kv_cache_bytes": float(cache_bytes),  # this layer's cache for this case (prefill: what it would hold)
+        "attn_pairs": float(p.batch * pairs),  # query/key pairs per head, summed over the batch
+        "attn_flops": attn_flops * (3 if p.mode == "train" else 1),
+        "proj_flops": proj_flops * (3 if p.mode == "train" else 1),
+        "params": float(n_params),
+    })
+
+
+# --- building
+def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Attention:
+    """The block with fresh random weights (never zeros: zero weights make kernels take shortcuts)."""
+    module = Attention(p.hidden, p.n_heads, p.n_kv_heads, p.head_dim, window=p.window, sinks=p.sinks,
+                       positions=p.positions, rope=p.rope, bias=p.bias, causal=p.causal, norm=p.norm,
+                       norm_eps=p.norm_eps, backend=p.backend, device=device, dtype=dtype)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)
+            if name.startswith("norm."):
+                value = 1.0 + 0.1 * noise if name != "norm.bias" else 0.1 * noise
+            elif name == "sinks":
+                value = noise  # logits of order one, like the trained ones
+            else:
+                value = WEIGHT_STD * noise
+            param.copy_(value)
+    return module
+
+
+def fill_decode_cache(module: Attention, p: AttentionParams, generator: torch.Generator,
+                      device: Any, dtype: torch.dtype) -> KVCache:
+    """A cache holding kv_len random tokens (slots for kv_len+1; a windowed layer holds `window`)."""
+    cache = module.new_cache(p.batch, p.kv_len + 1, device=device, dtype=dtype)
+    cache.k.normal_(generator=generator)
+    cache.v.normal_(generator=generator)
+    return cache
+
+
+def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
+    p = params
+    device = torch.device(device)
+    if dtype not in TOLERANCE:
+        raise SkipCase(f"attention checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    module = make_module(p, device, dtype, generator)
+    reason = module.unsupported_reason(p.backend, device, training=p.mode == "train")
+    if reason:
+        raise SkipCase(reason)
+    training = p.mode == "train"
+    module.requires_grad_(training)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+
+    cache = None
+    if p.mode == "decode":
+        x = randn(p.batch, 1, p.hidden)  # [B, 1, hidden]
+        cache = fill_decode_cache(module, p, generator, device, dtype)
+        fn = lambda: module(x, cache=cache, start_pos=p.kv_len)  # noqa: E731
+    elif p.mode == "prefill":
+        x = randn(p.batch, p.seq_len, p.hidden)  # [B, S, hidden]
+        fn = lambda: module(x)  # noqa: E731
+    else:
+        x = randn(p.batch, p.seq_len, p.hidden).requires_grad_(True)
+        dy = randn(p.batch, p.seq_len, p.hidden)
+        wrt = [x, *module.parameters()]
+        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
+
+    def check() -> Check:
+        return check_against_reference(module, p, x, cache, dy if training else None)
+
+    held = sum(t.numel() * t.element_size() for t in module.parameters()) + x.numel() * x.element_size()
+    held += cache.nbytes if cache is not None else 0
+    held += dy.numel() * dy.element_size() if training else 0
+    return Workload(fn=fn, cost=attention_cost(p, torch.finfo(dtype).bits // 8), check=check,
+                    persistent_bytes=held)
+
+
+# --- numerics check
+def check_against_reference(module: Attention, p: AttentionParams, x: torch.Tensor, cache: KVCache | None,
+                            dy: torch.Tensor | None) -> Check:
+    """Compare the backend's block update (without the residual, which would hide attention errors
+    behind x) with a float64 reference on a set of query rows."""
+    tol = TOLERANCE[x.dtype]
+    # Run the backend in the same grad mode as `fn`: compiled flex guards on it, and a different mode
+    # would compile a second kernel. In inference modes nothing requires grad, so no graph is built.
+    if p.mode == "decode":
+        got = module.update(x, cache=cache, start_pos=p.kv_len).double()  # [B, 1, hidden]
+        ref = reference_decode(module, x, cache, p.kv_len)
+        errs = [_errors(got, ref)]
+        what = f"one token against {attention_pairs(p) - 1} cached keys"
+    else:
+        rows = reference_rows(p)
+        got = module.update(x.detach())[:, rows].detach().double()  # [B, R, hidden]
+        with torch.no_grad():
+            ref = reference_prefill(module, x.detach(), rows)
+        errs = [_errors(got, ref)]
+        what = f"{len(rows)} of {p.seq_len} query rows"
+        if dy is not None and len(rows) == p.seq_len:  # gradients too, when the full reference is cheap
+            x_got = x.detach().requires_grad_(True)
+            (dx,) = torch.autograd.grad(module.update(x_got), x_got, dy)
+            x64 = x.detach().double().requires_grad_(True)
+            (dx_ref,) = torch.autograd.grad(reference_prefill(module, x64, rows), x64, dy.double())
+            errs.append(_errors(dx.double(), dx_ref))
+            what += " and the input gradient"
+    abs_err = max(e[0] for e in errs)
+    rel_err = max(e[1] for e in errs)
+    return Check(max_abs_err=abs_err, max_rel_err=rel_err, tolerance=tol,
+                 reference=f"float64 einsum attention on {x.device.type}, {what}")
+
+
+def _errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    abs_err = (got - ref).abs().max().item()
+    return abs_err, abs_err / max(ref.abs().max().item(), 1e-300)
+
+
+def reference_rows(p: AttentionParams) -> list[int]:
+    """Every row when the score matrix is small; else the start, the window and flex block boundaries,
+    the middle, the end and a few seeded random rows."""
+    S = p.seq_len
+    if p.batch * p.n_heads * S * S <= FULL_REFERENCE_SCORES:
+        return list(range(S))
+    picks = {0, 1, 2, 127, 128, 129, S // 2 - 1, S // 2, S - 2, S - 1}
+    if p.window is not None:
+        picks |= {p.window - 2, p.window - 1, p.window, p.window + 1}
+    g = torch.Generator().manual_seed(SEED)
+    picks |= set(torch.randint(0, S, (16,), generator=g).tolist())
+    return sorted(r for r in picks if 0 <= r < S)
+
+
+def _reference_qkv(module: Attention, x: torch.Tensor, positions: torch.Tensor | None):
+    """float64 q, k, v [B, H, T, D] of the tokens x [B, T, hidden] at `positions` (RoPE applied)."""
+    x = x.double()
+    if isinstance(module.norm, torch.nn.LayerNorm):
+        h = torch.nn.functional.layer_norm(x, (module.hidden,), module.norm.weight.double(),
+                                           module.norm.bias.double(), module.norm.eps)
+    elif module.norm is not None:
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.norm.eps) * module.norm.scale.double()
+    else:
+        h = x
+    w = module.qkv.weight.double()
+    qkv = torch.einsum("btc,oc->bto", h, w)
+    if module.qkv.bias is not None:
+        qkv = qkv + module.qkv.bias.double()
+    q, k, v = qkv.split(module.split, dim=-1)
+    B, T, D = x.shape[0], x.shape[1], module.head_dim
+    q = q.reshape(B, T, module.n_heads, D).transpose(1, 2)
+    k = k.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
+    v = v.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
+    if module.rope is not None:
+        from ..layers.rope import apply_rotary, rotary_cos_sin
+        cos, sin = rotary_cos_sin(positions, D, module.rope.spec)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return q, k, v
+
+
+def _reference_attend(module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      allowed: torch.Tensor | None) -> torch.Tensor:
+    """q [B, Hq, R, D], k/v [B, Hkv, T, D], allowed [R, T] -> out-projected update [B, R, hidden]."""
+    B, Hq, R, D = q.shape
+    group = Hq // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [B, Hq, T, D]
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhrd,bhtd->bhrt", q, k) * module.scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if module.sinks is not None:
+        sink = module.sinks.double().view(1, Hq, 1, 1).expand(B, Hq, R, 1)
+        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        weights = torch.softmax(scores, dim=-1)
+    o = torch.einsum("bhrt,bhtd->brhd", weights, v).reshape(B, R, Hq * D)
+    y = torch.einsum("brc,oc->bro", o, module.out.weight.double())
+    return y + module.out.bias.double() if module.out.bias is not None else y
+
+
+def reference_prefill(module: Attention, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """float64 block update at query `rows` of x [B, S, hidden] -> [B, len(rows), hidden]."""
+    S = x.shape[1]
+    last = max(rows) + 1 if module.causal else S  # keys beyond the last row are never seen causally
+    positions = torch.arange(last, device=x.device)
+    _, k, v = _reference_qkv(module, x[:, :last], positions)
+    row_t = torch.tensor(rows, device=x.device)
+    chunk = max(1, REFERENCE_CHUNK_SCORES // (x.shape[0] * module.n_heads * last))
+    outs = []
+    for start in range(0, len(rows), chunk):
+        r = row_t[start:start + chunk]
+        q, _, _ = _reference_qkv(module, x[:, r], r)
+        allowed = None
+        if module.causal:
+            d = r[:, None] - positions[None, :]  # [R, T] query position minus key position
+            allowed = (d >= 0) & (d < module.window) if module.window is not None else d >= 0
+        outs.append(_reference_attend(module, q, k, v, allowed))
+    return torch.cat(outs, dim=1)
+
+
+def reference_decode(module: Attention, x: torch.Tensor, cache: KVCache, position: int) -> torch.Tensor:
+    """float64 update of one token x [B, 1, hidden] at `position` against the cached keys before it."""
+    q, k_new, v_new = _reference_qkv(module, x, torch.tensor([position], device=x.device))
+    C = cache.capacity
+    slot = position % C if cache.window is not None and C == cache.window else position
+    n_valid = min(position + 1, C)
+    # every valid slot except the one this token writes holds an earlier position the token sees
+    keep = [s for s in range(n_valid) if s != slot]
+    idx = torch.tensor(keep, device=x.device, dtype=torch.long)
+    k = torch.cat([cache.k.index_select(2, idx).double(), k_new], dim=2)  # [B, Hkv, n_valid, D]
+    v = torch.cat([cache.v.index_select(2, idx).double(), v_new], dim=2)
+    return _reference_attend(module, q, k, v, None)
+
+
+FAMILY = Family(
+    name="attention",
+    description="one attention block (pre-norm, qkv, RoPE/YaRN, causal/windowed attention with sinks, out, "
+                "residual) in prefill, decode or train",
+    params_model=AttentionParams,
+    defaults=defaults,
+    build=build,
+    variants=VARIANTS,
+)
