@@ -109,6 +109,10 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
     if pairs:
         out.print(pairs_table(pairs))
     counts = {s: sum(c.status == s for c in result.cases) for s in STATUS_STYLE}
+    if plan.measure.profile or plan.measure.ncu:
+        reasons = sorted({c.counters["reason"] for c in result.cases if c.counters and not c.counters["available"]})
+        for reason in reasons:
+            out.print(f"DRAM counters unavailable: {escape(reason)}")
     if plan.measure.profile:
         out.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
@@ -341,17 +345,17 @@ def calibrate(device: str, quick: bool, no_save: bool) -> None:
     record = measure_ceilings(dev, quick=quick)
     sheet = peak_for(record["device_name"]) if record["device_type"] == "cuda" else None
     t = Table(title=f"{record['device_name']} ({dev})", title_justify="left")
-    for col in ("ceiling", "measured", "datasheet", "measured / datasheet", "detail"):
-        t.add_column(col, justify="left" if col in ("ceiling", "detail") else "right")
-    rows = [(f"{k} matmul TFLOP/s", v.get("tflops"), (sheet or {}).get(f"{k}_tflops"),
+    for col in ("ceiling", "unit", "measured", "datasheet", "ratio", "detail"):
+        t.add_column(col, justify="left" if col in ("ceiling", "unit", "detail") else "right")
+    rows = [(f"{k} matmul", "TFLOP/s", v.get("tflops"), (sheet or {}).get(f"{k}_tflops"),
              v.get("skipped") or f"n={v['n']}, ±{v['rel_ci'] * 100:.1f}%") for k, v in record["matmul"].items()]
     c = record["copy"]
-    rows.append(("copy GB/s (read + write)", c["gbps"], (sheet or {}).get("hbm_gbps"),
+    rows.append(("copy (read+write)", "GB/s", c["gbps"], (sheet or {}).get("hbm_gbps"),
                  f"{c['bytes'] / 2**20:.0f} MiB, ±{c['rel_ci'] * 100:.1f}%"))
-    for name, measured, datasheet, detail in rows:
+    for name, unit, measured, datasheet, detail in rows:
         ratio = f"{measured / datasheet:.0%}" if measured and datasheet else "-"
-        t.add_row(name, "-" if measured is None else f"{measured:.4g}", "-" if datasheet is None else f"{datasheet:g}",
-                  ratio, detail)
+        t.add_row(name, unit, "-" if measured is None else f"{measured:.4g}",
+                  "-" if datasheet is None else f"{datasheet:g}", ratio, detail)
     _console().print(t)
     if not no_save:
         click.echo(f"saved: {save_calibration(record)}")

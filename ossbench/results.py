@@ -86,6 +86,7 @@ class CaseResult(_Model):
     bytes: float | None = None
     tokens: int | None = None
     cost_extra: dict[str, float] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)  # what the workload chose, e.g. the grouped-GEMM kernel
     derived: Derived = Field(default_factory=Derived)
     memory: Memory | None = None
     numerics: Numerics | None = None
@@ -193,7 +194,10 @@ def _from_journal(text: str) -> dict:
 def write_atomic(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -204,6 +204,7 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         record.flops, record.bytes, record.tokens = (workload.cost.flops, workload.cost.bytes,
                                                      workload.cost.tokens)
         record.cost_extra = dict(workload.cost.extra)
+        record.info = dict(workload.info)
         check = workload.check()
         record.numerics = {"max_abs_err": check.max_abs_err, "max_rel_err": check.max_rel_err,
                            "tolerance": check.tolerance, "reference": check.reference, "ok": check.ok}
@@ -240,7 +241,8 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if measure.ncu and record.status == "ok" and record.counters and not record.counters.get("available"):
+    if (measure.ncu and device.startswith("cuda") and record.status == "ok" and record.counters
+            and not record.counters.get("available")):
         record.counters = _counters_ncu(case, device, record, measure)  # the workload is freed by now
     record.duration_s = time.perf_counter() - started
     return record
@@ -295,7 +297,10 @@ def _counters_in_process(workload, device: str, record: CaseResult, measure: Mea
         return unavailable("CPU run: no DRAM hardware counters")
     if not (measure.profile or measure.ncu):
         return unavailable("not requested: `ossbench run --profile` tries CUPTI, `--ncu` Nsight Compute")
-    ok, why = cupti_supported()
+    try:
+        ok, why = cupti_supported()
+    except Exception as e:  # noqa: BLE001 - a broken probe loses the counters, not the case
+        ok, why = False, _describe(e)
     if ok:
         try:
             raw = cupti_dram_bytes(workload.fn)
@@ -312,13 +317,14 @@ def _counters_in_process(workload, device: str, record: CaseResult, measure: Mea
 def _counters_ncu(case: Case, device: str, record: CaseResult, measure: MeasureOptions) -> dict:
     import sys
 
-    from .measure.counters import run_ncu, unavailable
+    from .measure.counters import child_env, run_ncu, unavailable
 
     if measure.suite_path is None:
         return unavailable("--ncu needs the suite file to re-run the case")
     code = (f"from ossbench.runner import replay_case; replay_case({measure.suite_path!r}, {case.id!r}, "
             f"{measure.suite_profile!r}, {device!r}, {NCU_CALLS})")
-    rec = run_ncu([sys.executable, "-c", code], NCU_CALLS, median_ms=record.stats.median, model_bytes=record.bytes)
+    rec = run_ncu([sys.executable, "-c", code], NCU_CALLS, env=child_env(), median_ms=record.stats.median,
+                  model_bytes=record.bytes)
     if not rec.get("available"):
         rec["reason"] = f"{record.counters['reason']}; ncu: {rec['reason']}"
     return rec

@@ -48,12 +48,19 @@ def energy_per_token(c) -> str:
     return "-" if j is None else f"{j * 1e3:.3g} mJ"
 
 
+def measured_gbps(c) -> str:
+    """DRAM GB/s from hardware counters (the model's GB/s is a floor), or '-'."""
+    r = c.counters or {}
+    return _num(r.get("gbps"), 1) if r.get("available") else "-"
+
+
 def cases_table(run: RunResult) -> Table:
     t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
+    with_dram = any((c.counters or {}).get("available") for c in run.cases)
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
-               ("GB/s", "right"), ("SoL", "right")] + ([("energy/token", "right")] if with_energy else []) + [
-               ("memory", "right"), ("status", "left")]
+               ("GB/s", "right")] + ([("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
+               [("energy/token", "right")] if with_energy else []) + [("memory", "right"), ("status", "left")]
     for col, justify in columns:
         t.add_column(col, justify=justify, overflow="fold")
     for c in run.cases:
@@ -66,7 +73,8 @@ def cases_table(run: RunResult) -> Table:
         if c.throttled:
             status += " [red](throttled)[/]"
         t.add_row(escape(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
-                  str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1), speed_of_light(c),
+                  str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
+                  *([measured_gbps(c)] if with_dram else []), speed_of_light(c),
                   *([energy_per_token(c)] if with_energy else []),
                   fmt_bytes(c.memory.peak_bytes if c.memory else None), status)
     return t

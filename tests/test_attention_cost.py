@@ -35,12 +35,23 @@ def counted_flops(fn) -> int:
 
 
 # --- FLOPs
-@pytest.mark.parametrize("mode", ["prefill", "train"])
-def test_flops_match_the_counter_without_masking(mode):
-    p = params(mode=mode, backend="eager", causal=False)
+def test_flops_match_the_counter_without_masking():
+    p = params(mode="prefill", backend="eager", causal=False)
     w = FAMILY.build(p, "cpu", torch.float32)
     assert counted_flops(w.fn) == pytest.approx(w.cost.flops, rel=1e-6)
     assert attention_pairs(p) == p.seq_len ** 2
+
+
+def test_train_flops_are_three_forwards():
+    # FlopCounterMode's module tracker cannot follow autograd.grad (the train fn), so the same
+    # forward + backward, with gradients for the input and every parameter, runs through .backward().
+    p = params(mode="train", backend="eager", causal=False)
+    g = torch.Generator().manual_seed(0)
+    module = make_module(p, "cpu", torch.float32, g)
+    x = torch.randn(p.batch, p.seq_len, p.hidden, requires_grad=True)
+    dy = torch.randn(p.batch, p.seq_len, p.hidden)
+    assert counted_flops(lambda: module(x).backward(dy)) == pytest.approx(attention_cost(p, 4).flops, rel=1e-6)
+    assert attention_cost(p, 4).flops == 3 * sum(forward_flops(p, p.seq_len ** 2))
 
 
 @pytest.mark.parametrize("window", [None, 8])

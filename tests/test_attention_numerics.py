@@ -143,11 +143,17 @@ KV_HEADS = {"mha": HEADS, "gqa": 2, "mqa": 1}
 
 
 # --- the matrix: backend x {full, window} x {MHA, GQA, MQA} x {sinks off, on} x {prefill, decode}
+def _flex_slow(backend, heads):
+    # Every head layout is its own compiled flex kernel (~5 s each on 2 CPU cores); gpt-oss's GQA layout
+    # runs by default, MHA and MQA are marked slow (CI still runs them).
+    marks = [pytest.mark.slow] if backend == "flex" and heads != "gqa" else []
+    return pytest.param(backend, heads, marks=marks, id=f"{backend}-{heads}")
+
+
 @pytest.mark.parametrize("mode", ["prefill", "decode"])
 @pytest.mark.parametrize("sinks", [False, True], ids=["nosink", "sinks"])
-@pytest.mark.parametrize("heads", list(KV_HEADS))
 @pytest.mark.parametrize("window", [None, WINDOW], ids=["full", "window"])
-@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize("backend, heads", [_flex_slow(b, h) for b in ("eager", "sdpa", "flex") for h in KV_HEADS])
 def test_backend_matches_reference(backend, window, heads, sinks, mode, monkeypatch):
     block, x, ref = cached_reference(KV_HEADS[heads], window, sinks)
     reason = block.unsupported_reason(backend, "cpu")
@@ -171,7 +177,7 @@ def test_backend_matches_reference(backend, window, heads, sinks, mode, monkeypa
         # Each key count is its own compiled flex kernel (~4 s on 2 CPU cores); decoding at position
         # WINDOW-1 reads WINDOW keys, the same kernel as the windowed decode.
         pos = WINDOW - 1
-    cache = block.new_cache(B, S)
+    cache = block.new_cache(B, pos + 1)  # exactly the slots needed: contiguous keys, like the workload's
     block.update(x[:, :pos], cache=cache, backend="eager")
     seen_keys = []
     real = getattr(block, f"_{backend}")
@@ -185,7 +191,7 @@ def test_backend_matches_reference(backend, window, heads, sinks, mode, monkeypa
     assert rel_err(got[:, 0], ref[:, pos]) < REL_TOL
     expected_keys = pos + 1 if window is None else window
     assert seen_keys == [expected_keys]  # a windowed decode reads only the last `window` keys
-    assert cache.capacity == (S if window is None else window)
+    assert cache.capacity == (pos + 1 if window is None else window)
 
 
 @pytest.mark.parametrize("backend, window", [("eager", None), ("eager", WINDOW), ("sdpa", None),
@@ -344,3 +350,25 @@ def test_invalid_combinations_are_refused():
         block.update(x[:, :1], cache=small, start_pos=4)
     reason = block.unsupported_reason("flex", "cpu", training=True)
     assert reason and "no backward" in reason
+
+
+# --- on a GPU (pytest -m gpu): every backend at gpt-oss shapes in bf16, sinks through flex's lse
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["prefill", "decode", "train"])
+@pytest.mark.parametrize("sinks", [False, True], ids=["nosink", "sinks"])
+@pytest.mark.parametrize("window", [None, 128], ids=["full", "window128"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+def test_gpu_workloads_pass_their_checks(backend, window, sinks, mode):
+    from ossbench.workloads.attention import FAMILY, AttentionParams, defaults
+    p = AttentionParams(**{**defaults(get_preset("gpt-oss-20b")), "mode": mode, "backend": backend,
+                           "window": window, "sinks": sinks, "seq_len": 1000, "kv_len": 1000})
+    if backend == "sdpa" and sinks:
+        with pytest.raises(SkipCase, match="cannot express attention sinks"):
+            FAMILY.build(p, "cuda", torch.bfloat16)
+        return
+    w = FAMILY.build(p, "cuda", torch.bfloat16)
+    check = w.check()
+    assert check.ok, check
+    w.fn()
+    torch.cuda.synchronize()

@@ -93,6 +93,21 @@ def test_dram_record_without_timing():
                    "bytes": 2e6}
 
 
+def test_summary_shows_measured_gbps_next_to_the_model():
+    from ossbench.results import CaseResult, RunResult
+    from ossbench.summary import cases_table
+
+    case = CaseResult(id="a", family="f", variant="v", dtype="bfloat16", status="ok",
+                      counters=dram_record(3e6, 1e6, calls=1, source="ncu", median_ms=0.001))
+    run = RunResult.model_validate({
+        "schema": "ossbench.results/1", "cases": [case.model_dump()],
+        "suite": {"name": "s", "path": "x", "sha256": "0", "family": "f", "preset": "gpt-oss-20b"},
+        "environment": {"device_type": "cuda", "device_name": "gpu", "python": "3", "platform": "p", "host": "h",
+                        "ossbench_version": "0", "start_time": "now"}})
+    column = next(c for c in cases_table(run).columns if c.header == "DRAM GB/s")
+    assert list(column.cells) == ["4000.0"]  # 4 MB in 1 µs
+
+
 # --------------------------------------------------------------------------------------------- the GPU
 
 

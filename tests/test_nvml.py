@@ -310,9 +310,10 @@ def test_gpu_energy_counter_agrees_with_mean_power_times_time():
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     c = torch.empty_like(a)
-    # Long, busy window: NVML's power reading is averaged over up to a second, the counter updates slowly.
+    # Long, busy window: NVML's power reading is averaged over up to a second and the counter updates
+    # slowly; a 1 s warm-up lets the averaged reading settle before the window opens.
     with NvmlSampler(dev) as s:
-        m = bench(lambda: torch.matmul(a, b, out=c), cache="hot", min_time_s=4.0, max_time_s=6.0,
+        m = bench(lambda: torch.matmul(a, b, out=c), cache="hot", warmup_s=1.0, min_time_s=4.0, max_time_s=6.0,
                   target_rel_ci=1e-9, monitor=s)
     out = s.summary(tokens_per_call=8192)
     dev.close()

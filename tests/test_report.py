@@ -164,6 +164,16 @@ def test_expectations_met_and_not_met_with_measured_values(run: RunResult, page:
     assert "&lt;i&gt;faster&lt;/i&gt;" in section
 
 
+def test_speedup_bars_when_the_pair_has_no_numeric_axis() -> None:
+    one_point = _run(seq_lens=(512,))
+    (bars,) = _charts(one_point)["speedup"][:1]
+    measured = next(t for t in bars.figure["data"] if t["type"] == "bar")
+    full, fast = (one_point.case(f"attention/{v}/seq_len=512") for v in ("full", XSS_VARIANT))
+    assert measured["y"] == pytest.approx([full.stats.median / fast.stats.median])
+    assert measured["x"] == ["seq_len=512"]
+    assert measured["error_y"]["array"][0] > 0 and measured["error_y"]["arrayminus"][0] > 0
+
+
 def test_roofline_uses_the_dtype_roof_and_records_speed_of_light(run: RunResult, page: str) -> None:
     (roof,) = _charts(run)["roofline"]
     roofs = [t for t in roof.figure["data"] if t["name"].startswith("bf16 roof")]

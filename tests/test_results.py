@@ -70,3 +70,15 @@ def test_journal_with_a_truncated_last_line_loads(tmp_path):
     path.write_text("\n".join(lines) + '\n{"case": {"id": "attention/cut')
     loaded = load_results(path)
     assert [c.id for c in loaded.cases] == [c.id for c in run.cases]
+
+
+def test_saved_files_are_readable_by_others_under_the_usual_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = make_run().save(tmp_path / "results.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -53,6 +53,23 @@ class RMSNorm(nn.Module):
         return (t * self.scale).to(x.dtype)
 
 
+def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool = False) -> str | None:
+    """Why `backend` cannot compute a block with/without sinks on `device` (None when it can)."""
+    device_type = torch.device(device).type
+    if backend == "sdpa" and sinks:
+        return ("sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
+                "column and does not return the log-sum-exp needed to add one exactly")
+    if backend == "flex":
+        if device_type not in ("cuda", "cpu"):
+            return f"flex_attention runs on CUDA or CPU, not {device_type}"
+        if device_type == "cpu" and sinks:
+            return (f"flex on CPU cannot express attention sinks: the sink correction needs the log-sum-exp, "
+                    f"which compiled flex_attention cannot return on CPU (torch {torch.__version__})")
+        if device_type == "cpu" and training:
+            return f"flex_attention has no backward pass on CPU (torch {torch.__version__})"
+    return None
+
+
 @dataclass
 class KVCache:
     """Keys (after RoPE) and values of one layer.
@@ -137,20 +154,8 @@ class Attention(nn.Module):
     def unsupported_reason(self, backend: str | None = None, device: Any = None,
                            training: bool = False) -> str | None:
         """Why `backend` cannot compute this block on `device` (None when it can)."""
-        backend = backend or self.backend
-        device_type = torch.device(device).type if device is not None else self.qkv.weight.device.type
-        if backend == "sdpa" and self.has_sinks:
-            return ("sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
-                    "column and does not return the log-sum-exp needed to add one exactly")
-        if backend == "flex":
-            if device_type not in ("cuda", "cpu"):
-                return f"flex_attention runs on CUDA or CPU, not {device_type}"
-            if device_type == "cpu" and self.has_sinks:
-                return (f"flex on CPU cannot express attention sinks: the sink correction needs the "
-                        f"log-sum-exp, which compiled flex_attention cannot return on CPU (torch {torch.__version__})")
-            if device_type == "cpu" and training:
-                return f"flex_attention has no backward pass on CPU (torch {torch.__version__})"
-        return None
+        device = device if device is not None else self.qkv.weight.device
+        return unsupported_reason(backend or self.backend, sinks=self.has_sinks, device=device, training=training)
 
     # --- caches
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
@@ -168,13 +173,15 @@ class Attention(nn.Module):
         if cache.window != self.window:
             raise ValueError(f"cache built for window {cache.window}, layer has window {self.window}")
         S, C = k.shape[2], cache.capacity
+        # A ring only when the cache holds exactly one window; a shorter cache is indexed by position.
+        ring = cache.window is not None and C == cache.window
         if S == 1:  # decode: one new token against everything the cache holds
-            if cache.window is None or C < cache.window:
-                if start_pos >= C:
-                    raise ValueError(f"position {start_pos} does not fit a cache of {C} slots")
+            if ring:
+                slot, n_valid = start_pos % C, min(start_pos + 1, C)
+            elif start_pos < C:
                 slot, n_valid = start_pos, start_pos + 1
             else:
-                slot, n_valid = start_pos % C, min(start_pos + 1, C)
+                raise ValueError(f"position {start_pos} does not fit a cache of {C} slots")
             cache.k[:, :, slot:slot + 1].copy_(k)
             cache.v[:, :, slot:slot + 1].copy_(v)
             # Ring slots are out of position order; that is fine: RoPE is already applied and a decode
@@ -182,16 +189,16 @@ class Attention(nn.Module):
             return cache.k[:, :, :n_valid], cache.v[:, :, :n_valid]  # [B, Hkv, n_valid, D]
         if start_pos != 0:
             raise ValueError("a KV cache takes a prefill from position 0 or single-token decode steps")
-        if cache.window is None:
-            if S > C:
-                raise ValueError(f"{S} tokens do not fit a cache of {C} slots")
-            cache.k[:, :, :S].copy_(k)
-            cache.v[:, :, :S].copy_(v)
-        else:  # keep the last C positions, each at slot position % C
+        if ring:  # keep the last C positions, each at slot position % C
             keep = min(S, C)
             slots = torch.arange(S - keep, S, device=k.device) % C
             cache.k[:, :, slots] = k[:, :, S - keep:]
             cache.v[:, :, slots] = v[:, :, S - keep:]
+        elif S <= C:
+            cache.k[:, :, :S].copy_(k)
+            cache.v[:, :, :S].copy_(v)
+        else:
+            raise ValueError(f"{S} tokens do not fit a cache of {C} slots")
         return k, v  # the prefill attends over its own tokens
 
     # --- forward
@@ -204,6 +211,8 @@ class Attention(nn.Module):
                backend: str | None = None) -> torch.Tensor:
         """The block without its residual add: out(attend(rope(qkv(norm(x))))), [B, S, hidden]."""
         backend = backend or self.backend
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         reason = self.unsupported_reason(backend, x.device, training=torch.is_grad_enabled() and (
             x.requires_grad or self.qkv.weight.requires_grad))
         if reason:

@@ -27,7 +27,6 @@ from .config import ModelConfig
 from .params import fc1_width, matched_intermediate, moe_params
 
 ACTIVATIONS = ("swiglu", "gelu_tanh")
-MATCHES = ("none", "active", "total")
 
 
 def clamped_swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:

@@ -47,6 +47,7 @@ from .mxfp4 import MXFP4Weight, quantize
 BACKENDS = ("gather", "loop", "grouped")
 GROUPED_IMPLS = ("auto", "grouped_mm", "padded_bmm")
 WEIGHT_FORMATS = ("dtype", "mxfp4")  # "dtype": expert weights in the module's dtype
+QUANTIZE_CHUNK = 1 << 26  # float32 values drawn and quantized at once when building MXFP4 weights
 
 
 @dataclass
@@ -110,7 +111,7 @@ class MoE(nn.Module):
                  swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0, norm_eps: float = 1e-5,
                  router_bias: bool = True, expert_bias: bool = True, weights: str = "dtype",
                  backend: str = "grouped", grouped_impl: str = "auto", device: Any = None,
-                 dtype: Any = None) -> None:
+                 dtype: Any = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if not 0 < top_k <= n_experts:
             raise ValueError(f"top_k must be in 1..n_experts ({n_experts}), got {top_k}")
@@ -137,7 +138,7 @@ class MoE(nn.Module):
             self.register_parameter("mlp1_bias", None)
             self.register_parameter("mlp2_bias", None)
         self._resolved_impl: dict[tuple, str] = {}
-        self.reset_parameters()
+        self.reset_parameters(generator)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, **overrides: Any) -> MoE:
@@ -156,7 +157,8 @@ class MoE(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None, bias_std: float = 0.1) -> None:
         """Random weights (std 1/sqrt(fan_in): unit-scale outputs), small random biases, scale 1.
 
-        Drawn expert by expert so that MXFP4 quantization never holds a float32 copy of all experts.
+        MXFP4 weights are drawn in float32 and quantized a few experts at a time, so that no float32 copy
+        of all experts is ever held.
         """
         self.norm.scale.fill_(1.0)
         self.gate.weight.normal_(0.0, 1.0 / math.sqrt(self.hidden), generator=generator)
@@ -164,10 +166,13 @@ class MoE(nn.Module):
             self.gate.bias.normal_(0.0, bias_std, generator=generator)
         for w, fan_in in ((self.mlp1_weight, self.hidden), (self.mlp2_weight, self.intermediate)):
             if isinstance(w, MXFP4Weight):
-                for e in range(self.n_experts):
-                    dense = torch.empty(w.shape[1:], device=w.blocks.device)
+                per_expert = math.prod(w.shape[1:])
+                step = max(1, QUANTIZE_CHUNK // per_expert)
+                for e in range(0, self.n_experts, step):
+                    n = min(step, self.n_experts - e)
+                    dense = torch.empty((n, *w.shape[1:]), device=w.blocks.device)
                     dense.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-                    w.blocks[e], w.scales[e] = quantize(dense)
+                    w.blocks[e:e + n], w.scales[e:e + n] = quantize(dense)
             else:
                 w.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
         for b in (self.mlp1_bias, self.mlp2_bias):

@@ -4,7 +4,8 @@ Along the last (input) dimension, every block of 32 values shares one scale:
 - elements: 4-bit E2M1 codes, two per uint8. Bit 3 is the sign, bits 0-2 index the magnitudes
   0, 0.5, 1, 1.5, 2, 3, 4, 6. The low nibble holds the even element of a pair, the high nibble the odd
   one (as gpt-oss's checkpoint decoder reads them).
-- scale: one uint8 per block, the exponent of a power of two with bias 127: value = code * 2^(scale-127).
+- scale: one uint8 per block (E8M0), the exponent of a power of two with bias 127:
+  value = code * 2^(scale-127); the scale 255 means NaN (OCP MX spec).
 
 A weight [..., K] is stored as `blocks` uint8 [..., K/32, 16] and `scales` uint8 [..., K/32]: 4.25 bits
 per value. gpt-oss's checkpoint names them `<name>.blocks` and `<name>.scales`; `MXFP4Weight` keeps the
@@ -21,6 +22,7 @@ from torch import nn
 BLOCK = 32  # values per shared scale
 BYTES_PER_BLOCK = BLOCK // 2
 SCALE_BIAS = 127
+SCALE_NAN = 255  # the E8M0 scale encoding reserved for NaN by the OCP MX spec
 # code -> value; codes 8..15 are the negatives (8 is -0)
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 FP4_MAX = 6.0
@@ -48,11 +50,13 @@ def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # exponent e with amax / 2^e <= 6: ceil(log2(amax / 6)), via frexp to stay exact at powers of two
     mantissa, exp = torch.frexp(amax / FP4_MAX)  # amax/6 = mantissa * 2^exp, mantissa in [0.5, 1)
     e = torch.where(mantissa == 0.5, exp - 1, exp)
-    e = torch.where(amax > 0, e, torch.full_like(e, -SCALE_BIAS)).clamp(-SCALE_BIAS, 255 - SCALE_BIAS)
+    e = torch.where(amax > 0, e, torch.full_like(e, -SCALE_BIAS)).clamp(-SCALE_BIAS, SCALE_NAN - 1 - SCALE_BIAS)
     scaled = wb / torch.exp2(e.float()).unsqueeze(-1)  # [..., G, 32], |scaled| <= 6
-    midpoints = torch.tensor(_MIDPOINTS, device=w.device)
-    magnitude = torch.bucketize(scaled.abs().clamp(max=FP4_MAX), midpoints)  # 0..7
-    codes = (magnitude | torch.where(scaled < 0, 8, 0)).to(torch.uint8)  # sign bit; -0 becomes +0
+    mag = scaled.abs()
+    codes = torch.zeros(mag.shape, dtype=torch.uint8, device=w.device)
+    for m in _MIDPOINTS:  # magnitude index 0..7 = midpoints strictly below |value|
+        codes += mag > m
+    codes |= (scaled < 0).to(torch.uint8) << 3  # sign bit; -0 becomes +0
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)  # even element in the low nibble
     return packed.contiguous(), (e + SCALE_BIAS).to(torch.uint8)
 
@@ -70,7 +74,8 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
     table = torch.tensor(FP4_E2M1_VALUES, dtype=work, device=blocks.device)
     codes = torch.stack((blocks & 0x0F, blocks >> 4), dim=-1)  # [..., G, 16, 2]: low nibble first
     values = table[codes.long()].flatten(-2)  # [..., G, 32]
-    scale = torch.exp2(scales.to(torch.float32) - SCALE_BIAS).to(work)  # [..., G]
+    scale = torch.exp2(scales.to(torch.float32) - SCALE_BIAS)  # [..., G], exact for 0..254
+    scale = torch.where(scales == SCALE_NAN, torch.nan, scale).to(work)
     out = (values * scale.unsqueeze(-1)).flatten(-2)  # [..., G*32]
     return out.to(dtype)
 

@@ -107,6 +107,13 @@ print("OSSBENCH-PROBE " + json.dumps(cupti_dram_bytes(lambda: b.copy_(a), calls=
 _probe_result: tuple[bool, str] | None = None
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a child Python that must import this ossbench (installed or not)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def cupti_supported(timeout_s: float = 180.0) -> tuple[bool, str]:
     """Whether this torch build returns CUPTI DRAM metrics, probed once in a child process: (ok, reason)."""
     global _probe_result
@@ -114,7 +121,7 @@ def cupti_supported(timeout_s: float = 180.0) -> tuple[bool, str]:
         return _probe_result
     try:
         done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env=child_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         _probe_result = (False, f"CUPTI probe did not finish: {type(e).__name__}")
         return _probe_result
@@ -188,13 +195,15 @@ def dram_from_ncu(rows: list[dict[str, Any]], calls: int, **kwargs: Any) -> dict
                        top_kernels=[{"kernel": k[:200], "bytes": v / calls} for k, v in busiest], **kwargs)
 
 
-def run_ncu(argv: Sequence[str], calls: int, *, timeout_s: float = NCU_TIMEOUT_S, **kwargs: Any) -> dict[str, Any]:
+def run_ncu(argv: Sequence[str], calls: int, *, timeout_s: float = NCU_TIMEOUT_S, env: dict[str, str] | None = None,
+            **kwargs: Any) -> dict[str, Any]:
     """Run `argv` (a program making `calls` calls between cudaProfilerStart/Stop) under ncu; the DRAM record."""
     ncu = ncu_path()
     if ncu is None:
         return unavailable("ncu (Nsight Compute) is not on the PATH")
     try:
-        done = subprocess.run(ncu_command(argv, ncu=ncu), capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(ncu_command(argv, ncu=ncu), capture_output=True, text=True, timeout=timeout_s,
+                              env=env)
     except subprocess.TimeoutExpired:
         return unavailable(f"ncu did not finish within {timeout_s:g} s")
     except OSError as e:

@@ -164,41 +164,51 @@ class NvmlDevice:
             self.unsupported[name] = _describe(e)
             return None
 
+    # NVML itself is thread-safe; the lock only guards this object's state, never an NVML call, so the
+    # main thread's energy reading never waits behind the sampler's slow PCIe query.
+
     def read(self) -> dict[str, float]:
         """One reading of everything still supported (a refused reading is dropped for good)."""
-        out: dict[str, float] = {}
         with self._lock:
             if self._closed:
-                return out
-            for name, fn in list(self._readings.items()):
-                value = self._try(name, fn)
-                if value is None:
+                return {}
+            readings = list(self._readings.items())
+        out: dict[str, float] = {}
+        for name, fn in readings:
+            value = self._try(name, fn)
+            if value is None:
+                with self._lock:
                     self._readings.pop(name, None)
-                else:
-                    out[name] = value
+            else:
+                out[name] = value
         return out
 
     def energy_mj(self) -> int | None:
         """The total-energy counter (mJ since the driver loaded), or None when unsupported."""
         with self._lock:
-            if self._energy is None or self._closed:
-                return None
-            value = self._try("energy", self._energy)
-            if value is None:
+            fn = None if self._closed else self._energy
+        if fn is None:
+            return None
+        value = self._try("energy", fn)
+        if value is None:
+            with self._lock:
                 self._energy = None
-            return None if value is None else int(value)
+            return None
+        return int(value)
 
     def pcie_kbps(self) -> tuple[float, float] | None:
-        """(tx, rx) PCIe throughput in KB/s over the driver's last 20 ms, or None when unsupported."""
+        """(tx, rx) PCIe throughput in KB/s; each query blocks ~20 ms in the driver, which counts bytes."""
         with self._lock:
-            if self._pcie is None or self._closed:
-                return None
-            tx = self._try("pcie", self._pcie[0])
-            rx = self._try("pcie", self._pcie[1]) if tx is not None else None
-            if tx is None or rx is None:
+            fns = None if self._closed else self._pcie
+        if fns is None:
+            return None
+        tx = self._try("pcie", fns[0])
+        rx = self._try("pcie", fns[1]) if tx is not None else None
+        if tx is None or rx is None:
+            with self._lock:
                 self._pcie = None
-                return None
-            return float(tx), float(rx)
+            return None
+        return float(tx), float(rx)
 
     def close(self) -> None:
         with self._lock:

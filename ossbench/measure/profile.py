@@ -86,9 +86,14 @@ def export_trace(prof, path: Path) -> Path:
 # ----------------------------------------------------------------------------------- reading the events
 
 
-def _is_device(e) -> bool:
+def _on_device(e) -> bool:
     kind = getattr(getattr(e, "device_type", None), "name", str(getattr(e, "device_type", "")))
-    return kind.upper() in ("CUDA", "PRIVATEUSE1", "XPU", "MTIA", "HPU") and not _is_marker(e)
+    return kind.upper() in ("CUDA", "PRIVATEUSE1", "XPU", "MTIA", "HPU")
+
+
+def _is_device(e) -> bool:
+    """Device work: kernels, memcpy, memset (not the GPU-side copies of our record_function markers)."""
+    return _on_device(e) and not _is_marker(e)
 
 
 def _is_marker(e) -> bool:
@@ -118,8 +123,8 @@ def _union_us(spans: list[tuple[float, float]]) -> float:
 
 def summarize_events(events: list, calls: int, is_cuda: bool, top: int = DEFAULT_TOP) -> dict[str, Any]:
     """The profile record from torch.profiler FunctionEvents (times in the results are milliseconds)."""
-    call_spans = [_span(e) for e in events if e.name == CALL and not _is_device(e)]
-    windows = [_span(e) for e in events if e.name == WINDOW and not _is_device(e)]
+    call_spans = [_span(e) for e in events if e.name == CALL and not _on_device(e)]
+    windows = [_span(e) for e in events if e.name == WINDOW and not _on_device(e)]
     host_ms = sum(hi - lo for lo, hi in call_spans) / 1e3 / calls
     record: dict[str, Any] = {"available": True, "activities": ["cpu", "cuda"] if is_cuda else ["cpu"],
                               "calls": calls, "host_ms_per_call": host_ms}
@@ -153,7 +158,7 @@ def _device_breakdown(events, windows, call_spans, calls, top) -> dict[str, Any]
                    key=lambda r: -r["total_ms"])
     spans = [max(h for _, h in c) - min(lo for lo, _ in c) for c in by_call if c]
     busy_us = _union_us([_span(e) for e in mine])
-    launches = sum(1 for e in events if not _is_device(e) and _LAUNCH.search(e.name)
+    launches = sum(1 for e in events if not _on_device(e) and _LAUNCH.search(e.name)
                    and _inside(_span(e)[0], call_spans) is not None)
     out = {
         "top": table[:top],
@@ -171,7 +176,7 @@ def _device_breakdown(events, windows, call_spans, calls, top) -> dict[str, Any]
 
 
 def _cpu_breakdown(events, call_spans, calls, top) -> dict[str, Any]:
-    ops = [e for e in events if not _is_marker(e) and not _is_device(e)
+    ops = [e for e in events if not _is_marker(e) and not _on_device(e)
            and _inside(_span(e)[0], call_spans) is not None]
     groups: dict[str, list[float]] = {}
     for e in ops:

@@ -43,6 +43,12 @@ def dram_over_model(case: CaseResult) -> float | None:
     return _get(_record(case, "counters"), "measured_over_model")
 
 
+# Headline figures of a profile record: (label, key, unit).
+FACTS = (("kernels per call", "kernels_per_call", ""), ("launches per call", "launches_per_call", ""),
+         ("aten ops per call", "ops_per_call", ""), ("host time per call", "host_ms_per_call", " ms"),
+         ("device busy per call", "device_ms_per_call", " ms"))
+
+
 @dataclass(frozen=True)
 class KernelRow:
     name: str
@@ -67,9 +73,7 @@ def kernel_breakdown(case: CaseResult) -> KernelBreakdown | None:
     rows = [KernelRow(str(_get(k, "name")), _div(_get(k, "calls"), calls), _div(_get(k, "total_ms"), calls),
                       _get(k, "share")) for k in top]
     facts = []
-    for label, key, unit in (("kernels per call", "kernels_per_call", ""), ("launches per call", "launches_per_call", ""),
-                             ("aten ops per call", "ops_per_call", ""), ("host time per call", "host_ms_per_call", " ms"),
-                             ("device busy per call", "device_ms_per_call", " ms")):
+    for label, key, unit in FACTS:
         value = _get(prof, key)
         if value is not None:
             facts.append((label, f"{value:.4g}{unit}"))

@@ -44,7 +44,7 @@ def report_charts(run: RunResult, pairs: list[PairReport], cis: SpeedupCIs) -> d
         "speedup": speedup_charts(pairs, cis, ids),
         "roofline": roofline_chart(run, ids, colours),
         "memory": memory_charts(run, ids, colours),
-        "energy": energy_charts(run, ids, colours, extras.energy_per_token_j),
+        "energy": energy_charts(run, ids, colours),
     }
 
 

@@ -50,8 +50,10 @@ def chart(ids: ChartIds, fig: Any, note: str = "") -> Chart:
 
 
 def plot_text(value: Any) -> str:
-    """A user string as plotly shows it: escaped, so that plotly displays it instead of parsing tags."""
-    return html.escape(str(value), quote=True)
+    """A user string as plotly shows it: with ``&``, ``<`` and ``>`` escaped no tag can form, so plotly
+    displays it instead of parsing it. Quotes stay as they are: plotly decodes only a few named entities
+    (not ``&quot;``) and would show the entity itself."""
+    return html.escape(str(value), quote=False)
 
 
 def render_page(template: str, charts: list[Chart], **context: Any) -> str:

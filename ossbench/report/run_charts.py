@@ -12,6 +12,7 @@ from ..compare import ratio_of_medians_ci
 from ..expectations import PairOutcome, PairReport
 from ..results import CaseResult, RunResult
 from .ceilings import Placement, place, run_ceilings
+from .extras import energy_per_token_j
 from .page import Chart, ChartIds, chart, plot_text
 from .plots import add_band_line, axis_type, dash_for, layout, lines_along, numeric_axes, numeric_keys, palette
 
@@ -111,7 +112,8 @@ def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) ->
                 fig.add_trace(go.Scatter(
                     x=x, y=[o.flops_ratio for o in line.points], mode="lines",
                     name=plot_text(f"FLOP ratio ({line.others})" if line.others else "FLOP ratio"),
-                    line=dict(color=REFERENCE_COLOUR, dash="dash"), hovertemplate="FLOP ratio %{y:.3g}x<extra></extra>"))
+                    line=dict(color=REFERENCE_COLOUR, dash="dash"),
+                    hovertemplate="FLOP ratio %{y:.3g}x<extra></extra>"))
             xs = [o.axes[axis] for o in outcomes]
             ys = [v for o in outcomes for v in (o.speedup, o.flops_ratio) if v]
             fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
@@ -198,7 +200,8 @@ def memory_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> lis
         run, ids, colours, value=lambda c: _mib(c.memory.peak_bytes if c.memory else None), band=None,
         title="Peak memory", y_title="peak memory (MiB)", unit=" MiB",
         note="Measured during the case: the CUDA allocator's peak above the case's start, or on CPU the "
-             "growth of the process's peak resident set (coarse: it only grows once per process).")
+             "growth of the process's peak resident set (coarse: page-granular, and shared with the rest of "
+             "the process).")
     charts += metric_charts(
         run, ids, colours, value=lambda c: _mib(kv_cache_bytes(c)), band=None,
         title="KV cache", y_title="KV cache (MiB)", unit=" MiB",
@@ -206,10 +209,9 @@ def memory_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> lis
     return charts
 
 
-def energy_charts(run: RunResult, ids: ChartIds, colours: dict[str, str],
-                  per_token: Callable[[CaseResult], float | None]) -> list[Chart]:
+def energy_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
     return metric_charts(
-        run, ids, colours, value=lambda c: _mj(per_token(c)), band=None, title="Energy per token",
+        run, ids, colours, value=lambda c: _mj(energy_per_token_j(c)), band=None, title="Energy per token",
         y_title="energy per token (mJ)", unit=" mJ",
         note="GPU energy over the timed samples (NVML) divided by the tokens they processed.")
 

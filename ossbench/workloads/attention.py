@@ -20,16 +20,15 @@ Cost model (per call of `fn`; see docs/attention.md):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..errors import SkipCase
-from ..layers.attention import Attention, KVCache
+from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
-from ..layers.rope import RopeSpec, yarn_ramp_bounds
+from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin, yarn_ramp_bounds
 from .base import Check, Cost, Family, Workload
 
 SEED = 0
@@ -284,12 +283,12 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     device = torch.device(device)
     if dtype not in TOLERANCE:
         raise SkipCase(f"attention checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
-    generator = torch.Generator(device=device).manual_seed(SEED)
-    module = make_module(p, device, dtype, generator)
-    reason = module.unsupported_reason(p.backend, device, training=p.mode == "train")
+    training = p.mode == "train"
+    reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training)
     if reason:
         raise SkipCase(reason)
-    training = p.mode == "train"
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    module = make_module(p, device, dtype, generator)
     module.requires_grad_(training)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -391,7 +390,6 @@ def _reference_qkv(module: Attention, x: torch.Tensor, positions: torch.Tensor |
     k = k.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
     v = v.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
     if module.rope is not None:
-        from ..layers.rope import apply_rotary, rotary_cos_sin
         cos, sin = rotary_cos_sin(positions, D, module.rope.spec)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     return q, k, v

@@ -170,8 +170,7 @@ def make_moe(p: MoEParams, device: Any, dtype: torch.dtype, generator: torch.Gen
     module = MoE(p.hidden, p.intermediate, p.n_experts, p.top_k, swiglu_alpha=p.swiglu_alpha,
                  swiglu_limit=p.swiglu_limit, norm_eps=p.norm_eps, router_bias=p.router_bias,
                  expert_bias=p.expert_bias, weights=p.weights, backend=p.backend, grouped_impl=p.grouped_impl,
-                 device=device, dtype=dtype)
-    module.reset_parameters(generator)
+                 device=device, dtype=dtype, generator=generator)
     with torch.no_grad():  # a norm scale near one, not exactly one (kernels must not see a trivial scale)
         module.norm.scale.add_(0.1 * torch.randn(p.hidden, generator=generator, device=device))
     return module
