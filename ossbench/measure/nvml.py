@@ -361,12 +361,12 @@ class NvmlSampler:
     def tick(self) -> dict[str, float]:
         """Take one reading now (the thread calls this; tests may call it directly)."""
         reading = self.device.read()
+        reading["t"] = self.clock()  # before the PCIe query, which takes ~20 ms per direction
         if self._ticks % PCIE_EVERY == 0:
             pcie = self.device.pcie_kbps()
             if pcie is not None:
                 reading["pcie_tx_kbps"], reading["pcie_rx_kbps"] = pcie
         self._ticks += 1
-        reading["t"] = self.clock()
         with self._lock:
             self.ring.append(reading)
             self._all.add(reading)
@@ -390,9 +390,8 @@ class NvmlSampler:
             inside = [r for r in self.ring if t0 <= r["t"] <= t1]
             if not inside and self.ring:
                 inside = [self.ring[-1]]  # a batch shorter than the period: the latest reading before it ended
-        if not inside:
-            reading = self.tick()
-            inside = [reading]
+        if not inside:  # no reading yet: one now (without the slow PCIe query, this is bench's thread)
+            inside = [self.device.read()]
         clocks = [r["sm_clock_mhz"] for r in inside if "sm_clock_mhz" in r]
         masks = [int(r["clock_events"]) for r in inside if "clock_events" in r]
         if not clocks and not masks:
