@@ -63,8 +63,8 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
         profile_kernels: bool, ncu: bool, strict_clocks: bool) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
-    Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory (results are
-    still written), 2 for a bad suite or option.
+    Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
+    could not be rendered (results.json is written in every case), 2 for a bad suite or option.
     """
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -99,11 +99,17 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
                 return
             progress.advance(task)
             progress.console.print(f"  [{STATUS_STYLE[result.status]}]{result.status:>7}[/] {escape(case.id)}"
-                                   + (f"  {result.stats.median:.4g} ms" if result.stats else ""))
+                                   + (f"  {result.stats.median:.4g} ms" if result.stats else ""),
+                                   soft_wrap=True)
 
         result = run_plan(plan, on_case)
 
-    report_path = write_report(result, plan.out_dir / "report.html")
+    try:
+        report_path = write_report(result, plan.out_dir / "report.html")
+    except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
+        report_path = None
+        err.print(f"[red]could not write the report ({escape(type(e).__name__)}: {escape(str(e))}); "
+                  f"the results are saved, retry with `ossbench report`[/]", soft_wrap=True)
     out.print(cases_table(result))
     pairs = [r for r in evaluate(result) if r.outcomes]
     if pairs:
@@ -116,8 +122,8 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
     if plan.measure.profile:
         out.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
-              f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path}")
-    sys.exit(1 if counts["failed"] or counts["oom"] else 0)
+              f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path or 'not written'}")
+    sys.exit(1 if counts["failed"] or counts["oom"] or report_path is None else 0)
 
 
 @main.command()

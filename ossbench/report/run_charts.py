@@ -114,8 +114,9 @@ def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) ->
                     name=plot_text(f"FLOP ratio ({line.others})" if line.others else "FLOP ratio"),
                     line=dict(color=REFERENCE_COLOUR, dash="dash"),
                     hovertemplate="FLOP ratio %{y:.3g}x<extra></extra>"))
-            xs = [o.axes[axis] for o in outcomes]
-            ys = [v for o in outcomes for v in (o.speedup, o.flops_ratio) if v]
+            on_axis = [o for line in lines for o in line.points]  # sweep blocks may lack this axis
+            xs = [o.axes[axis] for o in on_axis]
+            ys = [v for o in on_axis for v in (o.speedup, o.flops_ratio) if v]
             fig.add_hline(y=1.0, line=dict(color="#bbbbbb", width=1))
             fig.update_layout(**layout(title=f"{title} vs {axis}", x_title=axis, y_title="speedup (x)",
                                        x_type=axis_type(xs), y_type=axis_type(ys)))

@@ -11,6 +11,10 @@ _MODULES = {
     "attention": "ossbench.workloads.attention",
     "moe": "ossbench.workloads.moe",
     "ffn": "ossbench.workloads.ffn",
+    "activation": "ossbench.workloads.activation",
+    "norm": "ossbench.workloads.norm",
+    "positions": "ossbench.workloads.positions",
+    "block": "ossbench.workloads.block",
 }
 
 __all__ = ["Cost", "Check", "Family", "Workload", "family_names", "get_family", "all_families", "describe_families"]

@@ -1,0 +1,172 @@
+"""The norm family: LayerNorm (GPT-2) vs RMSNorm (gpt-oss) over a [tokens, hidden] tensor.
+
+Backends (layers/norm.py): "eager" (the formula op by op, as gpt-oss's reference RMSNorm runs), "compile"
+(the same formula through torch.compile), "fused" (torch's F.layer_norm / F.rms_norm). RMSNorm's scale is
+fp32 (gpt-oss) except with "fused", whose kernel needs it in the input's dtype; LayerNorm's weight and bias
+are in the case's dtype (GPT-2). Statistics are computed in float32 (float64 for float64 inputs).
+
+Modes (no state between tokens: prefill and decode differ in the token count only):
+- prefill: `tokens` default 4096; decode: default 1;
+- train:   forward + backward (gradients of the input and the norm's parameters), `tokens` default 4096.
+
+Cost model (per call; docs/layers.md). FlopCounterMode counts no norm FLOPs, so these counts are checked
+against hand computation in tests/test_norm.py.
+- FLOPs per element of x, each op of the formula once (per-row ops, the mean's division, + eps and the
+  rsqrt, are left out: a few per row against thousands per row):
+  RMSNorm forward x^2, sum, * rstd, * scale = 4; LayerNorm forward sum, - mean, square, sum, * rstd,
+  * weight, + bias = 7. Backward (dx and the parameter gradients): RMSNorm g = dy scale, sum(g x) (2),
+  dx = rstd g - x c (3), dscale = sum(dy x rstd) (3) = 9; LayerNorm x_hat (2), g = dy w (1), sum g (1),
+  sum(g x_hat) (2), dx = rstd (g - mean g - x_hat mean(g x_hat)) (4), dw (2), db (1) = 13.
+- bytes: x read, y written, parameters read; train adds x read again, dy read, dx written, parameters read
+  again and their gradients written.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+
+from ..errors import SkipCase
+from ..layers.config import ModelConfig
+from ..layers.norm import Norm, fused_rms_norm_available
+from .base import Check, Cost, Family, Workload
+from .ffn import check_rows, default_tokens, errors, randn
+
+SEED = 0
+# Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
+# is the final rounding to the output dtype plus float32 sums over `hidden` values: bf16 2^-9 ~ 2e-3 per
+# rounding (2e-2 leaves room for the fused RMSNorm's bf16 scale, one more rounding), fp16 2^-11;
+# float32 1e-5 covers sqrt(hidden) * 2^-24 ~ 3e-6 at hidden 16k.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+FORWARD_FLOPS = {"rmsnorm": 4, "layernorm": 7}
+BACKWARD_FLOPS = {"rmsnorm": 9, "layernorm": 13}
+INPUT_MEAN = 0.5  # a non-zero mean, so LayerNorm's centring has work to do and RMSNorm differs from it
+
+
+class NormParams(BaseModel):
+    """One norm case. Fields are ordered so that cross-field checks see the fields they need."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    mode: Literal["prefill", "decode", "train"]
+    backend: Literal["eager", "compile", "fused"] = Field(
+        description="eager: the formula op by op; compile: torch.compile of it; fused: F.layer_norm / F.rms_norm")
+    norm: Literal["rmsnorm", "layernorm"]
+    tokens: PositiveInt | None = Field(None, validate_default=True,
+                                       description="tokens per call; null: 4096 (prefill, train) or 1 (decode)")
+    hidden: PositiveInt
+    norm_eps: PositiveFloat
+
+    _tokens = field_validator("tokens")(default_tokens)
+
+    @field_validator("norm")
+    @classmethod
+    def _fused_available(cls, v: str, info: ValidationInfo) -> str:
+        if v == "rmsnorm" and info.data.get("backend") == "fused" and not fused_rms_norm_available():
+            raise ValueError(f"backend fused needs F.rms_norm, which torch {torch.__version__} does not have "
+                             f"(added in 2.4)")
+        return v
+
+
+def defaults(cfg: ModelConfig) -> dict[str, Any]:
+    """The preset's own norm at its hidden size, eager (as the reference implementations run it)."""
+    return dict(mode="prefill", backend="eager", norm=cfg.norm, tokens=None, hidden=cfg.hidden,
+                norm_eps=cfg.norm_eps)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "rmsnorm": {"norm": "rmsnorm"},
+    "layernorm": {"norm": "layernorm"},
+    "compiled": {"backend": "compile"},
+    "fused": {"backend": "fused"},
+}
+
+
+# --- cost model
+def norm_cost(mode: str, norm: str, tokens: int, hidden: int, dtype_bytes: int, param_bytes: int) -> Cost:
+    """`param_bytes`: the norm's parameters as stored (RMSNorm's scale fp32 unless fused)."""
+    elems = tokens * hidden
+    forward = float(FORWARD_FLOPS[norm] * elems)
+    if mode == "train":
+        backward = float(BACKWARD_FLOPS[norm] * elems)
+        nbytes = 5 * elems * dtype_bytes + 3 * param_bytes  # x, y | x, dy, dx; params read twice, grads written
+    else:
+        backward, nbytes = 0.0, 2 * elems * dtype_bytes + param_bytes
+    return Cost(flops=forward + backward, bytes=float(nbytes), tokens=tokens, extra={
+        "forward_flops": forward, "backward_flops": backward,
+        "params": float(hidden * (1 if norm == "rmsnorm" else 2))})
+
+
+# --- building
+def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Norm:
+    """The norm with parameters near their trained values (scale ~1, bias ~0), never exactly 1 and 0."""
+    module = Norm(p.norm, p.hidden, p.norm_eps, backend=p.backend, device=device, dtype=dtype)
+    with torch.no_grad():
+        for name, t in module.named_parameters():
+            noise = torch.randn(t.shape, generator=generator, device=t.device)
+            t.copy_(0.1 * noise if name == "bias" else 1.0 + 0.1 * noise)
+    return module
+
+
+def build(params: NormParams, device: Any, dtype: torch.dtype) -> Workload:
+    p = params
+    device = torch.device(device)
+    if dtype not in TOLERANCE:
+        raise SkipCase(f"norm checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    module = make_norm(p, device, dtype, generator)
+    training = p.mode == "train"
+    module.requires_grad_(training)
+    x = (INPUT_MEAN + randn((p.tokens, p.hidden), generator, device, torch.float32)).to(dtype)  # [T, hidden]
+    dy = randn((p.tokens, p.hidden), generator, device, dtype) if training else None
+    if training:
+        x.requires_grad_(True)
+        wrt = [x, *module.parameters()]
+        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
+    else:
+        fn = lambda: module(x)  # noqa: E731
+    param_bytes = sum(t.numel() * t.element_size() for t in module.parameters())
+    held = param_bytes + x.numel() * x.element_size() * (2 if training else 1)
+    cost = norm_cost(p.mode, p.norm, p.tokens, p.hidden, torch.finfo(dtype).bits // 8, param_bytes)
+    return Workload(fn=fn, cost=cost, check=lambda: check_norm(module, x, dy), persistent_bytes=held)
+
+
+# --- numerics check
+def reference_norm(module: Norm, x: torch.Tensor) -> torch.Tensor:
+    """float64 textbook formula on x [R, hidden]."""
+    x = x.double()
+    if module.kind == "rmsnorm":
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + module.eps) * module.scale.double()
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).pow(2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + module.eps) * module.weight.double() + module.bias.double()
+
+
+def check_norm(module: Norm, x: torch.Tensor, dy: torch.Tensor | None) -> Check:
+    """The backend's output on every token, compared on a set of tokens with the float64 formula; in train
+    mode the input gradient on those tokens too (each token's dx depends on its own row only)."""
+    rows = check_rows(x.shape[0], x.device)
+    got = module(x)  # in the timed call's grad mode: a compiled backend reuses its kernels
+    errs = [errors(got.detach()[rows], reference_norm(module, x.detach()[rows]))]
+    what = f"{len(rows)} of {x.shape[0]} tokens"
+    if dy is not None:
+        (dx,) = torch.autograd.grad(got, x, dy)
+        x64 = x.detach()[rows].double().requires_grad_(True)
+        (dx_ref,) = torch.autograd.grad(reference_norm(module, x64), x64, dy[rows].double())
+        errs.append(errors(dx[rows], dx_ref))
+        what += " and the input gradient"
+    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
+                 tolerance=TOLERANCE[x.dtype], reference=f"float64 formula on {x.device.type}, {what}")
+
+
+FAMILY = Family(
+    name="norm",
+    description="LayerNorm (GPT-2: weight and bias) or RMSNorm (gpt-oss: fp32 scale) over [tokens, hidden], "
+                "eager, torch.compile'd or torch's fused op, in prefill, decode or train",
+    params_model=NormParams,
+    defaults=defaults,
+    build=build,
+    variants=VARIANTS,
+)
