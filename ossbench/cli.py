@@ -15,9 +15,14 @@ from .errors import UserError
 
 
 def _console(stderr: bool = False):
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped to a file or CI log: rich would assume 80 columns and fold every case id; logs read better wide.
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 class _Group(click.Group):

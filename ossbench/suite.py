@@ -473,10 +473,14 @@ def suite_json_schema() -> dict[str, Any]:
     from .workloads import all_families
 
     schema = SuiteSpec.model_json_schema()
-    names: dict[str, Any] = {}
+    # A parameter name shared by families (backend, mode, ...) accepts the union of their choices.
+    choices: dict[str, list[Any]] = {}
     for fam in all_families():
         for key, prop in fam.params_model.model_json_schema().get("properties", {}).items():
-            names.setdefault(key, prop)
+            prop = {k: v for k, v in prop.items() if k not in ("title", "default")}
+            if prop not in choices.setdefault(key, []):
+                choices[key].append(prop)
+    names = {key: alts[0] if len(alts) == 1 else {"anyOf": alts} for key, alts in choices.items()}
     overrides = {"type": "object", "properties": names, "additionalProperties": False}
     props = schema["properties"]
     props["params"] = overrides

@@ -24,9 +24,8 @@ def fmt_bytes(n: float | None) -> str:
 def fmt_ms(ms: float | None) -> str:
     if ms is None:
         return "-"
-    if ms < 1:
-        return f"{ms * 1e3:.1f} µs"
-    return f"{ms:.3f} ms" if ms < 100 else f"{ms:.1f} ms"
+    # four significant figures: more would claim a precision the CI rarely supports
+    return f"{ms * 1e3:.4g} µs" if ms < 1 else f"{ms:.4g} ms"
 
 
 def _num(x: float | None, digits: int = 2) -> str:
@@ -62,12 +61,15 @@ def cases_table(run: RunResult) -> Table:
                ("GB/s", "right")] + ([("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
                [("energy/token", "right")] if with_energy else []) + [("memory", "right"), ("status", "left")]
     for col, justify in columns:
-        t.add_column(col, justify=justify, overflow="fold")
+        # ids and errors fold; figures never break across lines
+        wraps = col in ("case", "status")
+        t.add_column(col, justify=justify, overflow="fold", no_wrap=not wraps,
+                     min_width=24 if col == "case" else None)
     for c in run.cases:
         s = c.stats
         status = f"[{STATUS_STYLE[c.status]}]{c.status}[/]"
         if c.status == "ok" and s and not s.converged:
-            status += " [yellow](CI target not reached)[/]"
+            status += " [yellow](CI target missed)[/]"
         elif c.error:
             status += f" {escape(c.error[:160])}"
         if c.throttled:

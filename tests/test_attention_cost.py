@@ -140,7 +140,7 @@ def test_minimum_bytes():
 def test_defaults_validate_for_every_preset():
     for name in PRESETS:
         p = AttentionParams(**defaults(get_preset(name)))
-        assert p.window is None and p.mode == "prefill" and p.backend == "sdpa"
+        assert p.window is None and p.mode == "prefill" and p.backend == "flex"
     assert AttentionParams(**GPT_OSS).n_kv_heads == 8
     assert list(AttentionParams.model_fields)[:5] == ["mode", "backend", "batch", "seq_len", "kv_len"]
 

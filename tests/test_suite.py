@@ -148,3 +148,25 @@ def test_schema_command_prints_json_schema_with_family_parameters():
     assert "variants" in schema["properties"]
     assert "window" in schema["properties"]["variants"]["additionalProperties"]["properties"]
     assert "attention" in schema["properties"]["family"]["enum"]
+
+
+@pytest.mark.parametrize("path", sorted((HERE.parent / "suites").glob("*.yaml")) + [HERE / "suites" / "tiny.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_suites_satisfy_the_editor_schema(path):
+    """What editors check against (`ossbench schema`) must accept every suite that `validate` accepts."""
+    import jsonschema
+    import yaml
+
+    from ossbench.suite import suite_json_schema
+
+    jsonschema.validate(yaml.safe_load(path.read_text()), suite_json_schema())
+
+
+def test_editor_schema_rejects_an_unknown_parameter():
+    import jsonschema
+
+    from ossbench.suite import suite_json_schema
+
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "x", "family": "attention", "variants": {"v": {"windw": 128}}},
+                            suite_json_schema())

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import SkipCase
 from .config import ModelConfig
+from .norm import RMSNorm
 from .rope import RopeSpec, RotaryEmbedding
 
 BACKENDS = ("eager", "sdpa", "flex")
@@ -37,20 +38,6 @@ FLEX_BLOCK = 128  # flex_attention's default sparse block size
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
-
-
-class RMSNorm(nn.Module):
-    """gpt-oss's RMSNorm: statistics and the fp32 `scale` applied in float32, result cast back."""
-
-    def __init__(self, dim: int, eps: float = 1e-5, device: Any = None) -> None:
-        super().__init__()
-        self.eps = eps
-        self.scale = nn.Parameter(torch.ones(dim, device=device, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.float()
-        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (t * self.scale).to(x.dtype)
 
 
 def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool = False) -> str | None:
@@ -256,11 +243,12 @@ class Attention(nn.Module):
         # query head h = kv_head * group + j, so the heads of one KV group are contiguous
         qg = q.reshape(B, Hkv, group * S, D)  # [B, Hkv, G*S, D]
         scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, Hkv, group, S, T)  # [B, Hkv, G, S, T]
-        scores = scores.float() * self.scale  # softmax in fp32 for half-precision inputs
+        acc = torch.promote_types(scores.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
+        scores = scores.to(acc) * self.scale
         if masked:
             scores = scores.masked_fill(~self._allowed(S, window, q.device), float("-inf"))
         if self.sinks is not None:
-            sink = self.sinks.float().view(1, Hkv, group, 1, 1).expand(B, Hkv, group, S, 1)
+            sink = self.sinks.to(acc).view(1, Hkv, group, 1, 1).expand(B, Hkv, group, S, 1)
             probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :T]  # drop the sink column
         else:
             probs = torch.softmax(scores, dim=-1)
@@ -331,7 +319,8 @@ def apply_sinks_from_lse(o: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor
     multiplied by e^lse / (e^lse + e^sink) = sigmoid(lse - sink).
     o [B, Hq, S, D], lse [B, Hq, S], sinks [Hq].
     """
-    factor = torch.sigmoid(lse.float() - sinks.float()[None, :, None])  # [B, Hq, S]
+    acc = torch.promote_types(lse.dtype, torch.float32)
+    factor = torch.sigmoid(lse.to(acc) - sinks.to(acc)[None, :, None])  # [B, Hq, S]
     return o * factor.unsqueeze(-1).to(o.dtype)
 
 

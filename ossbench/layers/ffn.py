@@ -19,31 +19,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention import RMSNorm
+from .activation import clamped_swiglu, gelu_tanh  # re-exported: moe and tests import them from here
 from .config import ModelConfig
+from .norm import RMSNorm
 from .params import fc1_width, matched_intermediate, moe_params
 
 ACTIVATIONS = ("swiglu", "gelu_tanh")
-
-
-def clamped_swiglu(x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
-    """gpt-oss's SwiGLU on interleaved columns: x [..., 2I] -> [..., I].
-
-    The gate g = x[..., 0::2] is clamped above at `limit`, the linear half l = x[..., 1::2] to
-    [-limit, limit]; out = g * sigmoid(alpha * g) * (l + 1). The +1 is gpt-oss's: an extra bias on the
-    linear half.
-    """
-    g = x[..., 0::2].clamp(max=limit)
-    lin = x[..., 1::2].clamp(min=-limit, max=limit)
-    return g * torch.sigmoid(alpha * g) * (lin + 1)
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return F.gelu(x, approximate="tanh")
 
 
 def matched_ffn_intermediate(match: Literal["active", "total"], hidden: int, expert_intermediate: int,

@@ -4,7 +4,7 @@
 `x + experts(norm(x))` (pre-norm and residual add inside the block; `update(x)` leaves the residual out).
 - norm:   RMSNorm with an fp32 `scale`.
 - router: `gate`, a linear layer with bias, hidden -> n_experts logits; each token takes the top_k logits
-          and a softmax over those k gives its expert weights (computed in float32, cast back).
+          and a softmax over those k gives its expert weights (computed in at least float32, cast back).
 - expert e: h = mlp1_weight[e] @ t + mlp1_bias[e] (width 2 x intermediate, gate and linear halves
           interleaved), clamped SwiGLU (see ffn.clamped_swiglu), y = mlp2_weight[e] @ h + mlp2_bias[e].
 - output: the weighted sum of each token's k expert outputs.
@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import RMSNorm
 from .config import ModelConfig
 from .ffn import clamped_swiglu
 from .mxfp4 import MXFP4Weight, quantize
+from .norm import RMSNorm
 
 BACKENDS = ("gather", "loop", "grouped")
 GROUPED_IMPLS = ("auto", "grouped_mm", "padded_bmm")
@@ -186,7 +186,8 @@ class MoE(nn.Module):
     def route(self, t: torch.Tensor) -> Routing:
         """Normed tokens t [T, hidden] -> each token's top_k experts and softmax weights over them."""
         top = torch.topk(self.gate(t), self.top_k, dim=-1, sorted=True)  # [T, k]
-        return Routing(top.indices, torch.softmax(top.values.float(), dim=-1).to(t.dtype))
+        acc = torch.promote_types(t.dtype, torch.float32)  # fp32 for 16-bit inputs; fp64 stays fp64
+        return Routing(top.indices, torch.softmax(top.values.to(acc), dim=-1).to(t.dtype))
 
     def expert_weights(self, dtype: torch.dtype, index: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mlp1 [..., 2I, hidden], mlp2 [..., hidden, I]) of the experts `index` (None: all), in `dtype`;

@@ -7,8 +7,9 @@
 - "rope" / "yarn": rotate-half rotation of every query and key head inside every attention layer
   (rope.RotaryEmbedding; YaRN differs only in the frequencies and the concentration folded into cos/sin).
   `table="cached"` slices a cos/sin table built once (as layers.attention does); `table="per_call"` builds
-  cos/sin for the positions in every call, in float32, as gpt-oss's reference RotaryEmbedding does (that
-  is where YaRN's extra arithmetic shows).
+  cos/sin for the positions in every call, in float32 (float64 for float64 inputs), as gpt-oss's reference
+  RotaryEmbedding does (that is where YaRN's extra arithmetic shows). float32 angles are off by up to half
+  an ulp of the position (~4e-3 rad at 131071); the cached table forms its angles in float64.
 
 Both modules take `backend="compile"` to run their arithmetic through torch.compile (eager RoPE is six
 elementwise ops and a concatenation per tensor; compiled, one kernel).
@@ -40,20 +41,21 @@ def rotate_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
-def cos_sin_float32(start_pos: int, length: int, head_dim: int, spec: RopeSpec,
-                    device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [length, head_dim/2] of positions start_pos.., formed in float32 as gpt-oss's reference
-    does on every forward (frequencies, angles, cos/sin, times the concentration)."""
-    inv_freq, concentration = inv_freq_and_concentration(head_dim, spec, dtype=torch.float32, device=device)
-    positions = torch.arange(start_pos, start_pos + length, dtype=torch.float32, device=device)
+def cos_sin_per_call(start_pos: int, length: int, head_dim: int, spec: RopeSpec, device: Any,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [length, head_dim/2] of positions start_pos.., formed in `dtype` (gpt-oss's reference:
+    float32) as the reference does on every forward: frequencies, angles, cos/sin, times the concentration."""
+    inv_freq, concentration = inv_freq_and_concentration(head_dim, spec, dtype=dtype, device=device)
+    positions = torch.arange(start_pos, start_pos + length, dtype=dtype, device=device)
     angles = positions[:, None] * inv_freq[None, :]  # [S, D/2]
     return angles.cos() * concentration, angles.sin() * concentration
 
 
 def rotate_qk_per_call(q: torch.Tensor, k: torch.Tensor, start_pos: int, head_dim: int,
                        spec: RopeSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """rotate_qk with cos/sin built for this call's positions."""
-    cos, sin = cos_sin_float32(start_pos, q.shape[-2], head_dim, spec, q.device)
+    """rotate_qk with cos/sin built for this call's positions, in float32 (float64 for float64 q)."""
+    compute = torch.promote_types(q.dtype, torch.float32)
+    cos, sin = cos_sin_per_call(start_pos, q.shape[-2], head_dim, spec, q.device, compute)
     return rotate_qk(q, k, cos.to(q.dtype), sin.to(q.dtype))
 
 

@@ -142,7 +142,8 @@ def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """A full-attention (not windowed) layer with the preset's heads, in prefill over 4096 tokens."""
     context = min(4096, cfg.max_position)
     return dict(
-        mode="prefill", backend="sdpa", batch=1, seq_len=context, kv_len=context,
+        # flex: the one backend that expresses every gpt-oss variant (sinks through the log-sum-exp) on a GPU
+        mode="prefill", backend="flex", batch=1, seq_len=context, kv_len=context,
         hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         window=None, sinks=cfg.sinks,
         positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",  # learned: at the embedding

@@ -3,8 +3,9 @@
 - learned (GPT-2): x [B, S, hidden] + table rows [S, hidden], once per model, at the embedding.
 - rope / yarn (gpt-oss): rotate-half rotation of q [B, n_heads, S, head_dim] and k [B, n_kv_heads, S,
   head_dim], in every attention layer. `table: cached` slices a cos/sin table built once; `table: per_call`
-  builds cos/sin in float32 for the call's positions, as gpt-oss's reference does on every forward (this is
-  where YaRN's frequency ramp and concentration cost anything: with a cached table YaRN is RoPE).
+  builds cos/sin for the call's positions in float32 (float64 for float64 cases), as gpt-oss's reference
+  does on every forward (this is where YaRN's frequency ramp and concentration cost anything: with a
+  cached table YaRN is RoPE).
 
 Modes:
 - prefill: positions 0..seq_len-1 of `batch` sequences;
@@ -212,15 +213,17 @@ def build(params: PositionsParams, device: Any, dtype: torch.dtype) -> Workload:
 
 
 # --- numerics check
-def reference_cos_sin(p: PositionsParams, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 cos/sin [R, head_dim/2]. per_call forms its angles in float32 like gpt-oss's reference (off by
-    up to ~1e-2 rad at position 131072): those rounded angles are the function it computes, so the
-    reference takes them and evaluates the rest in float64."""
+def reference_cos_sin(p: PositionsParams, positions: torch.Tensor,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 cos/sin [R, head_dim/2]. per_call forms its angles in float32 for 16-bit and float32 inputs,
+    like gpt-oss's reference (off by up to ~4e-3 rad at position 131071): those rounded angles are the
+    function it computes, so the reference takes them and evaluates the rest in float64."""
     if p.table == "cached":
         return rotary_cos_sin(positions, p.head_dim, p.rope)
-    inv_freq, concentration = inv_freq_and_concentration(p.head_dim, p.rope, dtype=torch.float32,
+    compute = torch.promote_types(dtype, torch.float32)
+    inv_freq, concentration = inv_freq_and_concentration(p.head_dim, p.rope, dtype=compute,
                                                          device=positions.device)
-    angles = (positions.float()[:, None] * inv_freq[None, :]).double()
+    angles = (positions.to(compute)[:, None] * inv_freq[None, :]).double()
     return angles.cos() * concentration, angles.sin() * concentration
 
 
@@ -231,7 +234,7 @@ def reference_positions(p: PositionsParams, module: Any, inputs: list[torch.Tens
     if p.positions == "learned":
         (x,) = inputs
         return [x[:, rows].double() + module.weight[positions].double()]
-    cos, sin = reference_cos_sin(p, positions)
+    cos, sin = reference_cos_sin(p, positions, inputs[0].dtype)
     return [apply_rotary(t[:, :, rows].double(), cos, sin) for t in inputs]
 
 
@@ -260,7 +263,7 @@ def check_positions(p: PositionsParams, module: Any, inputs: list[torch.Tensor],
             ref_out = [leaves[0][:, rows] + table[positions]]
             ref_wrt = [leaves[0], table]
         else:
-            cos, sin = reference_cos_sin(p, p.start_pos + rows)
+            cos, sin = reference_cos_sin(p, p.start_pos + rows, inputs[0].dtype)
             ref_out = [apply_rotary(t[:, :, rows], cos, sin) for t in leaves]
             ref_wrt = leaves
         ref_grads = torch.autograd.grad(ref_out, ref_wrt, [_at_rows(p, d, rows).double() for d in dys])
