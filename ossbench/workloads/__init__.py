@@ -43,8 +43,9 @@ def describe_families(preset: str = "gpt-oss-20b") -> list[dict]:
     for fam in all_families():
         defaults = fam.defaults(cfg)
         params = []
+        props = fam.params_model.model_json_schema()["properties"]
         for name, info in fam.params_model.model_fields.items():
-            prop = fam.params_model.model_json_schema()["properties"].get(name, {})
+            prop = props.get(name, {})
             params.append({"name": name, "type": _type_text(prop), "default": repr(defaults.get(name, info.default)),
                            "help": info.description or ""})
         out.append({"name": fam.name, "description": fam.description, "params": params,

@@ -25,11 +25,11 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
-from ..errors import SkipCase
 from ..layers.activation import Activation, input_width
 from ..layers.config import ModelConfig
 from .base import Check, Cost, Family, Workload
-from .ffn import ACTIVATION_FLOPS, check_rows, default_tokens, errors, randn
+from .checks import require_checked_dtype, token_check
+from .ffn import ACTIVATION_FLOPS, default_tokens, randn
 
 SEED = 0
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
@@ -103,8 +103,7 @@ def activation_cost(mode: str, activation: str, tokens: int, width: int, dtype_b
 def build(params: ActivationParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"activation checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("activation", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(SEED)
     module = Activation(p.activation, p.backend, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit)
     training = p.mode == "train"
@@ -139,18 +138,9 @@ def reference_activation(p: ActivationParams, x: torch.Tensor) -> torch.Tensor:
 def check_activation(module: Activation, p: ActivationParams, x: torch.Tensor, dy: torch.Tensor | None) -> Check:
     """The backend's output on every token, compared on a set of tokens with the float64 formula; in train
     mode the input gradient too (against float64 autograd of the formula)."""
-    rows = check_rows(x.shape[0], x.device)
     got = module(x)  # in the timed call's grad mode: a compiled backend reuses its kernels
-    errs = [errors(got.detach()[rows], reference_activation(p, x.detach()[rows]))]
-    what = f"{len(rows)} of {x.shape[0]} tokens"
-    if dy is not None:
-        (dx,) = torch.autograd.grad(got, x, dy)
-        x64 = x.detach()[rows].double().requires_grad_(True)
-        (dx_ref,) = torch.autograd.grad(reference_activation(p, x64), x64, dy[rows].double())
-        errs.append(errors(dx[rows], dx_ref))
-        what += " and the input gradient"
-    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
-                 tolerance=TOLERANCE[x.dtype], reference=f"float64 formula on {x.device.type}, {what}")
+    return token_check(got, x, dy, lambda t: reference_activation(p, t), tolerance=TOLERANCE,
+                       described="float64 formula")
 
 
 FAMILY = Family(

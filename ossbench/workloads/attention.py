@@ -30,6 +30,7 @@ from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
 from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin, yarn_ramp_bounds
 from .base import Check, Cost, Family, Workload
+from .checks import combined_check, errors, require_checked_dtype
 
 SEED = 0
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
@@ -282,8 +283,7 @@ def fill_decode_cache(module: Attention, p: AttentionParams, generator: torch.Ge
 def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"attention checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("attention", TOLERANCE, dtype)
     training = p.mode == "train"
     reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training)
     if reason:
@@ -324,37 +324,28 @@ def check_against_reference(module: Attention, p: AttentionParams, x: torch.Tens
                             dy: torch.Tensor | None) -> Check:
     """Compare the backend's block update (without the residual, which would hide attention errors
     behind x) with a float64 reference on a set of query rows."""
-    tol = TOLERANCE[x.dtype]
     # Run the backend in the same grad mode as `fn`: compiled flex guards on it, and a different mode
     # would compile a second kernel. In inference modes nothing requires grad, so no graph is built.
     if p.mode == "decode":
         got = module.update(x, cache=cache, start_pos=p.kv_len).double()  # [B, 1, hidden]
         ref = reference_decode(module, x, cache, p.kv_len)
-        errs = [_errors(got, ref)]
+        errs = [errors(got, ref)]
         what = f"one token against {attention_pairs(p) - 1} cached keys"
     else:
         rows = reference_rows(p)
         got = module.update(x.detach())[:, rows].detach().double()  # [B, R, hidden]
         with torch.no_grad():
             ref = reference_prefill(module, x.detach(), rows)
-        errs = [_errors(got, ref)]
+        errs = [errors(got, ref)]
         what = f"{len(rows)} of {p.seq_len} query rows"
         if dy is not None and len(rows) == p.seq_len:  # gradients too, when the full reference is cheap
             x_got = x.detach().requires_grad_(True)
             (dx,) = torch.autograd.grad(module.update(x_got), x_got, dy)
             x64 = x.detach().double().requires_grad_(True)
             (dx_ref,) = torch.autograd.grad(reference_prefill(module, x64, rows), x64, dy.double())
-            errs.append(_errors(dx.double(), dx_ref))
+            errs.append(errors(dx.double(), dx_ref))
             what += " and the input gradient"
-    abs_err = max(e[0] for e in errs)
-    rel_err = max(e[1] for e in errs)
-    return Check(max_abs_err=abs_err, max_rel_err=rel_err, tolerance=tol,
-                 reference=f"float64 einsum attention on {x.device.type}, {what}")
-
-
-def _errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    abs_err = (got - ref).abs().max().item()
-    return abs_err, abs_err / max(ref.abs().max().item(), 1e-300)
+    return combined_check(errs, TOLERANCE[x.dtype], f"float64 einsum attention on {x.device.type}, {what}")
 
 
 def reference_rows(p: AttentionParams) -> list[int]:

@@ -41,6 +41,7 @@ from ..layers.moe import MoE
 from .attention import AttentionParams, attention_cost, check_against_reference, fill_decode_cache, make_module
 from .attention import TOLERANCE as ATTENTION_TOLERANCE
 from .base import Check, Cost, Family, Workload
+from .checks import require_checked_dtype
 from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn, randn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
@@ -233,8 +234,7 @@ def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch
 def build(params: BlockParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"block checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("block", TOLERANCE, dtype)
     training = p.mode == "train"
     dtype_bytes = torch.finfo(dtype).bits // 8
     if reason := unsupported_reason(p.attn_backend, sinks=p.sinks, device=device, training=training):

@@ -25,11 +25,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationInfo, \
     field_validator, model_validator
 
-from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.params import fc1_width, ffn_params, norm_params
 from .base import Check, Cost, Family, Workload
+from .checks import require_checked_dtype, token_check
 
 SEED = 0
 # Allowed max|out - ref| / max|ref| per dtype. An FFN rounds its input, fc1's output, the activation's
@@ -39,7 +39,6 @@ SEED = 0
 # float64: gpt-oss's RMSNorm computes in float32 whatever the input dtype, so a float64 block carries
 # float32 roundings (~1e-7) from its norm.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-CHECK_TOKENS = 64  # the float64 reference covers at most this many tokens (evenly spaced)
 DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
 # FLOPs per activation output element, counting the arithmetic in the formula (a transcendental = 1,
 # clamps not counted): clamped SwiGLU  alpha*g, sigmoid (exp, add, divide), g*s, l+1, product = 7;
@@ -172,8 +171,7 @@ def init_dense_ffn_(module: DenseFFN, generator: torch.Generator) -> None:
 def build(params: FFNParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"ffn checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("ffn", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(SEED)
     module = make_ffn(p, device, dtype, generator)
     workload = dense_workload(module, p.mode, p.tokens, device, dtype, generator)
@@ -203,13 +201,6 @@ def dense_workload(module: DenseFFN, mode: str, tokens: int, device: Any, dtype:
 
 
 # --- numerics check
-def check_rows(tokens: int, device: Any) -> torch.Tensor:
-    """Every token when few, else CHECK_TOKENS evenly spaced ones (first and last included)."""
-    if tokens <= CHECK_TOKENS:
-        return torch.arange(tokens, device=device)
-    return torch.linspace(0, tokens - 1, CHECK_TOKENS, device=device).round().long().unique()
-
-
 def reference_ffn(module: DenseFFN, x: torch.Tensor) -> torch.Tensor:
     """float64 FFN update (no residual) of x [R, hidden], written from the formulas."""
     x = x.double()
@@ -232,29 +223,15 @@ def reference_ffn(module: DenseFFN, x: torch.Tensor) -> torch.Tensor:
     return y + module.fc2.bias.double() if module.fc2.bias is not None else y
 
 
-def errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    abs_err = (got.double() - ref).abs().max().item()
-    return abs_err, abs_err / max(ref.abs().max().item(), 1e-300)
-
-
 def check_ffn(module: DenseFFN, x: torch.Tensor, dy: torch.Tensor | None) -> Check:
     """The update (without the residual, which would hide errors behind x) against float64 on a set of
     tokens; in train mode with few tokens also the input gradient."""
-    rows = check_rows(x.shape[0], x.device)
     training = dy is not None
     xin = x.detach().requires_grad_(training)
     with torch.set_grad_enabled(training):
         got = module.update(xin)
-    errs = [errors(got.detach()[rows], reference_ffn(module, x.detach()[rows]))]
-    what = f"{len(rows)} of {x.shape[0]} tokens"
-    if training and len(rows) == x.shape[0]:
-        (dx,) = torch.autograd.grad(got, xin, dy)
-        x64 = x.detach().double().requires_grad_(True)
-        (dx_ref,) = torch.autograd.grad(reference_ffn(module, x64), x64, dy.double())
-        errs.append(errors(dx, dx_ref))
-        what += " and the input gradient"
-    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
-                 tolerance=TOLERANCE[x.dtype], reference=f"float64 FFN formula on {x.device.type}, {what}")
+    return token_check(got, xin, dy, lambda t: reference_ffn(module, t), tolerance=TOLERANCE,
+                       described="float64 FFN formula", grad_only_when_all_rows=True)
 
 
 FAMILY = Family(

@@ -41,8 +41,8 @@ from ..layers.moe import MoE, grouped_mm_unsupported_reason, load_max_over_mean,
 from ..layers.mxfp4 import BLOCK, bytes_per_value
 from ..layers.params import moe_params
 from .base import Check, Cost, Family, Workload
-from .ffn import ACTIVATION_FLOPS, TOLERANCE, check_rows, default_tokens, dense_workload, errors, \
-    init_dense_ffn_, randn
+from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
+from .ffn import ACTIVATION_FLOPS, TOLERANCE, default_tokens, dense_workload, init_dense_ffn_, randn
 
 SEED = 0
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
@@ -204,8 +204,7 @@ def gather_skip_reason(p: MoEParams, device: torch.device, dtype_bytes: int) -> 
 def build(params: MoEParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"moe checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("moe", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(SEED)
     if p.dense != "none":
         return build_dense(p, device, dtype, generator)
@@ -272,14 +271,10 @@ def check_moe(module: MoE, x: torch.Tensor, dy: torch.Tensor | None) -> Check:
     if ambiguous:
         what += f" ({ambiguous} with near-tied router logits routed as the backend chose)"
     if training and len(rows) == x.shape[0]:
-        (dx,) = torch.autograd.grad(got, xin, dy)
-        x64 = x.detach().double().requires_grad_(True)
-        ref64, _ = reference_moe(module, x64, routing.indices, x.dtype)
-        (dx_ref,) = torch.autograd.grad(ref64, x64, dy.double())
-        errs.append(errors(dx, dx_ref))
+        reference = lambda x64: reference_moe(module, x64, routing.indices[rows], x.dtype)[0]  # noqa: E731
+        errs.append(input_grad_errors(got, xin, dy, rows, reference))
         what += " and the input gradient"
-    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
-                 tolerance=TOLERANCE[x.dtype], reference=f"float64 per-token MoE on {x.device.type}, {what}")
+    return combined_check(errs, TOLERANCE[x.dtype], f"float64 per-token MoE on {x.device.type}, {what}")
 
 
 def reference_moe(module: MoE, x: torch.Tensor, backend_indices: torch.Tensor,

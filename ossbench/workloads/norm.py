@@ -28,11 +28,11 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
 from .base import Check, Cost, Family, Workload
-from .ffn import check_rows, default_tokens, errors, randn
+from .checks import require_checked_dtype, token_check
+from .ffn import default_tokens, randn
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
@@ -113,8 +113,7 @@ def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.G
 def build(params: NormParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"norm checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("norm", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(SEED)
     module = make_norm(p, device, dtype, generator)
     training = p.mode == "train"
@@ -147,18 +146,9 @@ def reference_norm(module: Norm, x: torch.Tensor) -> torch.Tensor:
 def check_norm(module: Norm, x: torch.Tensor, dy: torch.Tensor | None) -> Check:
     """The backend's output on every token, compared on a set of tokens with the float64 formula; in train
     mode the input gradient on those tokens too (each token's dx depends on its own row only)."""
-    rows = check_rows(x.shape[0], x.device)
     got = module(x)  # in the timed call's grad mode: a compiled backend reuses its kernels
-    errs = [errors(got.detach()[rows], reference_norm(module, x.detach()[rows]))]
-    what = f"{len(rows)} of {x.shape[0]} tokens"
-    if dy is not None:
-        (dx,) = torch.autograd.grad(got, x, dy)
-        x64 = x.detach()[rows].double().requires_grad_(True)
-        (dx_ref,) = torch.autograd.grad(reference_norm(module, x64), x64, dy[rows].double())
-        errs.append(errors(dx[rows], dx_ref))
-        what += " and the input gradient"
-    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
-                 tolerance=TOLERANCE[x.dtype], reference=f"float64 formula on {x.device.type}, {what}")
+    return token_check(got, x, dy, lambda t: reference_norm(module, t), tolerance=TOLERANCE,
+                       described="float64 formula")
 
 
 FAMILY = Family(

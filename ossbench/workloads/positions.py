@@ -32,12 +32,12 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin, yarn_ramp_bounds
 from .base import Check, Cost, Family, Workload
-from .ffn import check_rows, errors, randn
+from .checks import check_rows, combined_check, errors, require_checked_dtype
+from .ffn import randn
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
@@ -176,8 +176,7 @@ def positions_cost(p: PositionsParams, dtype_bytes: int) -> Cost:
 def build(params: PositionsParams, device: Any, dtype: torch.dtype) -> Workload:
     p = params
     device = torch.device(device)
-    if dtype not in TOLERANCE:
-        raise SkipCase(f"positions checks support {', '.join(map(str, TOLERANCE))}, not {dtype}")
+    require_checked_dtype("positions", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(SEED)
     training = p.mode == "train"
     S, start = p.tokens_per_sequence, p.start_pos
@@ -273,10 +272,9 @@ def check_positions(p: PositionsParams, module: Any, inputs: list[torch.Tensor],
             positions = p.start_pos + rows
             errs.append(errors(grads[1][positions], ref_grads[1][positions]))
         what += " and the gradients"
-    return Check(max_abs_err=max(e[0] for e in errs), max_rel_err=max(e[1] for e in errs),
-                 tolerance=TOLERANCE[inputs[0].dtype],
-                 reference=f"float64 {'table add' if p.positions == 'learned' else 'rotation'} on "
-                           f"{inputs[0].device.type}, {what}")
+    return combined_check(errs, TOLERANCE[inputs[0].dtype],
+                          f"float64 {'table add' if p.positions == 'learned' else 'rotation'} on "
+                          f"{inputs[0].device.type}, {what}")
 
 
 FAMILY = Family(
