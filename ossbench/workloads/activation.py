@@ -28,8 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from ..layers.activation import Activation, input_width
 from ..layers.config import ModelConfig
 from .base import Check, Cost, Family, Workload
+from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
-from .ffn import ACTIVATION_FLOPS, default_tokens, randn
+from .ffn import ACTIVATION_FLOPS
+from .fields import default_tokens
 
 SEED = 0
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
@@ -110,11 +112,7 @@ def build(params: ActivationParams, device: Any, dtype: torch.dtype) -> Workload
     x = (INPUT_STD * randn((p.tokens, input_width(p.activation, p.width)), generator, device, torch.float32)
          ).to(dtype)  # [T, in_width]
     dy = randn((p.tokens, p.width), generator, device, dtype) if training else None  # [T, width]
-    if training:
-        x.requires_grad_(True)
-        fn = lambda: torch.autograd.grad(module(x), x, dy)  # noqa: E731
-    else:
-        fn = lambda: module(x)  # noqa: E731
+    fn = timed_call(lambda: module(x), dy, [x], [x])
     held = x.numel() * x.element_size() * (2 if training else 1)  # the input, and its gradient in train
     return Workload(fn=fn, cost=activation_cost(p.mode, p.activation, p.tokens, p.width, torch.finfo(dtype).bits // 8),
                     check=lambda: check_activation(module, p, x, dy), persistent_bytes=held)

@@ -30,7 +30,9 @@ from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
 from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin, yarn_ramp_bounds
 from .base import Check, Cost, Family, Workload
+from .building import randn, timed_call
 from .checks import combined_check, errors, require_checked_dtype
+from .fields import yarn_spec
 
 SEED = 0
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
@@ -126,11 +128,9 @@ class AttentionParams(BaseModel):
     @field_validator("yarn_original_context")
     @classmethod
     def _yarn_ramp_valid(cls, v: int, info: ValidationInfo) -> int:
-        d = info.data
-        needed = ("positions", "head_dim", "rope_theta", "yarn_factor", "yarn_beta_slow", "yarn_beta_fast")
-        if all(k in d for k in needed) and d["positions"] == "yarn" and d["yarn_factor"] > 1:
-            yarn_ramp_bounds(d["head_dim"], RopeSpec(d["rope_theta"], d["yarn_factor"], d["yarn_beta_slow"],
-                                                     d["yarn_beta_fast"], v))
+        spec = yarn_spec(info.data, v)
+        if spec is not None and spec.scaled:
+            yarn_ramp_bounds(info.data["head_dim"], spec)
         return v
 
     @property
@@ -292,31 +292,21 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     module = make_module(p, device, dtype, generator)
     module.requires_grad_(training)
 
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
-
-    cache = None
+    cache, dy = None, None
     if p.mode == "decode":
-        x = randn(p.batch, 1, p.hidden)  # [B, 1, hidden]
+        x = randn((p.batch, 1, p.hidden), generator, device, dtype)  # [B, 1, hidden]
         cache = fill_decode_cache(module, p, generator, device, dtype)
         fn = lambda: module(x, cache=cache, start_pos=p.kv_len)  # noqa: E731
-    elif p.mode == "prefill":
-        x = randn(p.batch, p.seq_len, p.hidden)  # [B, S, hidden]
-        fn = lambda: module(x)  # noqa: E731
     else:
-        x = randn(p.batch, p.seq_len, p.hidden).requires_grad_(True)
-        dy = randn(p.batch, p.seq_len, p.hidden)
-        wrt = [x, *module.parameters()]
-        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
-
-    def check() -> Check:
-        return check_against_reference(module, p, x, cache, dy if training else None)
+        x = randn((p.batch, p.seq_len, p.hidden), generator, device, dtype)  # [B, S, hidden]
+        dy = randn((p.batch, p.seq_len, p.hidden), generator, device, dtype) if training else None
+        fn = timed_call(lambda: module(x), dy, [x], [x, *module.parameters()])
 
     held = sum(t.numel() * t.element_size() for t in module.parameters()) + x.numel() * x.element_size()
     held += cache.nbytes if cache is not None else 0
     held += dy.numel() * dy.element_size() if training else 0
-    return Workload(fn=fn, cost=attention_cost(p, torch.finfo(dtype).bits // 8), check=check,
-                    persistent_bytes=held)
+    return Workload(fn=fn, cost=attention_cost(p, torch.finfo(dtype).bits // 8),
+                    check=lambda: check_against_reference(module, p, x, cache, dy), persistent_bytes=held)
 
 
 # --- numerics check

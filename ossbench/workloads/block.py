@@ -41,9 +41,10 @@ from ..layers.moe import MoE
 from .attention import AttentionParams, attention_cost, check_against_reference, fill_decode_cache, make_module
 from .attention import TOLERANCE as ATTENTION_TOLERANCE
 from .base import Check, Cost, Family, Workload
+from .building import randn, timed_call
 from .checks import require_checked_dtype
 from .ffn import TOLERANCE as FFN_TOLERANCE
-from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn, randn
+from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
 
 SEED = 0
@@ -266,12 +267,7 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype) -> Workload:
 
     block.requires_grad_(training)
     dy = randn(tuple(x.shape), generator, device, dtype) if training else None
-    if training:
-        x.requires_grad_(True)
-        wrt = [x, *block.parameters()]
-        fn = lambda: torch.autograd.grad(block(x), wrt, dy)  # noqa: E731
-    else:
-        fn = lambda: block(x, cache, start)  # noqa: E731
+    fn = timed_call(lambda: block(x, cache, start), dy, [x], [x, *block.parameters()])  # train: no cache
 
     held = sum(t.numel() * t.element_size() for t in (*block.parameters(), *block.buffers()))
     held += x.numel() * x.element_size() * (2 if training else 1)

@@ -29,7 +29,9 @@ from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.params import fc1_width, ffn_params, norm_params
 from .base import Check, Cost, Family, Workload
+from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
+from .fields import default_tokens, top_k_fits
 
 SEED = 0
 # Allowed max|out - ref| / max|ref| per dtype. An FFN rounds its input, fc1's output, the activation's
@@ -39,19 +41,11 @@ SEED = 0
 # float64: gpt-oss's RMSNorm computes in float32 whatever the input dtype, so a float64 block carries
 # float32 roundings (~1e-7) from its norm.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
 # FLOPs per activation output element, counting the arithmetic in the formula (a transcendental = 1,
 # clamps not counted): clamped SwiGLU  alpha*g, sigmoid (exp, add, divide), g*s, l+1, product = 7;
 # GELU tanh  x^3 (2), *0.044715, +x, *sqrt(2/pi), tanh, +1, *x, *0.5 = 9.
 ACTIVATION_FLOPS = {"swiglu": 7, "gelu_tanh": 9}
 Mode = Literal["prefill", "decode", "train"]
-
-
-def default_tokens(cls: type, v: int | None, info: ValidationInfo) -> int | None:
-    """`tokens: null` means the mode's default (prefill/train 4096, decode 1)."""
-    if v is None and info.data.get("mode") is not None:
-        return DEFAULT_TOKENS[info.data["mode"]]
-    return v
 
 
 class FFNParams(BaseModel):
@@ -80,13 +74,7 @@ class FFNParams(BaseModel):
 
     _tokens = field_validator("tokens")(default_tokens)
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
-        n = info.data.get("n_experts")
-        if n and not 1 <= v <= n:
-            raise ValueError(f"top_k ({v}) must be between 1 and n_experts ({n})")
-        return v
+    _top_k = field_validator("top_k")(top_k_fits)
 
     @field_validator("match")
     @classmethod
@@ -141,10 +129,6 @@ def ffn_cost(mode: str, tokens: int, hidden: int, intermediate: int, activation:
 
 
 # --- building
-def randn(shape: tuple[int, ...], generator: torch.Generator, device: Any, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
-
-
 def make_ffn(p: FFNParams, device: Any, dtype: torch.dtype, generator: torch.Generator, *,
              residual: bool | None = None) -> DenseFFN:
     """The FFN with random weights: std 1/sqrt(fan_in) (unit-scale outputs), biases std 0.1."""
@@ -163,9 +147,7 @@ def init_dense_ffn_(module: DenseFFN, generator: torch.Generator) -> None:
         if lin.bias is not None:
             lin.bias.normal_(0.0, 0.1, generator=generator)
     if module.norm is not None:
-        for name, t in module.norm.named_parameters():
-            t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=generator, device=t.device) if name != "bias"
-                    else 0.1 * torch.randn(t.shape, generator=generator, device=t.device))
+        init_norm_(module.norm, generator)
 
 
 def build(params: FFNParams, device: Any, dtype: torch.dtype) -> Workload:
@@ -186,12 +168,7 @@ def dense_workload(module: DenseFFN, mode: str, tokens: int, device: Any, dtype:
     module.requires_grad_(training)
     x = randn((tokens, module.hidden), generator, device, dtype)  # [T, hidden]
     dy = randn((tokens, module.hidden), generator, device, dtype) if training else None
-    if training:
-        x.requires_grad_(True)
-        wrt = [x, *module.parameters()]
-        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
-    else:
-        fn = lambda: module(x)  # noqa: E731
+    fn = timed_call(lambda: module(x), dy, [x], [x, *module.parameters()])
     norm = "none" if module.norm is None else ("layernorm" if isinstance(module.norm, torch.nn.LayerNorm)
                                               else "rmsnorm")
     cost = ffn_cost(mode, tokens, module.hidden, module.intermediate, module.activation,

@@ -41,8 +41,10 @@ from ..layers.moe import MoE, grouped_mm_unsupported_reason, load_max_over_mean,
 from ..layers.mxfp4 import BLOCK, bytes_per_value
 from ..layers.params import moe_params
 from .base import Check, Cost, Family, Workload
+from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
-from .ffn import ACTIVATION_FLOPS, TOLERANCE, default_tokens, dense_workload, init_dense_ffn_, randn
+from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
+from .fields import default_tokens, top_k_fits
 
 SEED = 0
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
@@ -81,13 +83,7 @@ class MoEParams(BaseModel):
 
     _tokens = field_validator("tokens")(default_tokens)
 
-    @field_validator("top_k")
-    @classmethod
-    def _top_k_fits(cls, v: int, info: ValidationInfo) -> int:
-        n = info.data.get("n_experts")
-        if n is not None and v > n:
-            raise ValueError(f"top_k ({v}) cannot exceed n_experts ({n}): a token picks top_k distinct experts")
-        return v
+    _top_k = field_validator("top_k")(top_k_fits)
 
     @field_validator("weights")
     @classmethod
@@ -171,8 +167,7 @@ def make_moe(p: MoEParams, device: Any, dtype: torch.dtype, generator: torch.Gen
                  swiglu_limit=p.swiglu_limit, norm_eps=p.norm_eps, router_bias=p.router_bias,
                  expert_bias=p.expert_bias, weights=p.weights, backend=p.backend, grouped_impl=p.grouped_impl,
                  device=device, dtype=dtype, generator=generator)
-    with torch.no_grad():  # a norm scale near one, not exactly one (kernels must not see a trivial scale)
-        module.norm.scale.add_(0.1 * torch.randn(p.hidden, generator=generator, device=device))
+    init_norm_(module.norm, generator)
     return module
 
 
@@ -228,12 +223,7 @@ def build(params: MoEParams, device: Any, dtype: torch.dtype) -> Workload:
     info["tokens_per_expert"] = counts
     module.requires_grad_(training)
     dy = randn((p.tokens, p.hidden), generator, device, dtype) if training else None
-    if training:
-        x.requires_grad_(True)
-        wrt = [x, *module.parameters()]
-        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
-    else:
-        fn = lambda: module(x)  # noqa: E731
+    fn = timed_call(lambda: module(x), dy, [x], [x, *module.parameters()])
     held = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     held += x.numel() * x.element_size() * (2 if training else 1)
     return Workload(fn=fn, cost=moe_cost(p, dtype_bytes, counts), check=lambda: check_moe(module, x, dy),

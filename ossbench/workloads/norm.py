@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
 from .base import Check, Cost, Family, Workload
+from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
-from .ffn import default_tokens, randn
+from .fields import default_tokens
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
@@ -103,10 +104,7 @@ def norm_cost(mode: str, norm: str, tokens: int, hidden: int, dtype_bytes: int, 
 def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Norm:
     """The norm with parameters near their trained values (scale ~1, bias ~0), never exactly 1 and 0."""
     module = Norm(p.norm, p.hidden, p.norm_eps, backend=p.backend, device=device, dtype=dtype)
-    with torch.no_grad():
-        for name, t in module.named_parameters():
-            noise = torch.randn(t.shape, generator=generator, device=t.device)
-            t.copy_(0.1 * noise if name == "bias" else 1.0 + 0.1 * noise)
+    init_norm_(module, generator)
     return module
 
 
@@ -120,12 +118,7 @@ def build(params: NormParams, device: Any, dtype: torch.dtype) -> Workload:
     module.requires_grad_(training)
     x = (INPUT_MEAN + randn((p.tokens, p.hidden), generator, device, torch.float32)).to(dtype)  # [T, hidden]
     dy = randn((p.tokens, p.hidden), generator, device, dtype) if training else None
-    if training:
-        x.requires_grad_(True)
-        wrt = [x, *module.parameters()]
-        fn = lambda: torch.autograd.grad(module(x), wrt, dy)  # noqa: E731
-    else:
-        fn = lambda: module(x)  # noqa: E731
+    fn = timed_call(lambda: module(x), dy, [x], [x, *module.parameters()])
     param_bytes = sum(t.numel() * t.element_size() for t in module.parameters())
     held = param_bytes + x.numel() * x.element_size() * (2 if training else 1)
     cost = norm_cost(p.mode, p.norm, p.tokens, p.hidden, torch.finfo(dtype).bits // 8, param_bytes)

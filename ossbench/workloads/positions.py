@@ -36,8 +36,9 @@ from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin, yarn_ramp_bounds
 from .base import Check, Cost, Family, Workload
+from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
-from .ffn import randn
+from .fields import yarn_spec
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
@@ -100,17 +101,15 @@ class PositionsParams(BaseModel):
     @field_validator("yarn_original_context")
     @classmethod
     def _yarn_valid(cls, v: int, info: ValidationInfo) -> int:
-        d = info.data
-        needed = ("positions", "head_dim", "rope_theta", "yarn_factor", "yarn_beta_slow", "yarn_beta_fast")
-        if not all(k in d for k in needed) or d["positions"] != "yarn":
+        spec = yarn_spec(info.data, v)
+        if spec is None:
             return v
-        if d["yarn_factor"] <= 1:
+        if not spec.scaled:
             raise ValueError("positions: yarn needs yarn_factor > 1 (1 is plain RoPE: use positions: rope)")
-        if not d["yarn_beta_slow"] < d["yarn_beta_fast"]:
-            raise ValueError(f"yarn_beta_fast ({d['yarn_beta_fast']}) must be greater than yarn_beta_slow "
-                             f"({d['yarn_beta_slow']})")
-        yarn_ramp_bounds(d["head_dim"], RopeSpec(d["rope_theta"], d["yarn_factor"], d["yarn_beta_slow"],
-                                                 d["yarn_beta_fast"], v))
+        if not spec.beta_slow < spec.beta_fast:
+            raise ValueError(f"yarn_beta_fast ({spec.beta_fast}) must be greater than yarn_beta_slow "
+                             f"({spec.beta_slow})")
+        yarn_ramp_bounds(info.data["head_dim"], spec)
         return v
 
     @property
@@ -201,12 +200,7 @@ def build(params: PositionsParams, device: Any, dtype: torch.dtype) -> Workload:
         held = 0
     # outputs have their inputs' shapes
     dys = [randn(tuple(t.shape), generator, device, dtype) for t in inputs] if training else None
-    if training:
-        for t in inputs:
-            t.requires_grad_(True)
-        fn = lambda: torch.autograd.grad(call(), grads_of, dys)  # noqa: E731
-    else:
-        fn = call
+    fn = timed_call(call, dys, inputs, grads_of)
     held += sum(t.numel() * t.element_size() for t in inputs) * (2 if training else 1)
     return Workload(fn=fn, cost=cost, check=lambda: check_positions(p, module, inputs, dys), persistent_bytes=held)
 
