@@ -156,8 +156,9 @@ def test_dropout_acts_in_train_mode_only_and_on_both_residual_branches():
             kept = d != 0
             assert 0.4 < kept.double().mean().item() < 0.6
             assert torch.allclose(d[kept], u[kept] / 0.5) and (d[~kept] == 0).all()
-        # the output is the float64 composition with those masks
-        h = x + (d1 != 0) * block.attn.update(x) / 0.5
+        # the output is the float64 composition with those masks (u1: the attention's own output, which
+        # has its probabilities dropped out too, so it is taken from the hook rather than recomputed)
+        h = x + (d1 != 0) * u1 / 0.5
         assert torch.allclose(y, h + (d2 != 0) * block.mlp.update(h) / 0.5, rtol=1e-12, atol=1e-12)
         seen.clear()
         assert torch.allclose(block.eval()(x), gpt2_reference(block, x), rtol=1e-12, atol=1e-12)
@@ -165,6 +166,32 @@ def test_dropout_acts_in_train_mode_only_and_on_both_residual_branches():
     assert not any(isinstance(m, torch.nn.Dropout) for m in no_dropout.modules())
     with torch.no_grad():
         assert torch.equal(no_dropout.train()(x), no_dropout.eval()(x))
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_attention_probabilities_drop_out_in_train_mode_only(backend):
+    block = tiny_block("gpt2", dropout=0.5)
+    block.attn.backend = backend
+    x = torch.randn(2, 8, 32, dtype=torch.float64)
+    with torch.no_grad():
+        block.train()
+        torch.manual_seed(0)
+        first = block.attn.update(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(first, block.attn.update(x))  # a fresh mask on every call
+        block.eval()
+        assert torch.equal(block.attn.update(x), block.attn.update(x))
+        block.attn.attn_dropout = 0.0
+        block.train()
+        assert torch.equal(block.attn.update(x), block.eval().attn.update(x))
+
+
+def test_flex_refuses_probability_dropout_in_training():
+    from ossbench.layers.attention import unsupported_reason
+
+    reason = unsupported_reason("flex", sinks=False, device="cuda", training=True, attn_dropout=0.1)
+    assert reason and "attn_pdrop" in reason
+    assert unsupported_reason("flex", sinks=False, device="cuda", training=False, attn_dropout=0.1) is None
 
 
 # --- the family
@@ -209,8 +236,8 @@ def test_train_flops_match_the_counter(arch):
     dy = torch.randn(p.batch, p.seq_len, p.hidden)
     want = w.cost.extra["matmul_flops"] + 3 * eager_scores_correction(p)
     assert counted(lambda: block(x).backward(dy)) == pytest.approx(want, rel=0.01)
-    # dropout: one multiply per element of each of its two outputs, forward and backward
-    assert w.cost.extra["dropout_flops"] == 2 * 2 * 24 * 32
+    # dropout: one multiply per element of each of its three outputs, forward and backward
+    assert w.cost.extra["dropout_flops"] == 2 * (2 * 24 * 32 + p.n_heads * w.cost.extra["attn_pairs"])
     assert w.cost.flops == pytest.approx(w.cost.extra["matmul_flops"] + w.cost.extra["activation_flops"]
                                          + w.cost.extra["dropout_flops"])
 

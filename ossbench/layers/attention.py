@@ -40,9 +40,12 @@ _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split("."
 _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
 
 
-def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool = False) -> str | None:
+def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool = False,
+                       attn_dropout: float = 0.0) -> str | None:
     """Why `backend` cannot compute a block with/without sinks on `device` (None when it can)."""
     device_type = torch.device(device).type
+    if backend == "flex" and training and attn_dropout > 0:
+        return "flex_attention cannot drop out attention probabilities (GPT-2's attn_pdrop); use eager or sdpa"
     if backend == "sdpa" and sinks:
         return ("sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
                 "column and does not return the log-sum-exp needed to add one exactly")
@@ -82,8 +85,13 @@ class Attention(nn.Module):
     def __init__(self, hidden: int = 2880, n_heads: int = 64, n_kv_heads: int = 8, head_dim: int = 64, *,
                  window: int | None = None, sinks: bool = True, positions: str = "yarn",
                  rope: RopeSpec | None = None, bias: bool = True, causal: bool = True, norm: str = "rmsnorm",
-                 norm_eps: float = 1e-5, backend: str = "eager", device: Any = None, dtype: Any = None) -> None:
+                 norm_eps: float = 1e-5, backend: str = "eager", attn_dropout: float = 0.0, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
+        # GPT-2's attn_pdrop: dropout on the attention probabilities, active only in train mode
+        self.attn_dropout = attn_dropout
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if window is not None and window <= 0:
@@ -142,7 +150,8 @@ class Attention(nn.Module):
                            training: bool = False) -> str | None:
         """Why `backend` cannot compute this block on `device` (None when it can)."""
         device = device if device is not None else self.qkv.weight.device
-        return unsupported_reason(backend or self.backend, sinks=self.has_sinks, device=device, training=training)
+        return unsupported_reason(backend or self.backend, sinks=self.has_sinks, device=device, training=training,
+                                  attn_dropout=self.attn_dropout if self.training else 0.0)
 
     # --- caches
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
@@ -252,6 +261,8 @@ class Attention(nn.Module):
             probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :T]  # drop the sink column
         else:
             probs = torch.softmax(scores, dim=-1)
+        if self.training and self.attn_dropout > 0:
+            probs = F.dropout(probs, self.attn_dropout)
         o = torch.matmul(probs.to(v.dtype).view(B, Hkv, group * S, T), v)  # [B, Hkv, G*S, D]
         return o.view(B, Hq, S, D)
 
@@ -270,7 +281,7 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
         gqa = {"enable_gqa": True} if _SDPA_HAS_GQA and k.shape[1] != Hq else {}
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
-                                              **gqa)
+                                              dropout_p=self.attn_dropout if self.training else 0.0, **gqa)
 
     def _sdpa_expand_kv(self, q, k, mask, is_causal: bool) -> bool:
         """True when native GQA would fall back to SDPA's math kernel but expanded K/V would not.

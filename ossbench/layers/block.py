@@ -9,10 +9,10 @@
   on alternating layers, YaRN RoPE, a top-4 MoE with clamped-SwiGLU experts, no dropout.
 
 Dropout: GPT-2 drops out the attention probabilities (attn_pdrop), the attention output after its
-projection and the MLP output (resid_pdrop), all at 0.1. This block applies the two residual dropouts; the
-attention modules have no dropout on their probabilities (flex and the sink correction have no place for
-it), so a GPT-2 block here does one dropout fewer than GPT-2's. Dropout acts only in train mode
-(`block.train()`); `dropout=0` builds no dropout op at all.
+projection and the MLP output (resid_pdrop), all at 0.1; so does this block (the probabilities through the
+attention module's `attn_dropout`, which the eager and sdpa backends apply; flex cannot, and skips a
+training case that needs it). Dropout acts only in train mode (`block.train()`); `dropout=0` builds no
+dropout op at all.
 
 Submodule names are gpt-oss's (`attn.*`, `mlp.*`), so a gpt-oss checkpoint block's tensors load with
 `load_state_dict` (MoE weights decoded to a float dtype, or MXFP4 with weights="mxfp4").
@@ -48,13 +48,15 @@ class Block(nn.Module):
                     moe_backend: str = "grouped", dropout: float | None = None, device: Any = None,
                     dtype: Any = None) -> Block:
         """Layer `layer_idx` of a preset (gpt-oss: windowed on even layers) with the preset's dropout."""
-        attn = Attention.from_config(cfg, layer_idx, backend=attn_backend, device=device, dtype=dtype)
+        p = cfg.dropout if dropout is None else dropout
+        attn = Attention.from_config(cfg, layer_idx, backend=attn_backend, attn_dropout=p, device=device,
+                                     dtype=dtype)
         if cfg.n_experts:
             mlp: MoE | DenseFFN = MoE.from_config(cfg, backend=moe_backend, device=device, dtype=dtype)
         else:
             mlp = DenseFFN.from_config(cfg, norm=cfg.norm, norm_eps=cfg.norm_eps, residual=False, device=device,
                                        dtype=dtype)
-        return cls(attn, mlp, cfg.dropout if dropout is None else dropout)
+        return cls(attn, mlp, p)
 
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
         return self.attn.new_cache(batch, max_tokens, device=device, dtype=dtype)

@@ -20,8 +20,9 @@ Cost model (per call; docs/layers.md): the attention family's cost plus the ffn 
 the block's tokens, with two changes. Bytes: the residual stream between the two halves (written by the
 attention, read by the MLP; in train also its gradient) is counted once by each half's cost and is not part
 of the block's minimum, so it is taken out again. FLOPs: dropout adds one multiply per element of each of
-its two outputs ([tokens, hidden]) in the forward pass and one in the backward pass (train only; the random
-mask itself is not arithmetic). `matmul_flops` is what FlopCounterMode sees on the eager and loop backends.
+its three outputs (the attention probabilities, [heads, query/key pairs], and the two residual branches,
+[tokens, hidden]) in the forward pass and one in the backward pass (train only; the random mask itself is
+not arithmetic). `matmul_flops` is what FlopCounterMode sees on the eager and loop backends.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class BlockParams(BaseModel):
     top_k: NonNegativeInt = Field(description="mlp: moe only")
     swiglu_alpha: PositiveFloat
     swiglu_limit: PositiveFloat
-    dropout: float = Field(ge=0.0, lt=1.0, description="residual dropout after attention and after the MLP; "
-                                                       "active in train mode only")
+    dropout: float = Field(ge=0.0, lt=1.0, description="GPT-2's dropout on the attention probabilities and "
+                                                       "after attention and the MLP; train mode only")
 
     @model_validator(mode="before")
     @classmethod
@@ -199,7 +200,9 @@ def block_cost(p: BlockParams, dtype_bytes: int, tokens_per_expert: list[int] | 
         mlp_total = mlp_active = mlp.extra["params"]
     train = p.mode == "train"
     residual_bytes = (4 if train else 2) * p.tokens * p.hidden * dtype_bytes
-    dropout = (2 * 2 * DROPOUT_FLOPS * p.tokens * p.hidden) if train and p.dropout > 0 else 0  # 2 sites, fwd + bwd
+    # two residual sites [tokens, hidden] and the attention probabilities [heads, pairs], forward + backward
+    dropped = 2 * p.tokens * p.hidden + p.n_heads * attn.extra["attn_pairs"]
+    dropout = 2 * DROPOUT_FLOPS * dropped if train and p.dropout > 0 else 0
     extra = {
         "matmul_flops": attn.flops + mlp.extra["matmul_flops"],
         "attn_flops": attn.extra["attn_flops"],
@@ -207,6 +210,7 @@ def block_cost(p: BlockParams, dtype_bytes: int, tokens_per_expert: list[int] | 
         "mlp_matmul_flops": mlp.extra["matmul_flops"],
         "activation_flops": mlp.extra["activation_flops"],
         "dropout_flops": float(dropout),
+        "attn_pairs": attn.extra["attn_pairs"],
         "kv_cache_bytes": attn.extra["kv_cache_bytes"],
         "attn_bytes": attn.bytes,
         "mlp_bytes": mlp.bytes,
@@ -229,6 +233,7 @@ def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch
         mlp = make_moe(mp, device, dtype, generator)
     else:
         mlp = make_ffn(mp, device, dtype, generator, residual=False)
+    attn.attn_dropout = p.dropout  # GPT-2's attn_pdrop; the attention family itself never drops out
     return Block(attn, mlp, p.dropout)
 
 
