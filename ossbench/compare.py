@@ -135,11 +135,11 @@ def compare_runs(runs: list[RunResult], labels: list[str] | None = None, *,
             continue
         ref = by_id[0][case_id]
         present = [d.get(case_id) for d in by_id]
-        cells = [_case_run(c, run.environment.peak) if c is not None else None for c, run in zip(present, runs)]
+        ceilings = [run_ceilings(run.environment) for run in runs]
+        cells = [_case_run(c, ceil) if c is not None else None for c, ceil in zip(present, ceilings)]
         vs: list[VsReference | None] = [None]
         for k in range(1, len(runs)):
-            vs.append(_vs_reference(ref, present[k], runs[0].environment.peak, runs[k].environment.peak,
-                                    rng, resamples))
+            vs.append(_vs_reference(ref, present[k], ceilings[0], ceilings[k], rng, resamples))
         cases.append(CaseComparison(id=case_id, family=ref.family, variant=ref.variant, axes=dict(ref.axes),
                                     dtype=ref.dtype, runs=cells, vs_reference=vs))
     return Comparison(runs=infos, cases=cases)
@@ -156,6 +156,18 @@ def compute_key(case: CaseResult) -> str | None:
     if case.dtype == "float32" and (case.params.get("tf32") or case.params.get("allow_tf32")):
         return "tf32_tflops"
     return _COMPUTE_KEY.get(case.dtype)
+
+
+def run_ceilings(env) -> dict[str, Any] | None:
+    """The ceilings a run's roofline used (calibrated where measured, else the datasheet), keyed like the peak
+    table; the datasheet row itself for results files that predate recorded ceilings."""
+    ceilings = getattr(env, "ceilings", None)
+    if not ceilings:
+        return env.peak
+    row = {f"{key}_tflops": value for key, value in ceilings.get("compute_tflops", {}).items()}
+    if ceilings.get("bandwidth_gbps"):
+        row["hbm_gbps"] = ceilings["bandwidth_gbps"]
+    return row
 
 
 def _peak(peak: dict[str, Any] | None, key: str | None) -> float | None:

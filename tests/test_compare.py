@@ -171,3 +171,17 @@ def test_cli_bad_input_exits_2(tmp_path):
         out = CliRunner().invoke(main, ["compare", *args], env={"COLUMNS": "200"})
         assert out.exit_code == 2 and message in out.output, out.output
         assert "Traceback" not in out.output
+
+
+def test_calibrated_ceilings_take_precedence_over_the_datasheet():
+    """compare uses the same ceilings as the run's roofline: calibrated values where the run measured them."""
+    from ossbench.measure.roofline import resolve_ceilings
+
+    rng = np.random.default_rng(5)
+    runs = [make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("x", "y")]
+    runs[1].environment.ceilings = resolve_ceilings(SLOW_GPU, {"ceilings": {"bf16_tflops": 200.0}})
+    c = compare_runs(runs)
+    datasheet, calibrated = c.cases[0].runs
+    assert datasheet.compute_fraction == pytest.approx(runs[0].cases[0].derived.tflops / 400.0)
+    assert calibrated.compute_fraction == pytest.approx(runs[1].cases[0].derived.tflops / 200.0)
+    assert calibrated.bandwidth_fraction == pytest.approx(runs[1].cases[0].derived.gbps / 1000.0)  # datasheet
