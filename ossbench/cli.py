@@ -213,13 +213,17 @@ def report(results_file: Path, output: Path | None) -> None:
 
 
 def _compare_labels(paths: tuple[Path, ...], runs) -> list[str]:
-    """Device names when they tell the runs apart, else the file paths as given."""
+    """Device names when they tell the runs apart, else the file paths as given (numbered if repeated)."""
     names = [r.environment.device_name for r in runs]
-    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    paths_ = [str(p) for p in paths]
+    return [p if paths_.count(p) == 1 else f"{p} #{k + 1}" for k, p in enumerate(paths_)]
 
 
 @main.command()
-@click.argument("results_files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("results_files", nargs=-1, metavar="A.json B.json [C.json ...]",
+                type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the comparison as a self-contained HTML file.")
 def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
@@ -269,7 +273,7 @@ class _Fraction(click.ParamType):
 @click.option("--allow-hardware-mismatch", is_flag=True, help="Gate runs from different GPU models anyway.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write JUnit XML here.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set).")
+              help="Write a markdown summary here. The same markdown is always appended to $GITHUB_STEP_SUMMARY when that is set.")
 def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, alpha: float,
          allow_hardware_mismatch: bool, junit: Path | None, markdown: Path | None) -> None:
     """Regression gate: compare CURRENT_FILE with --baseline case by case.

@@ -139,10 +139,18 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
     try:
         with journal.open("w", encoding="utf-8") as j:
             _journal_line(j, {"journal": SCHEMA, **json.loads(run.to_json())})
+            lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
             for case in plan.cases:
                 if on_case:
                     on_case(case, None)
-                result = run_case(case, plan.device, plan.timing, measure)
+                if lost:
+                    result = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
+                                        params=case.params_dict, dtype=case.dtype, status="failed", error=lost)
+                else:
+                    result = run_case(case, plan.device, plan.timing, measure)
+                    if result.status == "failed" and _context_lost(result.error):
+                        lost = (f"not run: the CUDA context was lost in {case.id} ({result.error}); "
+                                f"every later kernel would fail too. Rerun with --filter to resume")
                 run.cases.append(result)
                 _journal_line(j, {"case": json.loads(result.model_dump_json())})
                 if on_case:
@@ -352,6 +360,15 @@ def replay_case(suite_path: str, case_id: str, suite_profile: str, device: str, 
         workload.fn()
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
+
+
+# CUDA errors after which the process's context is unusable (every later launch fails with the same error)
+_FATAL_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure",
+               "misaligned address", "illegal instruction")
+
+
+def _context_lost(error: str | None) -> bool:
+    return bool(error) and any(text in error.lower() for text in _FATAL_CUDA)
 
 
 class _NumericsMismatch(Exception):

@@ -219,8 +219,13 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
     _check_references(suite)
     ids: set[str] = set()
+    cases: list[Case] = []
     for profile in ("full", "cpu") if spec.cpu else ("full",):
-        ids.update(c.id for c in _expand(suite, profile))  # validates every case
+        cases += _expand(suite, profile)  # validates every case
+    ids.update(c.id for c in cases)
+    for i, pair in enumerate(spec.compare):  # a `where` that selects nothing is a typo, not a no-op
+        if pair.where and not any(all(c.params_dict.get(k) == v for k, v in pair.where.items()) for c in cases):
+            raise suite.error(f"compare where {pair.where} matches no case", ("compare", i, "where"))
     for key in spec.gate.cases:  # an override that selects nothing is a typo, not a no-op
         if not any(key in case_id for case_id in ids):
             raise suite.error(f"gate override {key!r} matches no case id", ("gate", "cases", key))

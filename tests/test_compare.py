@@ -185,3 +185,11 @@ def test_calibrated_ceilings_take_precedence_over_the_datasheet():
     assert datasheet.compute_fraction == pytest.approx(runs[0].cases[0].derived.tflops / 400.0)
     assert calibrated.compute_fraction == pytest.approx(runs[1].cases[0].derived.tflops / 200.0)
     assert calibrated.bandwidth_fraction == pytest.approx(runs[1].cases[0].derived.gbps / 1000.0)  # datasheet
+
+
+def test_the_same_file_twice_is_an_a_a_look(tmp_path):
+    rng = np.random.default_rng(6)
+    path = make_run(rng, "A", SLOW_GPU, {"attention/a/s=1": 1.0}).save(tmp_path / "r.json")
+    result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"{path} #2" in result.output

@@ -324,3 +324,18 @@ def test_gpu_energy_counter_agrees_with_mean_power_times_time():
           f"events {out['clock_events']['reasons']}, median {m.median_ms:.3f} ms")
     assert e["available"]
     assert e["per_call_j"] == pytest.approx(e["mean_power_x_window_j"] / e["calls"], rel=0.10)
+
+
+def test_an_older_driver_without_the_clocks_event_function_falls_back_to_the_throttle_one():
+    """Recent bindings define the new name whatever the driver; a pre-535 driver answers FunctionNotFound."""
+    clock = FakeClock()
+    n = fake_nvml(clock, reasons=0x20)
+
+    def not_in_driver(h):
+        raise n.NVMLError("Function Not Found")
+
+    n.nvmlDeviceGetCurrentClocksEventReasons = not_in_driver
+    s = sampler_for(n, clock)
+    s.tick()
+    events = s.summary()["clock_events"]
+    assert events["throttled"] is True and events["reasons"] == ["sw_thermal_slowdown"]

@@ -87,3 +87,17 @@ def test_memory_and_cost_are_recorded(tmp_path):
         assert c.derived.tokens_per_s == pytest.approx(64 / (c.stats.median / 1e3))
     full, window = run.cases
     assert window.flops < full.flops  # the window computes fewer query/key pairs
+
+
+def test_a_lost_cuda_context_stops_running_later_cases(monkeypatch, tmp_path):
+    calls = []
+
+    def wrap(build, params, device, dtype):
+        calls.append(params.seq_len)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    patch_build(monkeypatch, wrap)
+    run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path, filter_text="mode=prefill"))
+    assert len(calls) == 1  # the first failure poisons the context: nothing else is attempted
+    assert [c.status for c in run.cases] == ["failed"] * 4
+    assert all("CUDA context was lost in attention/full/mode=prefill,seq_len=32" in c.error for c in run.cases[1:])

@@ -41,6 +41,7 @@ BAD_SUITES = {
     "impossible_timing.yaml": ("target_rel_ci", "timing.target_rel_ci", 6),
     "no_variants.yaml": ("variants", "variants", 3),
     "excluded_everything.yaml": ("no cases", "exclude", 5),
+    "compare_where_matches_nothing.yaml": ("matches no case", "compare[0].where", 9),
     "moe_topk_gt_experts.yaml": ("top_k (64) cannot exceed n_experts (32)", "variants.top64.top_k", 5),
 }
 

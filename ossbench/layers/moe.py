@@ -258,7 +258,11 @@ class MoE(nn.Module):
         order = torch.argsort(flat, stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return order, flat[order], torch.bincount(flat, minlength=self.n_experts), inverse
+        # scatter_add, not bincount: CUDA's bincount reads min/max back to the host (two syncs per call, and
+        # no CUDA-graph capture), which would stall the grouped_mm path that is otherwise sync-free
+        counts = torch.zeros(self.n_experts, dtype=torch.long, device=flat.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
+        return order, flat[order], counts, inverse
 
     def _loop(self, t: torch.Tensor, r: Routing) -> torch.Tensor:
         T, k = r.indices.shape

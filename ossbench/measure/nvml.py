@@ -130,8 +130,16 @@ class NvmlDevice:
         util = get("nvmlDeviceGetUtilizationRates")
         memory = get("nvmlDeviceGetMemoryInfo")
         power = get("nvmlDeviceGetPowerUsage")
-        # The newer name first; drivers before 535 only have the "throttle" one.
-        reasons = get("nvmlDeviceGetCurrentClocksEventReasons") or get("nvmlDeviceGetCurrentClocksThrottleReasons")
+        # The newer name first. Recent bindings define it whatever the driver, and a driver before 535 then
+        # answers FunctionNotFound: so the choice is made by calling it once, not by the binding's names.
+        reasons = get("nvmlDeviceGetCurrentClocksEventReasons")
+        older = get("nvmlDeviceGetCurrentClocksThrottleReasons")
+        if reasons is not None and older is not None:
+            try:
+                reasons()
+            except Exception:  # noqa: BLE001 - FunctionNotFound on an older driver: use the older name
+                reasons = older
+        reasons = reasons or older
         readings = {
             "power_w": power and (lambda: power() / 1e3),  # mW
             "sm_clock_mhz": get("nvmlDeviceGetClockInfo", const("NVML_CLOCK_SM", 1)),
