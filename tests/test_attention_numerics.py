@@ -14,7 +14,7 @@ import torch
 
 from ossbench.errors import SkipCase
 from ossbench.layers import attention as attention_module
-from ossbench.layers.attention import Attention, causal_window_block_mask
+from ossbench.layers.attention import Attention, causal_window_block_mask, flex_block_mask
 from ossbench.layers.config import get_preset
 from ossbench.layers.rope import RopeSpec, RotaryEmbedding, inv_freq_and_concentration
 
@@ -327,6 +327,24 @@ def test_block_mask_matches_create_block_mask(seq, window):
 
     ours = causal_window_block_mask(seq, window, "cpu")
     theirs = create_block_mask(causal_window, None, None, seq, seq, device="cpu")
+    assert torch.equal(ours.to_dense(), theirs.to_dense())
+    assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
+    assert torch.equal(ours.full_kv_num_blocks, theirs.full_kv_num_blocks)
+
+
+@pytest.mark.parametrize("q_len, kv_len, valid, causal, window",
+                         [(40, 128, 40, True, None), (40, 128, 40, True, 8), (1, 256, 200, False, None),
+                          (300, 384, 300, True, 50), (130, 256, 256, False, None)])
+def test_padded_block_mask_matches_create_block_mask(q_len, kv_len, valid, causal, window):
+    """The rectangular masks the CPU flex path uses: keys past `valid` are padding and never allowed."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    w = window or kv_len
+
+    def mask(b, h, q, k):
+        return (k < valid) & (((k <= q) & (q - k < w)) if causal else True)
+
+    ours = flex_block_mask(q_len, kv_len, valid_keys=valid, causal=causal, window=window, device="cpu")
+    theirs = create_block_mask(mask, None, None, q_len, kv_len, device="cpu")
     assert torch.equal(ours.to_dense(), theirs.to_dense())
     assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
     assert torch.equal(ours.full_kv_num_blocks, theirs.full_kv_num_blocks)

@@ -13,7 +13,8 @@ Backends (all compute the same function; `unsupported_reason` says when one cann
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention. It cannot express sinks (no extra softmax
            column, no log-sum-exp returned), so sinks are refused rather than dropped.
 - "flex":  torch.compile'd flex_attention with a block mask, so blocks outside the causal window cost
-           nothing; sinks through the log-sum-exp it returns (not available on CPU in torch 2.13).
+           nothing; sinks through the log-sum-exp it returns (not available on CPU in torch 2.13). On CPU
+           the keys are padded to whole 128-token blocks (masked out) to avoid a torch 2.13 CPU kernel bug.
 """
 
 from __future__ import annotations
@@ -303,7 +304,13 @@ class Attention(nn.Module):
         return self._masks[key]
 
     def _flex(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
-        block_mask = self._flex_block_mask(q.shape[2], window, q.device) if masked else None
+        S, T = q.shape[2], k.shape[2]
+        # torch 2.13's compiled CPU kernel reads past a partial last key block (wrong outputs or NaNs at
+        # lengths such as 40 on AVX2 machines); whole key blocks, the padding masked out, avoid it.
+        pad = -T % FLEX_BLOCK if q.device.type == "cpu" else 0
+        if pad:
+            k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))  # [B, Hkv, T + pad, D]
+        block_mask = self._flex_block_mask(S, T, pad, masked, window, q.device) if masked or pad else None
         kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=self.scale,
                                       enable_gqa=q.shape[1] != k.shape[1])
         if self.sinks is None:
@@ -311,10 +318,12 @@ class Attention(nn.Module):
         o, lse = _flex_with_lse(q, k, v, kwargs)  # lse [B, Hq, S], natural log, float32
         return apply_sinks_from_lse(o, lse, self.sinks)
 
-    def _flex_block_mask(self, S: int, window: int | None, device: torch.device):
-        key = ("flex", S, window, device)
+    def _flex_block_mask(self, S: int, T: int, pad: int, causal: bool, window: int | None,
+                         device: torch.device):
+        key = ("flex", S, T, pad, causal, window, device)
         if key not in self._masks:
-            self._masks[key] = causal_window_block_mask(S, window, device)
+            self._masks[key] = flex_block_mask(S, T + pad, valid_keys=T, causal=causal, window=window,
+                                               device=device)
         return self._masks[key]
 
     def extra_repr(self) -> str:
@@ -366,31 +375,49 @@ def _flex_with_lse(q, k, v, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch
 
 
 def causal_window_block_mask(S: int, window: int | None, device: Any, block: int = FLEX_BLOCK):
-    """A flex BlockMask for causal attention over S tokens with an optional window, built per block.
+    """A flex BlockMask for causal attention over S tokens with an optional window."""
+    return flex_block_mask(S, S, causal=True, window=window, device=device, block=block)
 
-    create_block_mask would evaluate the mask on all S*S pairs (17 GB of booleans at 131072 tokens);
-    whether a block is empty, full or partial follows from its corner positions. The window is a tensor
-    captured by the mask function so full and windowed masks of one shape share one compiled kernel.
+
+def flex_block_mask(q_len: int, kv_len: int, *, valid_keys: int | None = None, causal: bool = True,
+                    window: int | None = None, device: Any, block: int = FLEX_BLOCK):
+    """A flex BlockMask, built per block, for queries 0..q_len-1 over keys 0..kv_len-1.
+
+    Key j is allowed for query i iff j < valid_keys (keys past it are padding) and, when causal,
+    0 <= i - j < window. create_block_mask would evaluate the mask on all q_len*kv_len pairs (17 GB of
+    booleans at 131072 tokens); whether a block is empty, full or partial follows from its corner positions.
+    The window and the valid length are tensors captured by the mask function, so masks of one shape share
+    one compiled kernel.
     """
     from torch.nn.attention.flex_attention import BlockMask
-    w = window if window is not None else S  # a window of S is plain causal attention
-    n = -(-S // block)
-    start = torch.arange(n, device=device) * block
-    end = torch.clamp(start + block, max=S) - 1  # last index in each block
-    whole = (end - start + 1) == block  # a truncated last block is never "full"
-    q0, q1, k0, k1 = start[:, None], end[:, None], start[None, :], end[None, :]  # [n, 1] / [1, n]
-    # Over a block pair, d = q - k takes every value in [q0 - k1, q1 - k0]; a pair is allowed iff 0 <= d < w.
-    any_allowed = (q1 - k0 >= 0) & (q0 - k1 <= w - 1)  # [n, n]
-    all_allowed = (q0 - k1 >= 0) & (q1 - k0 <= w - 1) & whole[:, None] & whole[None, :]
+    valid = kv_len if valid_keys is None else valid_keys
+    w = window if window is not None else max(q_len, kv_len)  # a window that long is plain causal attention
+
+    def bounds(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        start = torch.arange(-(-n // block), device=device) * block
+        end = torch.clamp(start + block, max=n) - 1  # last index in each block
+        return start, end, (end - start + 1) == block  # a truncated last block is never "full"
+
+    qs, qe, q_whole = bounds(q_len)
+    ks, ke, k_whole = bounds(kv_len)
+    q0, q1, k0, k1 = qs[:, None], qe[:, None], ks[None, :], ke[None, :]  # [nq, 1] / [1, nk]
+    any_allowed = k0 < valid  # [nq, nk]
+    all_allowed = (k1 < valid) & q_whole[:, None] & k_whole[None, :]
+    if causal:  # over a block pair, d = i - j takes every value in [q0 - k1, q1 - k0]; allowed iff 0 <= d < w
+        any_allowed = any_allowed & (q1 - k0 >= 0) & (q0 - k1 <= w - 1)
+        all_allowed = all_allowed & (q0 - k1 >= 0) & (q1 - k0 <= w - 1)
     partial = any_allowed & ~all_allowed
 
-    window_t = torch.tensor(w, device=device)
+    window_t, valid_t = torch.tensor(w, device=device), torch.tensor(valid, device=device)
 
     def causal_window(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & (q_idx - kv_idx < window_t)
+        return (kv_idx < valid_t) & (kv_idx <= q_idx) & (q_idx - kv_idx < window_t)
+
+    def valid_only(b, h, q_idx, kv_idx):
+        return kv_idx < valid_t
 
     def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[n, n] bool -> per-row count and the indices of the set blocks first, as [1, 1, ...] int32."""
+        """[nq, nk] bool -> per-row count and the indices of the set blocks first, as [1, 1, ...] int32."""
         counts = blocks.sum(dim=-1, dtype=torch.int32)
         indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
         return counts[None, None].contiguous(), indices[None, None].contiguous()
@@ -398,4 +425,5 @@ def causal_window_block_mask(S: int, window: int | None, device: Any, block: int
     kv_num, kv_idx = ordered(partial)
     full_num, full_idx = ordered(all_allowed)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
-                                    mask_mod=causal_window, seq_lengths=(S, S))
+                                    mask_mod=causal_window if causal else valid_only,
+                                    seq_lengths=(q_len, kv_len))
