@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .expectations import PairReport
+from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT, over_ceiling
 from .results import RunResult
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
@@ -32,12 +33,33 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def ceiling_beaten(c) -> bool:
+    """The case ran faster than its ceiling allows (also for files written before `roofline.flags`)."""
+    r = c.roofline or {}
+    return bool(r.get("available")) and over_ceiling(r.get("speed_of_light"))
+
+
+def beaten_ceiling_cell(figure: str) -> str:
+    """A fraction above 100% in a terminal table: the warning, the figure only in brackets (rich markup)."""
+    return f"[bold red]{CEILING_BELOW_MEASURED_SHORT}[/] ({figure})"
+
+
+def beaten_ceiling_caption(count: int) -> str | None:
+    """The caption of a table with `count` fractions above 100%: the whole warning and what to do."""
+    if not count:
+        return None
+    return (f"[bold red]{CEILING_BELOW_MEASURED_TEXT}[/]: {count} figure(s) above 100% of their ceiling, "
+            "which no case can beat. Rerun `ossbench calibrate` on a quiet machine (docs/measure.md).")
+
+
 def speed_of_light(c) -> str:
-    """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'."""
+    """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'; above 100% the
+    warning instead, with the figure in brackets (rich markup)."""
     r = c.roofline or {}
     if not r.get("available"):
         return "-"
-    return f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
+    figure = f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
+    return beaten_ceiling_cell(figure) if ceiling_beaten(c) else figure
 
 
 def energy_per_token(c) -> str:
@@ -54,7 +76,9 @@ def measured_gbps(c) -> str:
 
 
 def cases_table(run: RunResult) -> Table:
-    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
+    beaten = sum(ceiling_beaten(c) for c in run.cases)
+    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left",
+              caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..measure.roofline import dtype_key, resolve_ceilings, roofline
+from ..measure.roofline import dtype_key, over_ceiling, resolve_ceilings, roofline
 from ..results import CaseResult, Environment
 
 def run_ceilings(env: Environment) -> dict[str, Any] | None:
@@ -52,6 +52,11 @@ class Placement:
     fraction: float | None  # speed of light: floor time / measured median (1.0 = at the roof)
     key: str  # the compute ceiling it runs against ("bf16", "tf32", ...)
     reason: str | None = None  # why bound/fraction are unknown
+
+    @property
+    def over_ceiling(self) -> bool:
+        """Faster than the ceiling allows: the ceiling is wrong (shown as a warning, never as a percentage)."""
+        return over_ceiling(self.fraction)
 
 
 def place(case: CaseResult, ceilings: dict[str, Any] | None) -> Placement:
