@@ -117,3 +117,32 @@ def pairs_table(reports: list[PairReport]) -> Table:
             t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
                       _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
     return t
+
+
+def calibration_table(record: dict) -> Table:
+    """`ossbench calibrate`'s figures: each ceiling's median repeat, its spread, and the datasheet's value;
+    a figure that failed its check in red."""
+    from .measure.calibration_checks import ceilings_of, value_of
+    from .measure.roofline import peak_for
+
+    sheet = peak_for(record["device_name"]) or {}
+    failed = {(p["ceiling"], p["check"]) for p in record.get("checks", {}).get("problems", [])}
+    threads = f", {record['threads']} threads" if record.get("threads") else ""
+    t = Table(title=escape(f"{record['device_name']} ({record['device_type']}{threads})"), title_justify="left")
+    for col in ("ceiling", "unit", "measured", "spread", "datasheet", "ratio", "detail"):
+        t.add_column(col, justify="left" if col in ("ceiling", "unit", "detail") else "right")
+
+    def red_if(text: str, label: str, check: str) -> str:
+        return f"[bold red]{text}[/]" if (label, check) in failed else text
+
+    for label, unit, sheet_key, entry in ceilings_of(record):
+        value, datasheet, repeats = value_of(entry), sheet.get(sheet_key), entry.get("repeats") or []
+        spread = entry.get("spread")
+        size = f"n={entry['n']}" if "n" in entry else fmt_bytes(entry.get("bytes"))
+        detail = (escape(entry["skipped"]) if value is None else
+                  f"{size}, median of {len(repeats)}: {min(repeats):.4g} to {max(repeats):.4g}" if repeats else size)
+        t.add_row(label, unit, "-" if value is None else f"{value:.4g}",
+                  "-" if spread is None else red_if(f"{spread:.1%}", label, "spread"),
+                  "-" if datasheet is None else f"{datasheet:g}",
+                  red_if(f"{value / datasheet:.0%}", label, "datasheet") if value and datasheet else "-", detail)
+    return t

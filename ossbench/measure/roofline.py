@@ -135,6 +135,8 @@ def resolve_ceilings(datasheet: dict[str, Any] | None, calibration: dict[str, An
         "sources": sources,
         "datasheet": sheet.get("name"),
         "calibration": (calibration or {}).get("path"),
+        # saved with `calibrate --force` although its checks failed (noisy or implausible)
+        "calibration_forced": bool((calibration or {}).get("forced")),
         "calibrated_values": dict(cal) or None,
     }
 

@@ -34,7 +34,8 @@ def describe_ceilings(ceilings: dict[str, Any] | None, device_type: str) -> str:
         parts.append(f"memory {ceilings['bandwidth_gbps']:g} GB/s ({sources.get('bandwidth', '?')})")
     origin = [f"datasheet row {ceilings['datasheet']}"] if ceilings.get("datasheet") else []
     if ceilings.get("calibration"):
-        origin.append(f"calibration {ceilings['calibration']}")
+        forced = " (saved with --force despite failed checks)" if ceilings.get("calibration_forced") else ""
+        origin.append(f"calibration {ceilings['calibration']}{forced}")
     return ", ".join(parts) + (f"; from {' and '.join(origin)}" if origin else "")
 
 
