@@ -173,3 +173,25 @@ def test_the_report_shows_the_warning_not_a_percentage():
     # the roofline chart's hover text and note say it too
     assert "ceiling below measured: calibration stale or wrong (400%), compute-bound" in page
     assert "1 case(s) plot above their roof" in page
+
+
+def test_compare_shows_the_warning_for_a_fraction_above_one():
+    from rich.console import Console
+
+    from ossbench.compare import compare_runs, comparison_table
+    from ossbench.report import render_compare_report
+
+    runs = [_cpu_run([_beaten_case()]), _cpu_run([_beaten_case(median_ms=10.0)])]
+    runs[1].environment.device_name = "AMD EPYC 2"
+    c = compare_runs(runs)
+    fast, slow = c.cases[0].runs
+    assert fast.compute_fraction == pytest.approx(4.0) and slow.compute_fraction == pytest.approx(0.4)
+    console = Console(width=250, record=True)
+    console.print(comparison_table(c))
+    text = " ".join(console.export_text().split())
+    assert "ceiling below measured (400%)" in text and "40.0%" in text and "400.0%" not in text
+    assert "ceiling below measured: calibration stale or wrong: 1 figure(s) above 100%" in text
+    page = render_compare_report(c)
+    cells = re.findall(r'<td class="num[^"]*" data-sort="[^"]*"[^>]*>([^<]*)</td>', page)
+    assert "ceiling below measured: calibration stale or wrong (400%)" in cells and "40.0%" in cells
+    assert "1 bar(s) pass 100%" in page
