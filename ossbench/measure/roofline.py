@@ -93,11 +93,11 @@ def over_ceiling(fraction: float | None) -> bool:
     return fraction is not None and fraction > 1.0
 
 
-def fraction_text(fraction: float, digits: int = 1) -> str:
+def fraction_text(fraction: float) -> str:
     """'42.0%', or for a fraction above 1 the warning with the figure: 'ceiling below measured: ... (454%)'."""
     if over_ceiling(fraction):
         return f"{CEILING_BELOW_MEASURED_TEXT} ({fraction * 100:.0f}%)"
-    return f"{fraction * 100:.{digits}f}%"
+    return f"{fraction * 100:.1f}%"
 
 
 def dtype_key(dtype: str, *, tf32: bool = False) -> str:
