@@ -340,7 +340,7 @@ def measure_notices(plan) -> list[str]:
 
 @main.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quick", is_flag=True, help="Small budgets and 3 repeats: a rough calibration in seconds.")
+@click.option("--quick", is_flag=True, help="Small budgets and 3 repeats: a rough, faster calibration.")
 @click.option("--repeats", type=click.IntRange(min=2), help="Measurements of each ceiling, whose median is "
               "the ceiling [default: 5; 3 with --quick].")
 @click.option("--max-spread", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
