@@ -45,11 +45,11 @@ def fake_bench(monkeypatch, medians_ms: list[float]) -> list[float]:
     """Replace bench: the k-th measurement of each ceiling has median `medians_ms[k]` (cycling), so every
     ceiling sees the same sequence; returns the medians handed out, in call order."""
     calls: list[float] = []
-    seen: dict[int, int] = {}
+    seen: dict[object, int] = {}  # keyed by the function itself: holding it keeps its id from being reused
 
     def bench(fn, **kw):
         fn()  # the real call once, so a broken timed function still fails
-        k = seen[id(fn)] = seen.get(id(fn), -1) + 1
+        k = seen[fn] = seen.get(fn, -1) + 1
         calls.append(medians_ms[k % len(medians_ms)])
         return types.SimpleNamespace(median_ms=calls[-1], rel_ci=0.001, n=10, converged=True)
 
