@@ -340,40 +340,53 @@ def measure_notices(plan) -> list[str]:
 
 @main.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quick", is_flag=True, help="Small budgets: a rough calibration in a few seconds.")
+@click.option("--quick", is_flag=True, help="Small budgets and 3 repeats: a rough, faster calibration.")
+@click.option("--repeats", type=click.IntRange(min=2), help="Measurements of each ceiling, whose median is "
+              "the ceiling [default: 5; 3 with --quick].")
+@click.option("--max-spread", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="PERCENT", help="Refuse to save when a ceiling's repeats spread more (max/min - 1), in %.")
+@click.option("--force", is_flag=True, help="Save even when a check fails; the file then records forced: true.")
 @click.option("--no-save", is_flag=True, help="Print the figures without saving them.")
-def calibrate(device: str, quick: bool, no_save: bool) -> None:
+def calibrate(device: str, quick: bool, repeats: int | None, max_spread: float, force: bool, no_save: bool) -> None:
     """Measure this device's matmul TFLOP/s per dtype and copy bandwidth; save them for runs' rooflines.
 
-    Saved to $OSSBENCH_CALIBRATION_DIR, else $XDG_CACHE_HOME/ossbench/calibration (~/.cache/...), one JSON
-    per device; `ossbench run` then uses the calibrated ceilings (recorded in results as their source).
+    Each ceiling is measured several times. Exit 1 and nothing saved (unless --force) when a ceiling's
+    repeats spread over --max-spread, or it is below 50% or above 110% of the device's datasheet row, or
+    (x86 CPU) bf16 outruns fp32 beyond what the CPU's bf16 instructions allow. Saved to
+    $OSSBENCH_CALIBRATION_DIR, else $XDG_CACHE_HOME/ossbench/calibration (~/.cache/...), one JSON per
+    device; `ossbench run` then uses the calibrated ceilings (recorded in results as their source).
     """
-    from rich.table import Table
+    from rich.markup import escape
 
+    from .measure.calibrate import CalibrationRefused, save_calibration
     from .measure.calibrate import calibrate as measure_ceilings
-    from .measure.calibrate import save_calibration
-    from .measure.roofline import peak_for
     from .runner import resolve_device
+    from .summary import calibration_table
 
     dev = resolve_device(device)
-    _console(stderr=True).print(f"calibrating {dev} ...")
-    record = measure_ceilings(dev, quick=quick)
-    sheet = peak_for(record["device_name"]) if record["device_type"] == "cuda" else None
-    t = Table(title=f"{record['device_name']} ({dev})", title_justify="left")
-    for col in ("ceiling", "unit", "measured", "datasheet", "ratio", "detail"):
-        t.add_column(col, justify="left" if col in ("ceiling", "unit", "detail") else "right")
-    rows = [(f"{k} matmul", "TFLOP/s", v.get("tflops"), (sheet or {}).get(f"{k}_tflops"),
-             v.get("skipped") or f"n={v['n']}, ±{v['rel_ci'] * 100:.1f}%") for k, v in record["matmul"].items()]
-    c = record["copy"]
-    rows.append(("copy (read+write)", "GB/s", c["gbps"], (sheet or {}).get("hbm_gbps"),
-                 f"{c['bytes'] / 2**20:.0f} MiB, ±{c['rel_ci'] * 100:.1f}%"))
-    for name, unit, measured, datasheet, detail in rows:
-        ratio = f"{measured / datasheet:.0%}" if measured and datasheet else "-"
-        t.add_row(name, unit, "-" if measured is None else f"{measured:.4g}",
-                  "-" if datasheet is None else f"{datasheet:g}", ratio, detail)
-    _console().print(t)
+    err = _console(stderr=True)
+    err.print(f"calibrating {dev} ...")
+    record = measure_ceilings(dev, quick=quick, repeats=repeats, max_spread=max_spread / 100)
+    _console().print(calibration_table(record))
+    for line in record["load"]["warnings"]:
+        err.print(f"[yellow]machine loaded: {escape(line)}; ceilings measured under load read low.[/]")
+    problems = record["checks"]["problems"]
+    for p in problems:
+        err.print(f"[bold red]check failed:[/] {escape(p['message'])}")
+    if problems and not force:
+        what = "nothing saved" if no_save else "not saved"
+        err.print(f"[bold red]calibration refused ({what}):[/] rerun on a quiet machine, or pass --force to save "
+                  "it anyway (recorded as forced).")
+        sys.exit(1)
     if not no_save:
-        click.echo(f"saved: {save_calibration(record)}")
+        try:
+            path = save_calibration(record, force=force)
+        except CalibrationRefused as e:  # checks recomputed differently than shown: should not happen
+            err.print(f"[bold red]{escape(str(e))}[/]")
+            sys.exit(1)
+        if problems:
+            err.print("[yellow]saved despite the failed checks (--force): the file records forced: true.[/]")
+        click.echo(f"saved: {path}")
 
 
 if __name__ == "__main__":

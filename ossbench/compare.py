@@ -19,8 +19,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
+from .measure.roofline import over_ceiling
 from .results import CaseResult, RunResult
-from .summary import STATUS_STYLE, fmt_ms
+from .summary import STATUS_STYLE, beaten_ceiling_caption, beaten_ceiling_cell, fmt_ms
 
 # A speedup "follows" a device ratio when it is within this relative distance of it.
 FOLLOWS_TOLERANCE = 0.15
@@ -257,14 +258,20 @@ def _vs_reference(ref: CaseResult, other: CaseResult | None, ref_peak: dict[str,
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.1f}%"
+    """A fraction of a run's ceiling; above 100% the warning that the ceiling is wrong (rich markup)."""
+    if x is None:
+        return "-"
+    return beaten_ceiling_cell(f"{x * 100:.0f}%") if over_ceiling(x) else f"{x * 100:.1f}%"
 
 
 def comparison_table(c: Comparison) -> Table:
     """One row per (case, run): median ± CI, speedup vs the reference with its CI95, % of the run's ceilings."""
     ref = c.reference
+    beaten = sum(over_ceiling(f) for case in c.cases for cell in case.runs if cell and cell.status == "ok"
+                 for f in (cell.compute_fraction, cell.bandwidth_fraction))
     t = Table(title=escape(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
-                           f"> 1 is faster)"), title_justify="left")
+                           f"> 1 is faster)"), title_justify="left",
+              caption=beaten_ceiling_caption(beaten), caption_justify="left")
     for col, justify in (("case", "left"), ("run", "left"), ("median", "right"), ("CI95", "right"),
                          ("speedup [CI95]", "right"), ("% peak compute", "right"), ("% peak HBM", "right"),
                          ("follows", "left")):

@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .expectations import PairReport
+from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT, over_ceiling
 from .results import RunResult
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
@@ -32,12 +33,33 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def ceiling_beaten(c) -> bool:
+    """The case ran faster than its ceiling allows (also for files written before `roofline.flags`)."""
+    r = c.roofline or {}
+    return bool(r.get("available")) and over_ceiling(r.get("speed_of_light"))
+
+
+def beaten_ceiling_cell(figure: str) -> str:
+    """A fraction above 100% in a terminal table: the warning, the figure only in brackets (rich markup)."""
+    return f"[bold red]{CEILING_BELOW_MEASURED_SHORT}[/] ({figure})"
+
+
+def beaten_ceiling_caption(count: int) -> str | None:
+    """The caption of a table with `count` fractions above 100%: the whole warning and what to do."""
+    if not count:
+        return None
+    return (f"[bold red]{CEILING_BELOW_MEASURED_TEXT}[/]: {count} figure(s) above 100% of their ceiling, "
+            "which no case can beat. Rerun `ossbench calibrate` on a quiet machine (docs/measure.md).")
+
+
 def speed_of_light(c) -> str:
-    """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'."""
+    """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'; above 100% the
+    warning instead, with the figure in brackets (rich markup)."""
     r = c.roofline or {}
     if not r.get("available"):
         return "-"
-    return f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
+    figure = f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
+    return beaten_ceiling_cell(figure) if ceiling_beaten(c) else figure
 
 
 def energy_per_token(c) -> str:
@@ -54,7 +76,9 @@ def measured_gbps(c) -> str:
 
 
 def cases_table(run: RunResult) -> Table:
-    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
+    beaten = sum(ceiling_beaten(c) for c in run.cases)
+    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left",
+              caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
@@ -92,4 +116,33 @@ def pairs_table(reports: list[PairReport]) -> Table:
             at = ",".join(f"{k}={v}" for k, v in o.axes.items())
             t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
                       _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
+    return t
+
+
+def calibration_table(record: dict) -> Table:
+    """`ossbench calibrate`'s figures: each ceiling's median repeat, its spread, and the datasheet's value;
+    a figure that failed its check in red."""
+    from .measure.calibration_checks import ceilings_of, value_of
+    from .measure.roofline import peak_for
+
+    sheet = peak_for(record["device_name"]) or {}
+    failed = {(p["ceiling"], p["check"]) for p in record.get("checks", {}).get("problems", [])}
+    threads = f", {record['threads']} threads" if record.get("threads") else ""
+    t = Table(title=escape(f"{record['device_name']} ({record['device_type']}{threads})"), title_justify="left")
+    for col in ("ceiling", "unit", "measured", "spread", "datasheet", "ratio", "detail"):
+        t.add_column(col, justify="left" if col in ("ceiling", "unit", "detail") else "right")
+
+    def red_if(text: str, label: str, check: str) -> str:
+        return f"[bold red]{text}[/]" if (label, check) in failed else text
+
+    for label, unit, sheet_key, entry in ceilings_of(record):
+        value, datasheet, repeats = value_of(entry), sheet.get(sheet_key), entry.get("repeats") or []
+        spread = entry.get("spread")
+        size = f"n={entry['n']}" if "n" in entry else fmt_bytes(entry.get("bytes"))
+        detail = (escape(entry["skipped"]) if value is None else
+                  f"{size}, median of {len(repeats)}: {min(repeats):.4g} to {max(repeats):.4g}" if repeats else size)
+        t.add_row(label, unit, "-" if value is None else f"{value:.4g}",
+                  "-" if spread is None else red_if(f"{spread:.1%}", label, "spread"),
+                  "-" if datasheet is None else f"{datasheet:g}",
+                  red_if(f"{value / datasheet:.0%}", label, "datasheet") if value and datasheet else "-", detail)
     return t

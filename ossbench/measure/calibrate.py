@@ -4,6 +4,11 @@ Datasheet peaks are what the vendor promises; a large matmul per dtype and a lar
 show what this device, driver and torch actually reach (an H100 SXM: ~800 of 989 bf16 TFLOP/s, ~3.0 of
 3.35 TB/s). Runs then judge each case against these ceilings (`roofline.resolve_ceilings`).
 
+Each ceiling is measured several times, the repeats interleaved (one round over every ceiling, then the
+next), so other work that starts or stops mid-way shows as a spread; the ceiling is the median repeat. The
+record carries its checks and the machine load (`calibration_checks`), and `save_calibration` refuses a
+record whose checks failed unless forced.
+
 Files: one JSON per device under `calibration_dir()` ($OSSBENCH_CALIBRATION_DIR, else
 $XDG_CACHE_HOME/ossbench/calibration, else ~/.cache/ossbench/calibration), named by `device_slug`.
 """
@@ -13,11 +18,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..results import write_atomic
+from .calibration_checks import (MAX_SPREAD, check_calibration, cpu_bf16_support, load_warnings, machine_load,
+                                 spread)
 
 SCHEMA = "ossbench.calibration/1"
 # name -> (torch dtype name, allow TF32 in matmuls)
@@ -29,6 +40,8 @@ CUDA_COPY_BYTES = 2**30
 CPU_MATMUL_N = 512
 CPU_COPY_BYTES = 64 * 2**20  # well beyond a CPU's last-level cache
 CPU_SLOW_CALL_S = 0.25  # a CPU dtype whose one call takes longer than this has no fast path: not a ceiling
+DEFAULT_REPEATS = 5  # measurements of each ceiling; enough for a spread, ~5x one measurement's time
+QUICK_REPEATS = 3
 
 
 def calibration_dir() -> Path:
@@ -59,19 +72,75 @@ def _timing(quick: bool) -> dict[str, Any]:
     return dict(cache="hot", warmup_s=0.3, min_samples=10, min_time_s=0.5, max_time_s=5.0, target_rel_ci=0.01)
 
 
-def calibrate(device: str, *, quick: bool = False, matmul_n: int | None = None,
-              copy_bytes: int | None = None) -> dict[str, Any]:
+class CalibrationRefused(Exception):
+    """A calibration whose checks failed (noisy or implausible): not saved unless forced."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("calibration not saved: " + "; ".join(p["message"] for p in problems))
+
+
+@dataclass
+class _Ceiling:
+    """One ceiling's timed call, its buffers allocated once, measured once per round."""
+
+    fn: Callable[[], object] | None  # None when skipped
+    work: float  # FLOPs (matmul) or bytes moved (copy) per call
+    unit: str  # "tflops" (work / s / 1e12) or "gbps" (work / s / 1e9)
+    info: dict[str, Any]  # {"n": ...} or {"bytes": ...}
+    tf32: bool = False
+    skipped: str | None = None
+    runs: list[Any] = field(default_factory=list)  # one bench Measurement per repeat
+
+    def measure(self, bench, torch, dev, timing: dict) -> None:
+        if self.fn is None:
+            return
+        with _allow_tf32(torch, self.tf32):
+            try:
+                self.runs.append(bench(self.fn, device=str(dev), **timing))
+            except (RuntimeError, TypeError) as e:  # a dtype this device/torch cannot multiply
+                self.fn, self.skipped, self.runs = None, f"{type(e).__name__}: {e}", []
+
+    def summary(self) -> dict[str, Any]:
+        if self.fn is None or not self.runs:
+            return {**self.info, self.unit: None, "skipped": self.skipped or "not measured"}
+        scale = 1e12 if self.unit == "tflops" else 1e9
+        medians = [m.median_ms for m in self.runs]
+        values = [self.work / (ms / 1e3) / scale for ms in medians]
+        median_ms = statistics.median(medians)
+        return {**self.info, self.unit: self.work / (median_ms / 1e3) / scale, "median_ms": median_ms,
+                "repeats": values, "spread": spread(values), "converged": all(m.converged for m in self.runs),
+                "runs": [{"median_ms": m.median_ms, "rel_ci": m.rel_ci, "samples": m.n, "converged": m.converged}
+                         for m in self.runs]}
+
+
+@contextmanager
+def _allow_tf32(torch, allow: bool):
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def calibrate(device: str, *, quick: bool = False, repeats: int | None = None, matmul_n: int | None = None,
+              copy_bytes: int | None = None, max_spread: float = MAX_SPREAD) -> dict[str, Any]:
     """Measure matmul TFLOP/s per dtype and copy GB/s (read + write bytes) on `device` ("cpu", "cuda:N").
 
-    Returns the calibration record (not saved; see `save_calibration`). On CUDA: bf16, fp16, tf32 and fp32
-    matmuls of n x n (default 8192) and a 1 GiB copy; on CPU: fp32 (and bf16 when it has a fast path)
-    matmuls of 512 and a 64 MiB copy, at torch's current thread count.
+    Returns the calibration record with its `checks` and `load` (not saved; see `save_calibration`). On
+    CUDA: bf16, fp16, tf32 and fp32 matmuls of n x n (default 8192) and a 1 GiB copy; on CPU: fp32 (and bf16
+    when it has a fast path) matmuls of 512 and a 64 MiB copy, at torch's current thread count. Each is
+    measured `repeats` times (default 5, 3 with `quick`); its ceiling is the median repeat.
     """
     import torch
 
     from ..env import cpu_model
     from .timer import bench
 
+    k = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
+    if k < 2:
+        raise ValueError(f"repeats must be at least 2 to measure a spread, got {k}")
     dev = torch.device(device)
     is_cuda = dev.type == "cuda"
     if is_cuda:
@@ -80,14 +149,15 @@ def calibrate(device: str, *, quick: bool = False, matmul_n: int | None = None,
     threads = None if is_cuda else torch.get_num_threads()
     n = matmul_n or (CUDA_MATMUL_N if is_cuda else CPU_MATMUL_N)
     timing = _timing(quick)
-    matmuls: dict[str, Any] = {}
-    for key, (dtype_name, tf32) in (CUDA_MATMULS if is_cuda else CPU_MATMULS).items():
-        matmuls[key] = _matmul(bench, torch, dev, getattr(torch, dtype_name), tf32, n, timing)
-    nbytes = copy_bytes or (CUDA_COPY_BYTES if is_cuda else CPU_COPY_BYTES)
-    copy = _copy(bench, torch, dev, nbytes, timing)
-    ceilings = {f"{k}_tflops": v["tflops"] for k, v in matmuls.items() if v.get("tflops") is not None}
-    ceilings["copy_gbps"] = copy["gbps"]
-    return {
+    matmuls = {key: _matmul(torch, dev, getattr(torch, dtype_name), tf32, n)
+               for key, (dtype_name, tf32) in (CUDA_MATMULS if is_cuda else CPU_MATMULS).items()}
+    copy = _copy(torch, dev, copy_bytes or (CUDA_COPY_BYTES if is_cuda else CPU_COPY_BYTES))
+    before = machine_load(str(dev))  # after the buffers: on a GPU this process now holds its context
+    for _ in range(k):
+        for ceiling in (*matmuls.values(), copy):
+            ceiling.measure(bench, torch, dev, timing)
+    after = machine_load(str(dev))
+    record: dict[str, Any] = {
         "schema": SCHEMA,
         "device_type": dev.type,
         "device_name": name,
@@ -96,47 +166,54 @@ def calibrate(device: str, *, quick: bool = False, matmul_n: int | None = None,
         "cuda": torch.version.cuda,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": quick,
-        "matmul": matmuls,
-        "copy": copy,
-        "ceilings": ceilings,
+        "repeats": k,
+        "matmul": {key: m.summary() for key, m in matmuls.items()},
+        "copy": copy.summary(),
+        "load": {"before": before, "after": after, "warnings": load_warnings(before, after, threads)},
     }
+    ceilings = {f"{key}_tflops": m["tflops"] for key, m in record["matmul"].items() if m["tflops"] is not None}
+    if record["copy"]["gbps"] is not None:
+        ceilings["copy_gbps"] = record["copy"]["gbps"]
+    record["ceilings"] = ceilings
+    record["load"]["loaded"] = bool(record["load"]["warnings"])
+    record["checks"] = check_calibration(record, max_spread=max_spread,
+                                         bf16_support=None if is_cuda else cpu_bf16_support())
+    return record
 
 
-def _matmul(bench, torch, dev, dtype, tf32: bool, n: int, timing: dict) -> dict[str, Any]:
-    import time
-
-    was = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+def _matmul(torch, dev, dtype, tf32: bool, n: int) -> _Ceiling:
+    info = {"n": n}
     try:
-        a = torch.randn(n, n, device=dev, dtype=dtype)  # random data: zeros run faster than real data
-        b = torch.randn(n, n, device=dev, dtype=dtype)
-        c = torch.empty(n, n, device=dev, dtype=dtype)
-        if dev.type == "cpu":
-            t0 = time.perf_counter()
-            torch.matmul(a, b, out=c)
-            one_call_s = time.perf_counter() - t0
-            if one_call_s > CPU_SLOW_CALL_S:
-                return {"n": n, "tflops": None,
-                        "skipped": f"one call took {one_call_s:.2f} s: no fast {dtype} matmul on this CPU"}
-        m = bench(lambda: torch.matmul(a, b, out=c), device=str(dev), **timing)
+        with _allow_tf32(torch, tf32):
+            a = torch.randn(n, n, device=dev, dtype=dtype)  # random data: zeros run faster than real data
+            b = torch.randn(n, n, device=dev, dtype=dtype)
+            c = torch.empty(n, n, device=dev, dtype=dtype)
+            if dev.type == "cpu":
+                t0 = time.perf_counter()
+                torch.matmul(a, b, out=c)
+                one_call_s = time.perf_counter() - t0
+                if one_call_s > CPU_SLOW_CALL_S:
+                    return _Ceiling(None, 0, "tflops", info, skipped=(
+                        f"one call took {one_call_s:.2f} s: no fast {dtype} matmul on this CPU"))
     except (RuntimeError, TypeError) as e:  # a dtype this device/torch cannot multiply
-        return {"n": n, "tflops": None, "skipped": f"{type(e).__name__}: {e}"}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = was
-    return {"n": n, "tflops": 2 * n**3 / (m.median_ms / 1e3) / 1e12, "median_ms": m.median_ms,
-            "rel_ci": m.rel_ci, "samples": m.n, "converged": m.converged}
+        return _Ceiling(None, 0, "tflops", info, skipped=f"{type(e).__name__}: {e}")
+    return _Ceiling(lambda: torch.matmul(a, b, out=c), 2 * n**3, "tflops", info, tf32=tf32)
 
 
-def _copy(bench, torch, dev, nbytes: int, timing: dict) -> dict[str, Any]:
+def _copy(torch, dev, nbytes: int) -> _Ceiling:
     src = torch.randint(0, 2**31 - 1, (nbytes // 4,), device=dev, dtype=torch.int32)
     dst = torch.empty_like(src)
-    m = bench(lambda: dst.copy_(src), device=str(dev), **timing)
     moved = 2 * src.numel() * 4  # every byte is read once and written once
-    return {"bytes": nbytes, "gbps": moved / (m.median_ms / 1e3) / 1e9, "median_ms": m.median_ms,
-            "rel_ci": m.rel_ci, "samples": m.n, "converged": m.converged}
+    return _Ceiling(lambda: dst.copy_(src), moved, "gbps", {"bytes": nbytes})
 
 
-def save_calibration(record: dict[str, Any], directory: Path | None = None) -> Path:
+def save_calibration(record: dict[str, Any], directory: Path | None = None, *, force: bool = False) -> Path:
+    """Write the record for runs to use; raise CalibrationRefused when its checks failed, unless `force`
+    (then `forced` is recorded as true). A record without checks (built by hand) is checked here."""
+    checks = record.get("checks") or check_calibration(record)
+    if not checks["ok"] and not force:
+        raise CalibrationRefused(checks["problems"])
+    record = {**record, "checks": checks, "forced": not checks["ok"]}
     path = calibration_path(record["device_name"], record["device_type"], record.get("threads"), directory)
     return write_atomic(path, json.dumps(record, indent=1))
 

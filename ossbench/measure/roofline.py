@@ -80,6 +80,25 @@ def peak_for(device_name: str) -> dict[str, Any] | None:
 COMPUTE_KEYS = ("bf16", "fp16", "tf32", "fp32")
 DTYPE_KEYS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 
+# A case measured faster than its ceiling allows: the ceiling is wrong (a calibration made on a busy machine,
+# an old one, the wrong datasheet row), not the case. Recorded in `roofline.flags` and shown as this text,
+# never as a plain percentage (docs/measure.md).
+CEILING_BELOW_MEASURED = "ceiling_below_measured"
+CEILING_BELOW_MEASURED_SHORT = "ceiling below measured"  # a terminal cell; the table's caption says the rest
+CEILING_BELOW_MEASURED_TEXT = f"{CEILING_BELOW_MEASURED_SHORT}: calibration stale or wrong"
+
+
+def over_ceiling(fraction: float | None) -> bool:
+    """True for a fraction of a ceiling above 1 (100%): the measurement beat the ceiling."""
+    return fraction is not None and fraction > 1.0
+
+
+def fraction_text(fraction: float) -> str:
+    """'42.0%', or for a fraction above 1 the warning with the figure: 'ceiling below measured: ... (454%)'."""
+    if over_ceiling(fraction):
+        return f"{CEILING_BELOW_MEASURED_TEXT} ({fraction * 100:.0f}%)"
+    return f"{fraction * 100:.1f}%"
+
 
 def dtype_key(dtype: str, *, tf32: bool = False) -> str:
     """The ceiling a dtype's matmuls run against: "bf16", "fp16", "fp32", "tf32" (float32 with TF32 allowed)."""
@@ -116,6 +135,8 @@ def resolve_ceilings(datasheet: dict[str, Any] | None, calibration: dict[str, An
         "sources": sources,
         "datasheet": sheet.get("name"),
         "calibration": (calibration or {}).get("path"),
+        # saved with `calibrate --force` although its checks failed (noisy or implausible)
+        "calibration_forced": bool((calibration or {}).get("forced")),
         "calibrated_values": dict(cal) or None,
     }
 
@@ -127,7 +148,8 @@ def roofline(flops: float | None, nbytes: float | None, median_ms: float | None,
     intensity = flops / bytes (FLOP per byte of the cost model's minimum traffic); the ridge point is
     peak FLOP/s / peak bytes/s; a case left of the ridge is memory-bound. The floor time is
     max(flops / peak compute, bytes / peak bandwidth): no implementation runs faster (within the cost
-    model). `speed_of_light` = floor / measured median, i.e. the achieved fraction of the binding ceiling.
+    model). `speed_of_light` = floor / measured median, i.e. the achieved fraction of the binding ceiling;
+    above 1, `flags` holds CEILING_BELOW_MEASURED (the ceiling, not the case, is wrong).
     """
     if not flops or not nbytes or not median_ms or median_ms <= 0:
         return {"available": False, "reason": "no FLOP/byte cost or no timing for this case"}
@@ -147,6 +169,7 @@ def roofline(flops: float | None, nbytes: float | None, median_ms: float | None,
     bound = "compute" if compute_s >= memory_s else "memory"
     floor_s = max(compute_s, memory_s)
     sources = ceilings.get("sources", {})
+    fraction = floor_s / (median_ms / 1e3)
     return {
         "available": True,
         "dtype_key": key,
@@ -158,5 +181,6 @@ def roofline(flops: float | None, nbytes: float | None, median_ms: float | None,
         "compute_source": sources.get(key),
         "bandwidth_source": sources.get("bandwidth"),
         "floor_ms": floor_s * 1e3,
-        "speed_of_light": floor_s / (median_ms / 1e3),
+        "speed_of_light": fraction,
+        "flags": [CEILING_BELOW_MEASURED] if over_ceiling(fraction) else [],
     }

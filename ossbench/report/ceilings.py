@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..measure.roofline import dtype_key, resolve_ceilings, roofline
+from ..measure.roofline import dtype_key, over_ceiling, resolve_ceilings, roofline
 from ..results import CaseResult, Environment
 
 def run_ceilings(env: Environment) -> dict[str, Any] | None:
@@ -34,7 +34,8 @@ def describe_ceilings(ceilings: dict[str, Any] | None, device_type: str) -> str:
         parts.append(f"memory {ceilings['bandwidth_gbps']:g} GB/s ({sources.get('bandwidth', '?')})")
     origin = [f"datasheet row {ceilings['datasheet']}"] if ceilings.get("datasheet") else []
     if ceilings.get("calibration"):
-        origin.append(f"calibration {ceilings['calibration']}")
+        forced = " (saved with --force despite failed checks)" if ceilings.get("calibration_forced") else ""
+        origin.append(f"calibration {ceilings['calibration']}{forced}")
     return ", ".join(parts) + (f"; from {' and '.join(origin)}" if origin else "")
 
 
@@ -52,6 +53,11 @@ class Placement:
     fraction: float | None  # speed of light: floor time / measured median (1.0 = at the roof)
     key: str  # the compute ceiling it runs against ("bf16", "tf32", ...)
     reason: str | None = None  # why bound/fraction are unknown
+
+    @property
+    def over_ceiling(self) -> bool:
+        """Faster than the ceiling allows: the ceiling is wrong (shown as a warning, never as a percentage)."""
+        return over_ceiling(self.fraction)
 
 
 def place(case: CaseResult, ceilings: dict[str, Any] | None) -> Placement:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..compare import CaseComparison, CaseRun, Comparison, VsReference
 from ..env import describe_peak
+from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, over_ceiling
 from .page import Chart, ChartIds, chart, plot_text, render_page, write_page
 from .plots import CHART_HEIGHT, add_band_line, axis_type, dash_for, layout, lines_along, numeric_keys, palette
 
@@ -179,6 +180,10 @@ def ceiling_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
     note = ("Each run against its own device's ceilings (environment.peak): achieved TFLOP/s over the dtype's "
             "compute peak, and GB/s (from the cost model's minimum bytes) over the HBM peak. Runs without "
             "known ceilings (CPU, devices not in the table) have no bars.")
+    above = sum(over_ceiling(f) for cell in known for f in (cell.compute_fraction, cell.bandwidth_fraction))
+    if above:
+        note += (f" {above} bar(s) pass 100%: {CEILING_BELOW_MEASURED_TEXT} (rerun `ossbench calibrate` on a "
+                 "quiet machine for that run's device).")
     return [chart(ids, fig, note)]
 
 

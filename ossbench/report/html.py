@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..expectations import PairReport, evaluate
+from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT
 from ..results import CaseResult, RunResult
 from . import extras
 from .ceilings import Placement, describe_ceilings, place, run_ceilings
@@ -72,6 +73,8 @@ def render_report(run: RunResult, title: str | None = None) -> str:
         has_energy=any(r.energy_per_token_j is not None for r in rows),
         has_power=any(r.mean_power_w is not None for r in rows),
         has_sol=any(r.placement.fraction is not None for r in rows),
+        cases_over_ceiling=sum(r.placement.over_ceiling for r in rows),
+        ceiling_warning=CEILING_BELOW_MEASURED_TEXT,
         has_dram=any(r.dram_over_model is not None for r in rows),
         kernels=[(c, k) for c in run.cases if (k := extras.kernel_breakdown(c)) is not None],
         problems=[c for c in run.cases if c.status != "ok"],

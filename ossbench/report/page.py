@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from ..measure.roofline import fraction_text, over_ceiling
 from ..results import write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -87,7 +88,8 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ms=format_ms, bytes=format_bytes, num=format_number, pct=format_percent,
-                       ratio=format_ratio, sortkey=sort_key)
+                       ceiling_pct=format_ceiling_fraction, ratio=format_ratio, sortkey=sort_key)
+    env.tests.update(over_ceiling=over_ceiling)
     return env
 
 
@@ -117,6 +119,11 @@ def format_number(value: float | None) -> str:
 
 def format_percent(fraction: float | None) -> str:
     return "" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def format_ceiling_fraction(fraction: float | None) -> str:
+    """A fraction of a ceiling: '42.0%', or above 100% 'ceiling below measured: calibration stale or wrong (454%)'."""
+    return "" if fraction is None else fraction_text(fraction)
 
 
 def format_ratio(value: float | None) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..compare import ratio_of_medians_ci
 from ..expectations import PairOutcome, PairReport
+from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, fraction_text
 from ..results import CaseResult, RunResult
 from .ceilings import Placement, place, run_ceilings
 from .extras import energy_per_token_j
@@ -150,6 +151,10 @@ def roofline_chart(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> li
     lo = min(p.intensity for _, p in points) / 4
     hi = max(p.intensity for _, p in points) * 4
     notes = _add_roofs(fig, ceilings, sorted({p.key for _, p in points}), lo, hi)
+    above = sum(p.over_ceiling for _, p in points)
+    if above:
+        notes.insert(0, f"{above} case(s) plot above their roof: {CEILING_BELOW_MEASURED_TEXT} "
+                        "(rerun `ossbench calibrate` on a quiet machine).")
     fig.update_layout(**layout(title="Roofline", x_title="arithmetic intensity (FLOP per byte, cost model)",
                                y_title="achieved TFLOP/s", x_type="log", y_type="log"))
     fig.update_yaxes(exponentformat="power")
@@ -269,4 +274,6 @@ def _at(axes: dict[str, Any]) -> str:
 def _fraction_text(p: Placement) -> str:
     if p.fraction is None:
         return "speed of light not known" + (f" ({p.reason})" if p.reason else "")
+    if p.over_ceiling:
+        return f"{fraction_text(p.fraction)}, {p.bound}-bound"
     return f"{p.fraction * 100:.1f}% of speed of light, {p.bound}-bound"
