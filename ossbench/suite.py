@@ -97,7 +97,9 @@ class GateSpec(_Strict):
 class Limits(_Strict):
     """Guards against a typo that would ask for more than any machine can do; raise them if you mean it."""
 
-    max_cases: PositiveInt = 100_000  # cases per profile (sweep points x variants), counted before expanding
+    # cases per profile (sweep points x variants), counted before expanding: each case takes at least
+    # min_time_s plus warm-up, so 10,000 of them are hours of device time, and validating them ~10 s
+    max_cases: PositiveInt = 10_000
     # a case whose cost-model bytes (weights, activations, cache) exceed this is refused: 16 TB is more than
     # any one GPU (hundreds of GB) or ordinary host holds
     max_case_memory_gb: PositiveFloat = 16_000
@@ -220,10 +222,10 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     except ValidationError as e:
         raise first_error(probe, e, data, known_keys=_known_keys) from None
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
-    _check_references(suite)
     profiles: tuple[Literal["full", "cpu"], ...] = ("full", "cpu") if spec.cpu else ("full",)
-    for profile in profiles:  # counted before anything is expanded
+    for profile in profiles:  # counted before anything is expanded (or torch imported for the family)
         check_case_count(suite, profile)
+    _check_references(suite)
     cases = [case for profile in profiles for case in expand(suite, profile)]  # validates every case
     ids = {c.id for c in cases}
     for i, pair in enumerate(spec.compare):  # a `where` that selects nothing is a typo, not a no-op
@@ -305,7 +307,7 @@ def _cpu_timing_error(suite: Suite, e: ValidationError) -> SuiteError:
     involved = (err.get("ctx") or {}).get("fields", (key,))
     blame = next((f for f in reversed(involved) if f in override), key)
     at = ("cpu", "timing", blame) if blame in override else ("timing", blame)
-    return suite.error(message(err) + got(err), at)
+    return suite.error(message(err) + (got(err) if blame == key else ""), at)
 
 
 def suite_json_schema() -> dict[str, Any]:

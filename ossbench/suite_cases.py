@@ -202,9 +202,9 @@ def _reanchor(suite: Suite, e: ValidationError, where: dict[str, YamlPath], vari
 def _largest_size(params: dict[str, Scalar], defaults: dict[str, Scalar],
                   where: dict[str, YamlPath]) -> str | None:
     """The user-set size that grew most over the preset's default: the likely cause of an absurd case."""
-    def growth(name: str) -> float:
+    def growth(name: str) -> float:  # in logs: math.log takes integers of any size, a division would overflow
         base = defaults.get(name)
-        return params[name] / base if isinstance(base, int) and base > 0 else float(params[name])  # type: ignore
+        return math.log(params[name]) - (math.log(base) if isinstance(base, int) and base > 0 else 0.0)  # type: ignore
 
     sizes = [k for k, v in params.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
              and where.get(k, ("preset",)) != ("preset",)]

@@ -52,7 +52,7 @@ def cross_field_error(text: str, *fields: str) -> PydanticCustomError:
     return PydanticCustomError("cross_field", text.replace("{", "{{").replace("}", "}}"), {"fields": fields})
 
 
-RAMP_FIELDS = ("positions", "head_dim", "rope_theta", "yarn_beta_slow", "yarn_beta_fast", "yarn_original_context")
+RAMP_FIELDS = ("head_dim", "rope_theta", "yarn_beta_slow", "yarn_beta_fast", "yarn_original_context", "positions")
 
 
 def check_yarn_ramp(head_dim: int, spec: RopeSpec) -> None:
@@ -60,10 +60,8 @@ def check_yarn_ramp(head_dim: int, spec: RopeSpec) -> None:
     try:
         yarn_ramp_bounds(head_dim, spec)
     except ValueError as e:
-        raise cross_field_error(
-            f"no valid YaRN ramp for head_dim {head_dim}, rope_theta {spec.theta:g}, yarn_beta_slow "
-            f"{spec.beta_slow:g}, yarn_beta_fast {spec.beta_fast:g}, yarn_original_context "
-            f"{spec.original_context}: {e}", *RAMP_FIELDS) from None
+        raise cross_field_error(f"{e}; these come from head_dim, rope_theta, yarn_beta_slow, yarn_beta_fast and "
+                                f"yarn_original_context", *RAMP_FIELDS) from None
 
 
 def yarn_ramp_fits(cls: type, v: int, info: ValidationInfo) -> int:
