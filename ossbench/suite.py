@@ -100,8 +100,8 @@ class Limits(_Strict):
     # cases per profile (sweep points x variants), counted before expanding: each case takes at least
     # min_time_s plus warm-up, so 10,000 of them are hours of device time, and validating them ~10 s
     max_cases: PositiveInt = 10_000
-    # a case whose cost-model bytes (weights, activations, cache) exceed this is refused: 16 TB is more than
-    # any one GPU (hundreds of GB) or ordinary host holds
+    # a case whose cost-model bytes (weights, activations, cache) exceed this is refused: 16 TB is far more
+    # than any GPU (hundreds of GB) holds, so such a size is a typo
     max_case_memory_gb: PositiveFloat = 16_000
 
 
