@@ -51,7 +51,8 @@ def _not_below(low: str, what: str):
 
 
 class Timing(_Strict):
-    """Settings handed to `ossbench.bench` for every case (see docs/bench.md)."""
+    """Settings handed to `ossbench.bench` for every case (see docs/bench.md). Every number finite, counts
+    strict integers; max_time_s >= min_time_s and max_samples >= min_samples (docs/suites.md)."""
 
     cache: Literal["cold", "hot"] = "cold"
     warmup_s: NonNegativeFloat = 0.1
@@ -108,7 +109,15 @@ class Limits(_Strict):
 SweepBlock = dict[str, list[Scalar]]
 # One product, or a list of products (their union); always held as a list. The mapping is wrapped before
 # validation so that errors point at the user's path rather than at a member of a union.
-Sweep = Annotated[list[SweepBlock], BeforeValidator(lambda v: [v] if isinstance(v, dict) else v),
+def _as_blocks(v: Any) -> list[Any]:
+    if isinstance(v, dict):
+        return [v]
+    if isinstance(v, list):
+        return v
+    raise ValueError("a sweep is a mapping of axis -> list of values, or a list of such mappings")
+
+
+Sweep = Annotated[list[SweepBlock], BeforeValidator(_as_blocks),
                   WithJsonSchema(TypeAdapter(Union[SweepBlock, list[SweepBlock]]).json_schema())]
 
 
