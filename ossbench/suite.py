@@ -207,8 +207,12 @@ class Suite:
         """A SuiteError pointing at the YAML node `path` (or its nearest ancestor that has a line)."""
         line = None
         for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                line = self.lines[path[:n]]
+            # the line index holds mapping keys as written (text); a key YAML read as a number is tried so too
+            for at in (path[:n], path[:n - 1] + (str(path[n - 1]),) if n else ()):
+                if at in self.lines:
+                    line = self.lines[at]
+                    break
+            if line is not None:
                 break
         return SuiteError(message, path=self.path, line=line, field=dotted(path) or None)
 

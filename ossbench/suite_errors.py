@@ -30,6 +30,8 @@ def user_path(data: Any, loc: tuple) -> YamlPath:
     or unknown key)."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
+        if part == "[key]":  # pydantic's marker for an error in the mapping key just before it
+            continue
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and not isinstance(part, bool) \
@@ -71,6 +73,8 @@ def first_error(suite: Suite, e: ValidationError, data: Any, prefix: YamlPath = 
         msg = f"unknown field {loc[-1]!r}" + did_you_mean(str(loc[-1]), known_keys(loc[:-1]))
     elif err["type"] == "missing":
         msg = f"missing required field {loc[-1]!r}"
+    elif "[key]" in err["loc"] and err["type"] == "string_type":
+        msg = f"the key {err['input']!r} must be text (quote it in the YAML)"
     else:
         msg = message(err) + got(err)
     others = len({user_path(data, tuple(x["loc"])) for x in errors} - {loc[len(prefix):]})

@@ -306,6 +306,12 @@ def test_errors_show_the_users_path_not_pydantic_internals(tmp_path, sweep, fiel
     assert not re.search(r"dict\[|list\[|nullable|union\[", out), out
 
 
+def test_a_key_that_is_not_text_is_named_without_pydantic_markers(tmp_path):
+    text = BASE.replace("  full: {}\n", "  full: {}\n  128: {window: 8}\n")
+    out = _rejected(_write(tmp_path, text), "the key 128 must be text", line=7, field="variants[128]")
+    assert "[key]" not in out
+
+
 def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
     text = BASE.replace("family: attention", "family: norm").replace(
         "params: {hidden: 64, n_heads: 4, n_kv_heads: 2, head_dim: 16, backend: eager, seq_len: 32}",
