@@ -1,4 +1,4 @@
-"""Suites: the YAML format, its validation, and expansion into Cases.
+"""Suites: the YAML format and its validation (reading the file: suite_yaml.py; expansion: suite_cases.py).
 
 A suite names a layer family, a model preset, a dtype and a mode; a list of named variants (parameter
 overrides); sweep axes whose cartesian product gives the points to run; optional exclusions; an optional
@@ -12,31 +12,47 @@ the field path that supplied the bad value.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+                      TypeAdapter, ValidationError, ValidationInfo, WithJsonSchema, field_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import SuiteError
+from .suite_cases import (DTYPE_BYTES, Case, Scalar, case_identifier, check_case_count, expand, family_of,
+                          filter_cases, preset_of)
+from .suite_errors import did_you_mean, first_error, got, message
+from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
 
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-Scalar = Union[bool, int, float, str, None]
-YamlPath = tuple[Union[str, int], ...]
+__all__ = ["Case", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases", "load_suite", "parse_suite",
+           "suite_json_schema"]
+
+DTYPES = tuple(DTYPE_BYTES)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML already gives numbers and booleans their types, so "10" or true for a count is a mistake;
+    # no inf/nan: an infinite time budget never ends and a NaN bound compares false with everything
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _not_below(low: str, what: str):
+    """A rule for a field that must be at least the earlier field `low` (reported with both names)."""
+    def check(cls: type, v: float, info: ValidationInfo) -> float:
+        floor = info.data.get(low)
+        if floor is not None and v < floor:
+            raise PydanticCustomError("order", f"{info.field_name} ({v}) must be at least {low} ({floor}): {what}",
+                                      {"fields": (low, info.field_name)})
+        return v
+    return check
 
 
 class Timing(_Strict):
-    """Settings handed to `ossbench.bench` for every case (see docs/bench.md)."""
+    """Settings handed to `ossbench.bench` for every case (see docs/bench.md). Every number finite, counts
+    strict integers; max_time_s >= min_time_s and max_samples >= min_samples (docs/suites.md)."""
 
     cache: Literal["cold", "hot"] = "cold"
     warmup_s: NonNegativeFloat = 0.1
@@ -46,6 +62,9 @@ class Timing(_Strict):
     target_rel_ci: float = Field(0.01, gt=0, lt=1)
     max_samples: PositiveInt = 20_000
     cuda_graph: bool = False
+
+    _max_time = field_validator("max_time_s")(_not_below("min_time_s", "the sampling budget must cover the minimum"))
+    _max_samples = field_validator("max_samples")(_not_below("min_samples", "the cap must allow the minimum"))
 
 
 class Expect(_Strict):
@@ -76,11 +95,33 @@ class GateSpec(_Strict):
     cases: dict[str, PositiveFloat] = Field(default_factory=dict)
 
 
+class Limits(_Strict):
+    """Guards against a typo that would ask for more than any machine can do; raise them if you mean it."""
+
+    # cases per profile (sweep points x variants), counted before expanding: each case takes at least
+    # min_time_s plus warm-up, so 10,000 of them are hours of device time, and validating them ~10 s
+    max_cases: PositiveInt = 10_000
+    # a case whose cost-model bytes (weights, activations, cache) exceed this is refused: 16 TB is far more
+    # than any GPU (hundreds of GB) holds, so such a size is a typo
+    max_case_memory_gb: PositiveFloat = 16_000
+
+
 SweepBlock = dict[str, list[Scalar]]
+# One product, or a list of products (their union); always held as a list. The mapping is wrapped before
+# validation so that errors point at the user's path rather than at a member of a union.
+def _as_blocks(v: Any) -> list[Any]:
+    if isinstance(v, dict):
+        return [v]
+    if isinstance(v, list):
+        return v
+    raise ValueError("a sweep is a mapping of axis -> list of values, or a list of such mappings")
 
 
-def _check_sweep(v: SweepBlock | list[SweepBlock]) -> list[SweepBlock]:
-    blocks = v if isinstance(v, list) else [v]
+Sweep = Annotated[list[SweepBlock], BeforeValidator(_as_blocks),
+                  WithJsonSchema(TypeAdapter(Union[SweepBlock, list[SweepBlock]]).json_schema())]
+
+
+def _check_sweep(blocks: list[SweepBlock]) -> list[SweepBlock]:
     for block in blocks:
         for axis, values in block.items():
             if not values:
@@ -97,7 +138,7 @@ class CpuProfile(_Strict):
     dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
     params: dict[str, Scalar] = Field(default_factory=dict)
     variants: list[str] | None = None
-    sweep: Union[SweepBlock, list[SweepBlock], None] = None
+    sweep: Sweep | None = None
     exclude: list[dict[str, Scalar]] | None = None
     timing: dict[str, Any] = Field(default_factory=dict)
 
@@ -113,13 +154,14 @@ class SuiteSpec(_Strict):
     mode: str | None = None
     params: dict[str, Scalar] = Field(default_factory=dict)
     variants: dict[str, dict[str, Scalar]] = Field(min_length=1)
-    sweep: Union[SweepBlock, list[SweepBlock]] = Field(default_factory=dict)
+    sweep: Sweep = Field(default_factory=list)
     exclude: list[dict[str, Scalar]] = Field(default_factory=list)
     timing: Timing = Field(default_factory=Timing)
     compare: list[ComparePair] = Field(default_factory=list)
     gate: GateSpec = Field(default_factory=GateSpec)
     profile: bool = False  # also run every case under torch.profiler (as `ossbench run --profile`)
     cpu: CpuProfile | None = None
+    limits: Limits = Field(default_factory=Limits)
 
     _sweep = field_validator("sweep")(lambda cls, v: _check_sweep(v))
 
@@ -130,27 +172,6 @@ class SuiteSpec(_Strict):
             if not name.strip() or any(ch in name for ch in "\n\r\t"):
                 raise ValueError(f"variant name {name!r} must be non-empty text on one line")
         return v
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark point: its identity is this frozen spec (hashable, groupable)."""
-
-    id: str
-    family: str
-    variant: str
-    axes: tuple[tuple[str, Scalar], ...]  # the sweep point, in declared axis order
-    params: tuple[tuple[str, Scalar], ...]  # every effective parameter, validated
-    dtype: str
-    preset: str
-
-    @property
-    def axes_dict(self) -> dict[str, Scalar]:
-        return dict(self.axes)
-
-    @property
-    def params_dict(self) -> dict[str, Scalar]:
-        return dict(self.params)
 
 
 @dataclass
@@ -170,7 +191,7 @@ class Suite:
         return "cpu" if device_type == "cpu" and self.spec.cpu is not None else "full"
 
     def cases(self, profile: Literal["full", "cpu"] = "full") -> list[Case]:
-        return _expand(self, profile)
+        return expand(self, profile)
 
     def timing(self, profile: Literal["full", "cpu"] = "full") -> Timing:
         if profile == "cpu" and self.spec.cpu and self.spec.cpu.timing:
@@ -186,10 +207,14 @@ class Suite:
         """A SuiteError pointing at the YAML node `path` (or its nearest ancestor that has a line)."""
         line = None
         for n in range(len(path), -1, -1):
-            if path[:n] in self.lines:
-                line = self.lines[path[:n]]
+            # the line index holds mapping keys as written (text); a key YAML read as a number is tried so too
+            for at in (path[:n], path[:n - 1] + (str(path[n - 1]),) if n else ()):
+                if at in self.lines:
+                    line = self.lines[at]
+                    break
+            if line is not None:
                 break
-        return SuiteError(message, path=self.path, line=line, field=_dotted(path) or None)
+        return SuiteError(message, path=self.path, line=line, field=dotted(path) or None)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -197,32 +222,25 @@ class Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read, parse and validate a suite, expanding every case of every profile to check it."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SuiteError("no such file", path=str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SuiteError(f"cannot read: {e}", path=str(p)) from None
-    return parse_suite(text, str(p))
+    return parse_suite(read_suite_text(path), str(path))
 
 
 def parse_suite(text: str, path: str = "<suite>") -> Suite:
-    data, lines = _parse_yaml(text, path)
+    data, lines = load_yaml(text, path)
     if not isinstance(data, dict):
         raise SuiteError("a suite must be a YAML mapping (name:, family:, variants:, ...)", path=path, line=1)
     probe = Suite(spec=SuiteSpec.model_construct(), path=path, sha256="", lines=lines)
     try:
         spec = SuiteSpec.model_validate(data)
     except ValidationError as e:
-        raise _first_error(probe, e, ()) from None
+        raise first_error(probe, e, data, known_keys=_known_keys) from None
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
+    profiles: tuple[Literal["full", "cpu"], ...] = ("full", "cpu") if spec.cpu else ("full",)
+    for profile in profiles:  # counted before anything is expanded (or torch imported for the family)
+        check_case_count(suite, profile)
     _check_references(suite)
-    ids: set[str] = set()
-    cases: list[Case] = []
-    for profile in ("full", "cpu") if spec.cpu else ("full",):
-        cases += _expand(suite, profile)  # validates every case
-    ids.update(c.id for c in cases)
+    cases = [case for profile in profiles for case in expand(suite, profile)]  # validates every case
+    ids = {c.id for c in cases}
     for i, pair in enumerate(spec.compare):  # a `where` that selects nothing is a typo, not a no-op
         if pair.where and not any(all(c.params_dict.get(k) == v for k, v in pair.where.items()) for c in cases):
             raise suite.error(f"compare where {pair.where} matches no case", ("compare", i, "where"))
@@ -230,69 +248,6 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         if not any(key in case_id for case_id in ids):
             raise suite.error(f"gate override {key!r} matches no case id", ("gate", "cases", key))
     return suite
-
-
-def _parse_yaml(text: str, path: str) -> tuple[Any, dict[YamlPath, int]]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise SuiteError(f"invalid YAML: {problem}", path=path,
-                         line=mark.line + 1 if mark else None) from None
-    lines: dict[YamlPath, int] = {}
-    if node is not None:
-        _index_lines(node, (), lines, path)
-    return data, lines
-
-
-def _index_lines(node: yaml.Node, at: YamlPath, lines: dict[YamlPath, int], path: str) -> None:
-    lines.setdefault(at, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise SuiteError(f"duplicate key {key!r}", path=path, line=key_node.start_mark.line + 1,
-                                 field=_dotted(at + (key,)))
-            seen.add(key)
-            lines[at + (key,)] = key_node.start_mark.line + 1
-            _index_lines(value_node, at + (key,), lines, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[at + (i,)] = item.start_mark.line + 1
-            _index_lines(item, at + (i,), lines, path)
-
-
-def _dotted(path: YamlPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-# An unknown key usually explains a "missing" one (a typo), so it is reported first.
-_ERROR_ORDER = {"extra_forbidden": 0, "missing": 2}
-
-
-def _first_error(suite: Suite, e: ValidationError, prefix: YamlPath, context: str = "") -> SuiteError:
-    err = min(e.errors(), key=lambda x: _ERROR_ORDER.get(x["type"], 1))
-    loc = prefix + tuple(err["loc"])
-    msg = _message(err)
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown field {loc[-1]!r}" + _did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))
-    elif err["type"] == "missing":
-        msg = f"missing required field {loc[-1]!r}"
-    elif "input" in err and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
-    more = f" (and {e.error_count() - 1} more error(s))" if e.error_count() > 1 else ""
-    return suite.error(msg + context + more, loc)
-
-
-def _message(err: dict) -> str:
-    # pydantic prefixes messages raised by validators with "Value error, "; the user needs only the reason
-    return err["msg"].removeprefix("Value error, ")
 
 
 def _known_keys(at: YamlPath) -> list[str]:
@@ -307,40 +262,18 @@ def _known_keys(at: YamlPath) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 # ----------------------------------------------------------------------------------------- references
-
-
-def _family(suite: Suite):
-    from .workloads import family_names, get_family
-
-    if suite.spec.family not in family_names():
-        raise suite.error(f"unknown family {suite.spec.family!r}; known: {', '.join(family_names())}",
-                          ("family",))
-    return get_family(suite.spec.family)
-
-
-def _preset(suite: Suite):
-    from .layers.config import PRESETS, get_preset
-
-    if suite.spec.preset not in PRESETS:
-        raise suite.error(f"unknown preset {suite.spec.preset!r}; known: {', '.join(PRESETS)}", ("preset",))
-    return get_preset(suite.spec.preset)
 
 
 def _check_references(suite: Suite) -> None:
     """Names used in one part of the suite must exist in another: variants, axes, parameters."""
     spec = suite.spec
-    fields = set(_family(suite).params_model.model_fields)
+    fields = set(family_of(suite).params_model.model_fields)
     variants = set(spec.variants)
 
     def known_field(key: str, at: YamlPath, extra: tuple[str, ...] = ()) -> None:
         if key not in fields and key not in extra:
-            hint = _did_you_mean(key, sorted(fields)) or f"; known: {', '.join(sorted(fields))}"
+            hint = did_you_mean(key, sorted(fields)) or f"; known: {', '.join(sorted(fields))}"
             raise suite.error(f"unknown parameter {key!r} for family {spec.family!r}{hint}", at)
 
     def known_variant(name: Any, at: YamlPath) -> None:
@@ -367,110 +300,27 @@ def _check_references(suite: Suite) -> None:
         known_variant(pair.candidate, ("compare", i, "candidate"))
         for key in pair.where:
             known_field(key, ("compare", i, "where", key))
-    _preset(suite)
+    preset_of(suite)
     if spec.cpu:
         try:
             suite.timing("cpu")
         except ValidationError as e:
-            raise _first_error(suite, e, ("cpu", "timing")) from None
+            raise _cpu_timing_error(suite, e) from None
 
 
-# ------------------------------------------------------------------------------------------ expansion
-
-
-def _expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
-    spec, family, preset = suite.spec, _family(suite), _preset(suite)
-    cpu = spec.cpu if profile == "cpu" else None
-    sweep_at: YamlPath = ("cpu", "sweep") if cpu and cpu.sweep is not None else ("sweep",)
-    blocks = (cpu.sweep if cpu and cpu.sweep is not None else spec.sweep) or [{}]
-    blocks_are_list = sweep_at + (0,) in suite.lines
-    excludes = cpu.exclude if cpu and cpu.exclude is not None else spec.exclude
-    variant_names = cpu.variants if cpu and cpu.variants is not None else list(spec.variants)
-
-    # Where each parameter's value came from, so a bad value is reported at the line that set it.
-    base: dict[str, Scalar] = dict(family.defaults(preset))
-    origin: dict[str, YamlPath] = {k: ("preset",) for k in base}
-    layers: list[tuple[dict[str, Scalar], YamlPath]] = [(spec.params, ("params",))]
-    if spec.mode is not None:
-        layers.append(({"mode": spec.mode}, ()))
-    if cpu:
-        layers.append((cpu.params, ("cpu", "params")))
-    for values, at in layers:
-        for k, v in values.items():
-            base[k] = v
-            origin[k] = at + (k,)
-
-    cases: list[Case] = []
-    seen: dict[str, YamlPath] = {}
-    for bi, block in enumerate(blocks):
-        block_at = sweep_at + ((bi,) if blocks_are_list else ())
-        axes = list(block)
-        for point in itertools.product(*(block[a] for a in axes)):
-            point_d = dict(zip(axes, point))
-            for variant in variant_names:
-                params, where = dict(base), dict(origin)
-                for k, v in spec.variants[variant].items():
-                    params[k], where[k] = v, ("variants", variant, k)
-                for k, v in point_d.items():
-                    params[k], where[k] = v, block_at + (k,)
-                if any(_matches(rule, variant, params) for rule in excludes):
-                    continue
-                case_id = case_identifier(spec.family, variant, point_d)
-                if case_id in seen:
-                    raise suite.error(f"case {case_id} is produced twice (sweep blocks overlap)", block_at)
-                seen[case_id] = block_at
-                try:
-                    validated = family.params_model.model_validate(params)
-                except ValidationError as e:
-                    key = e.errors()[0]["loc"][0] if e.errors()[0]["loc"] else None
-                    at = where.get(key, ("variants", variant)) if isinstance(key, str) else ("variants", variant)
-                    raise _reanchor(suite, e, at, f" in case {case_id}") from None
-                cases.append(Case(id=case_id, family=spec.family, variant=variant, axes=tuple(point_d.items()),
-                                  params=tuple(validated.model_dump().items()), dtype=suite.dtype(profile),
-                                  preset=spec.preset))
-    if not cases:
-        raise suite.error("the suite expands to no cases (everything is excluded)", ("exclude",))
-    return cases
-
-
-def _reanchor(suite: Suite, e: ValidationError, at: YamlPath, context: str) -> SuiteError:
-    """A family validation error, reported at the YAML node that supplied the offending value."""
+def _cpu_timing_error(suite: Suite, e: ValidationError) -> SuiteError:
+    """An error in the CPU profile's timing, which is validated merged over the main timing: reported at
+    the value that supplied it (the override where it set one of the fields involved, else the main one)."""
     err = e.errors()[0]
-    key = err["loc"][0] if err["loc"] else None
+    override = suite.spec.cpu.timing if suite.spec.cpu else {}
+    key = str(err["loc"][0]) if err["loc"] else ""
     if err["type"] == "extra_forbidden":
-        fields = list(_family(suite).params_model.model_fields)
-        msg = f"unknown parameter {key!r}" + _did_you_mean(str(key), fields)
-    else:
-        msg = f"{key}: {_message(err)}"
-    if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
-    return suite.error(msg + context, at)
-
-
-def _matches(rule: dict[str, Scalar], variant: str, params: dict[str, Scalar]) -> bool:
-    return all((variant == v) if k == "variant" else (params.get(k) == v) for k, v in rule.items())
-
-
-def case_identifier(family: str, variant: str, point: dict[str, Scalar]) -> str:
-    """Stable, readable id: ``family/variant/axis=value,axis=value`` (axes in declared order)."""
-    if not point:
-        return f"{family}/{variant}"
-    return f"{family}/{variant}/" + ",".join(f"{k}={_fmt(v)}" for k, v in point.items())
-
-
-def _fmt(v: Scalar) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return str(int(v))
-    return str(v)
-
-
-def filter_cases(cases: list[Case], text: str | None) -> list[Case]:
-    """Select cases whose id contains `text` (case-sensitive substring), e.g. ``window128`` or ``seq_len=4096``."""
-    return cases if not text else [c for c in cases if text in c.id]
+        return suite.error(f"unknown field {key!r}" + did_you_mean(key, list(Timing.model_fields)),
+                           ("cpu", "timing", key))
+    involved = (err.get("ctx") or {}).get("fields", (key,))
+    blame = next((f for f in reversed(involved) if f in override), key)
+    at = ("cpu", "timing", blame) if blame in override else ("timing", blame)
+    return suite.error(message(err) + (got(err) if blame == key else ""), at)
 
 
 def suite_json_schema() -> dict[str, Any]:

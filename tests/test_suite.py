@@ -43,6 +43,15 @@ BAD_SUITES = {
     "excluded_everything.yaml": ("no cases", "exclude", 5),
     "compare_where_matches_nothing.yaml": ("matches no case", "compare[0].where", 9),
     "moe_topk_gt_experts.yaml": ("top_k (64) cannot exceed n_experts (32)", "variants.top64.top_k", 5),
+    # hostile inputs (more of them, generated, in test_suite_hostile.py)
+    "infinite_warmup.yaml": ("finite number", "timing.warmup_s", 6),
+    "max_samples_below_min.yaml": ("max_samples (5) must be at least min_samples (10)", "timing.max_samples", 7),
+    "bool_for_int.yaml": ("valid integer", "timing.min_samples", 6),
+    "rope_theta_one.yaml": ("rope_theta: Input should be greater than 1", "variants.base1.rope_theta", 5),
+    "sweep_value_not_scalar.yaml": ("must be a single value", "sweep.seq_len[2]", 6),
+    "absurd_seq_len.yaml": ("limits.max_case_memory_gb", "sweep.seq_len", 6),
+    "too_many_cases.yaml": ("more than limits.max_cases (4)", "sweep", 6),
+    "recursive_alias.yaml": ("recursive alias", None, 3),
 }
 
 

@@ -37,6 +37,8 @@ def yarn_ramp_bounds(head_dim: int, spec: RopeSpec) -> tuple[float, float]:
     Pair i turns original_context * theta^(-2i/d) / (2 pi) times over the original context; solving
     "turns = beta" for i gives the bound.
     """
+    if not spec.theta > 1:  # log(theta) is the divisor below; theta <= 1 gives no decreasing frequencies
+        raise ValueError(f"YaRN needs theta > 1, got {spec.theta}")
     half = head_dim / 2
     log_theta = math.log(spec.theta)
     low = half * math.log(spec.original_context / (spec.beta_fast * 2 * math.pi)) / log_theta

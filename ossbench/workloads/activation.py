@@ -23,7 +23,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..layers.activation import Activation, input_width
 from ..layers.config import ModelConfig
@@ -31,7 +31,7 @@ from .base import Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .ffn import ACTIVATION_FLOPS
-from .fields import default_tokens
+from .fields import default_tokens, fits_memory
 
 SEED = 0
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
@@ -55,7 +55,7 @@ Mode = Literal["prefill", "decode", "train"]
 class ActivationParams(BaseModel):
     """One activation case. Fields are ordered so that cross-field checks see the fields they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Mode
     backend: Literal["eager", "compile"] = Field(description="torch's op (or gpt-oss's expression) as is, or "
@@ -69,6 +69,8 @@ class ActivationParams(BaseModel):
     swiglu_limit: PositiveFloat
 
     _tokens = field_validator("tokens")(default_tokens)
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: activation_cost(
+        p.mode, p.activation, p.tokens, p.width, dtype_bytes).bytes))
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:

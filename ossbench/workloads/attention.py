@@ -23,16 +23,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 from ..errors import SkipCase
 from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
-from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin, yarn_ramp_bounds
+from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin
 from .base import Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import combined_check, errors, require_checked_dtype
-from .fields import yarn_spec
+from .fields import cross_field_error, fits_memory, yarn_ramp_fits
 
 SEED = 0
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
@@ -48,7 +49,7 @@ REFERENCE_CHUNK_SCORES = 1 << 25  # scores per reference chunk (256 MB in float6
 class AttentionParams(BaseModel):
     """One attention case. Fields are ordered so that cross-field checks see the fields they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: Literal["eager", "sdpa", "flex"]
@@ -65,7 +66,7 @@ class AttentionParams(BaseModel):
     positions: Literal["none", "rope", "yarn"]
     bias: bool
     causal: bool
-    rope_theta: PositiveFloat
+    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
     yarn_factor: float = Field(ge=1.0, description="1: no YaRN scaling (used only with positions=yarn)")
     yarn_beta_slow: PositiveFloat
     yarn_beta_fast: PositiveFloat
@@ -78,7 +79,7 @@ class AttentionParams(BaseModel):
     def _divides_heads(cls, v: int, info: ValidationInfo) -> int:
         n_heads = info.data.get("n_heads")
         if n_heads is not None and n_heads % v:
-            raise ValueError(f"n_kv_heads ({v}) must divide n_heads ({n_heads})")
+            raise cross_field_error(f"n_kv_heads ({v}) must divide n_heads ({n_heads})", "n_heads", "n_kv_heads")
         return v
 
     @field_validator("window")
@@ -90,13 +91,13 @@ class AttentionParams(BaseModel):
         if mode == "decode":
             kv_len = info.data.get("kv_len")
             if kv_len is not None and v > kv_len:
-                raise ValueError(f"window {v} is longer than the cache (kv_len {kv_len}): it would be full "
-                                 f"attention; use window: null or a longer kv_len")
+                raise cross_field_error(f"window {v} is longer than the cache (kv_len {kv_len}): it would be "
+                                        f"full attention; use window: null or a longer kv_len", "kv_len", "window")
         else:
             seq_len = info.data.get("seq_len")
             if seq_len is not None and v > seq_len:
-                raise ValueError(f"window {v} is longer than seq_len {seq_len}: it would be full attention; "
-                                 f"use window: null or a longer seq_len")
+                raise cross_field_error(f"window {v} is longer than seq_len {seq_len}: it would be full "
+                                        f"attention; use window: null or a longer seq_len", "seq_len", "window")
         return v
 
     @field_validator("positions")
@@ -104,7 +105,7 @@ class AttentionParams(BaseModel):
     def _even_head_dim(cls, v: str, info: ValidationInfo) -> str:
         head_dim = info.data.get("head_dim")
         if v != "none" and head_dim is not None and head_dim % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {head_dim}")
+            raise cross_field_error(f"rotary positions need an even head_dim, got {head_dim}", "head_dim", "positions")
         return v
 
     @field_validator("causal")
@@ -122,16 +123,12 @@ class AttentionParams(BaseModel):
     def _betas_ordered(cls, v: float, info: ValidationInfo) -> float:
         slow = info.data.get("yarn_beta_slow")
         if slow is not None and not slow < v:
-            raise ValueError(f"yarn_beta_fast ({v}) must be greater than yarn_beta_slow ({slow})")
+            raise cross_field_error(f"yarn_beta_fast ({v}) must be greater than yarn_beta_slow ({slow})",
+                                    "yarn_beta_slow", "yarn_beta_fast")
         return v
 
-    @field_validator("yarn_original_context")
-    @classmethod
-    def _yarn_ramp_valid(cls, v: int, info: ValidationInfo) -> int:
-        spec = yarn_spec(info.data, v)
-        if spec is not None and spec.scaled:
-            yarn_ramp_bounds(info.data["head_dim"], spec)
-        return v
+    _yarn = field_validator("yarn_original_context")(yarn_ramp_fits)
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: attention_cost(p, dtype_bytes).bytes))
 
     @property
     def rope(self) -> RopeSpec:

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
-    model_validator
+    field_validator, model_validator
 
 from ..errors import SkipCase
 from ..layers.attention import KVCache, unsupported_reason
@@ -44,6 +44,7 @@ from .attention import TOLERANCE as ATTENTION_TOLERANCE
 from .base import Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype
+from .fields import fits_memory, yarn_ramp_fits
 from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
@@ -58,7 +59,7 @@ DROPOUT_FLOPS = 1  # per element of a dropout's output, per direction: the multi
 class BlockParams(BaseModel):
     """One block case. The attention and MLP halves are validated by their own families' models."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     attn_backend: Literal["eager", "sdpa", "flex"]
@@ -78,7 +79,7 @@ class BlockParams(BaseModel):
     sinks: bool
     positions: Literal["none", "rope", "yarn"] = Field(description="inside attention; none for GPT-2, whose "
                                                                    "learned positions are added at the embedding")
-    rope_theta: PositiveFloat
+    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
     yarn_factor: float = Field(ge=1.0)
     yarn_beta_slow: PositiveFloat
     yarn_beta_fast: PositiveFloat
@@ -95,6 +96,9 @@ class BlockParams(BaseModel):
     swiglu_limit: PositiveFloat
     dropout: float = Field(ge=0.0, lt=1.0, description="GPT-2's dropout on the attention probabilities and "
                                                        "after attention and the MLP; train mode only")
+
+    # checked here too (the attention half checks it again), so that the error names the field
+    _yarn = field_validator("yarn_original_context")(yarn_ramp_fits)
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +138,10 @@ class BlockParams(BaseModel):
                 where = ".".join(map(str, err["loc"]))
                 raise ValueError(f"{half}: {where + ': ' if where else ''}{err['msg']}") from None
         return self
+
+    # every expert is held in memory, so all of them count (the cost model's bytes count those touched)
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: block_cost(
+        p, dtype_bytes, [1] * p.n_experts if p.mlp == "moe" else None).bytes))
 
     @property
     def tokens(self) -> int:

@@ -31,7 +31,7 @@ from ..layers.params import fc1_width, ffn_params, norm_params
 from .base import Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
-from .fields import default_tokens, top_k_fits
+from .fields import default_tokens, fits_memory, top_k_fits
 
 SEED = 0
 # Allowed max|out - ref| / max|ref| per dtype. An FFN rounds its input, fc1's output, the activation's
@@ -51,7 +51,7 @@ Mode = Literal["prefill", "decode", "train"]
 class FFNParams(BaseModel):
     """One dense FFN case. Fields are ordered so that cross-field checks see the fields they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     mode: Mode
     tokens: PositiveInt | None = Field(None, validate_default=True,
@@ -92,6 +92,9 @@ class FFNParams(BaseModel):
                 self.match, self.hidden, self.expert_intermediate, self.n_experts, self.top_k,
                 activation=self.activation, bias=self.bias, router_bias=self.bias)
         return self
+
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: ffn_cost(
+        p.mode, p.tokens, p.hidden, p.intermediate, p.activation, p.bias, p.norm, dtype_bytes).bytes))
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:

@@ -3,11 +3,13 @@ and reports the same thing in every family (used as `field_validator("name")(rul
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 from pydantic import ValidationInfo
+from pydantic_core import PydanticCustomError
 
-from ..layers.rope import RopeSpec
+from ..layers.rope import RopeSpec, yarn_ramp_bounds
 
 DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
 
@@ -24,9 +26,10 @@ def top_k_fits(cls: type, v: int, info: ValidationInfo) -> int:
     the ffn family's `match`) leaves top_k unchecked."""
     n = info.data.get("n_experts")
     if n and v > n:
-        raise ValueError(f"top_k ({v}) cannot exceed n_experts ({n}): a token picks top_k distinct experts")
+        raise cross_field_error(f"top_k ({v}) cannot exceed n_experts ({n}): a token picks top_k distinct experts",
+                                "n_experts", "top_k")
     if n and v < 1:
-        raise ValueError(f"top_k ({v}) must be between 1 and n_experts ({n})")
+        raise cross_field_error(f"top_k ({v}) must be between 1 and n_experts ({n})", "n_experts", "top_k")
     return v
 
 
@@ -40,3 +43,62 @@ def yarn_spec(data: dict[str, Any], original_context: int) -> RopeSpec | None:
         return None
     return RopeSpec(data["rope_theta"], data["yarn_factor"], data["yarn_beta_slow"], data["yarn_beta_fast"],
                     original_context)
+
+
+def cross_field_error(text: str, *fields: str) -> PydanticCustomError:
+    """An error of a rule over several fields. `fields` travels in the error's context, so that the suite
+    loader can report it at the one of them the user set (ossbench/suite_cases.py), not at whichever
+    field happens to run the check."""
+    return PydanticCustomError("cross_field", text.replace("{", "{{").replace("}", "}}"), {"fields": fields})
+
+
+RAMP_FIELDS = ("head_dim", "rope_theta", "yarn_beta_slow", "yarn_beta_fast", "yarn_original_context", "positions")
+
+
+def check_yarn_ramp(head_dim: int, spec: RopeSpec) -> None:
+    """YaRN's ramp between beta_fast and beta_slow must fall inside the head's rotation pairs."""
+    try:
+        yarn_ramp_bounds(head_dim, spec)
+    except ValueError as e:
+        raise cross_field_error(f"{e}; these come from head_dim, rope_theta, yarn_beta_slow, yarn_beta_fast and "
+                                f"yarn_original_context", *RAMP_FIELDS) from None
+
+
+def yarn_ramp_fits(cls: type, v: int, info: ValidationInfo) -> int:
+    """Validator of yarn_original_context (the last YaRN field): the ramp of a scaled YaRN is valid."""
+    spec = yarn_spec(info.data, v)
+    if spec is not None and spec.scaled and spec.beta_slow < spec.beta_fast:  # betas are checked on their own
+        check_yarn_ramp(info.data["head_dim"], spec)
+    return v
+
+
+# --- memory: refuse a case no device could hold before anything is built
+
+
+def fits_memory(estimate: Callable[[Any, int], float]) -> Callable[[Any, ValidationInfo], Any]:
+    """A model validator (mode="after") refusing a case whose `estimate(params, dtype_bytes)` bytes, from
+    the family's cost model, exceed the caller's limit. It runs only when the caller validates with
+    `context={"max_case_bytes": ..., "dtype_bytes": ...}`, as the suite loader does (its `limits:`)."""
+    def check(self: Any, info: ValidationInfo) -> Any:
+        ctx = info.context or {}
+        if "max_case_bytes" not in ctx:
+            return self
+        try:
+            need = float(estimate(self, ctx["dtype_bytes"]))
+        except OverflowError:  # sizes beyond a float's range
+            need = math.inf
+        if need > ctx["max_case_bytes"]:
+            raise PydanticCustomError("case_memory", f"the case needs at least {_size(need)} (its cost model's "
+                                      f"weights, activations and caches), more than the "
+                                      f"{_size(ctx['max_case_bytes'])} limit", {})
+        return self
+    return check
+
+
+def _size(n: float) -> str:
+    if not math.isfinite(n):
+        return "more bytes than a float can count"
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 1e6:.3g} MB"

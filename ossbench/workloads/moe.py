@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationInfo, \
-    field_validator
+    field_validator, model_validator
 
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
@@ -44,7 +44,7 @@ from .base import Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
 from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
-from .fields import default_tokens, top_k_fits
+from .fields import cross_field_error, default_tokens, fits_memory, top_k_fits
 
 SEED = 0
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
@@ -57,7 +57,7 @@ ROUTING_TIE_EPS = 4
 class MoEParams(BaseModel):
     """One MoE (or matched dense) case. Fields are ordered so that cross-field checks see what they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: Literal["gather", "loop", "grouped"] = Field(description="how the experts run (not used by dense cases)")
@@ -104,8 +104,13 @@ class MoEParams(BaseModel):
     @classmethod
     def _skew_needs_bias(cls, v: float, info: ValidationInfo) -> float:
         if v > 0 and info.data.get("router_bias") is False:
-            raise ValueError("skew is applied through the router bias: it needs router_bias: true")
+            raise cross_field_error("skew is applied through the router bias: it needs router_bias: true",
+                                    "router_bias", "skew")
         return v
+
+    # every expert is held in memory, so all of them count (the cost model's bytes count those touched)
+    _memory = model_validator(mode="after")(fits_memory(
+        lambda p, dtype_bytes: moe_cost(p, dtype_bytes, [1] * p.n_experts).bytes))
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:

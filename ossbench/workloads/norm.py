@@ -26,14 +26,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
 from .base import Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
-from .fields import default_tokens
+from .fields import default_tokens, fits_memory
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
@@ -49,7 +50,7 @@ INPUT_MEAN = 0.5  # a non-zero mean, so LayerNorm's centring has work to do and 
 class NormParams(BaseModel):
     """One norm case. Fields are ordered so that cross-field checks see the fields they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: Literal["eager", "compile", "fused"] = Field(
@@ -69,6 +70,10 @@ class NormParams(BaseModel):
             raise ValueError(f"backend fused needs F.rms_norm, which torch {torch.__version__} does not have "
                              f"(added in 2.4)")
         return v
+
+    # parameters counted in fp32, the widest they are stored in
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: norm_cost(
+        p.mode, p.norm, p.tokens, p.hidden, dtype_bytes, 4 * p.hidden * (1 if p.norm == "rmsnorm" else 2)).bytes))
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:

@@ -30,15 +30,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
-from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin, yarn_ramp_bounds
+from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
 from .base import Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
-from .fields import yarn_spec
+from .fields import check_yarn_ramp, cross_field_error, fits_memory, yarn_spec
 
 SEED = 0
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
@@ -52,7 +53,7 @@ LEARNED_STD = 0.02  # a trained GPT-2's wpe rows are of this order next to O(1) 
 class PositionsParams(BaseModel):
     """One positions case. Fields are ordered so that cross-field checks see the fields they need."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: Literal["eager", "compile"] = Field(description="op by op, or through torch.compile")
@@ -67,7 +68,7 @@ class PositionsParams(BaseModel):
     n_heads: PositiveInt = Field(description="rope/yarn: query heads rotated")
     n_kv_heads: PositiveInt = Field(description="rope/yarn: key heads rotated")
     head_dim: PositiveInt
-    rope_theta: PositiveFloat
+    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
     yarn_factor: float = Field(ge=1.0)
     yarn_beta_slow: PositiveFloat
     yarn_beta_fast: PositiveFloat
@@ -77,7 +78,8 @@ class PositionsParams(BaseModel):
     @classmethod
     def _table_is_rotary(cls, v: str, info: ValidationInfo) -> str:
         if v == "per_call" and info.data.get("positions") == "learned":
-            raise ValueError("table: per_call applies to rope/yarn; learned positions are a parameter table")
+            raise cross_field_error("table: per_call applies to rope/yarn; learned positions are a parameter table",
+                                    "positions", "table")
         return v
 
     @field_validator("max_position")
@@ -88,14 +90,15 @@ class PositionsParams(BaseModel):
             return v
         last = d.get("kv_len") if d["mode"] == "decode" else (d.get("seq_len") or 1) - 1
         if last is not None and last >= v:
-            raise ValueError(f"position {last} is beyond the learned table of {v} positions (max_position)")
+            raise cross_field_error(f"position {last} is beyond the learned table of {v} positions (max_position)",
+                                    "positions", "seq_len", "kv_len", "max_position")
         return v
 
     @field_validator("head_dim")
     @classmethod
     def _even_head_dim(cls, v: int, info: ValidationInfo) -> int:
         if info.data.get("positions") in ("rope", "yarn") and v % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {v}")
+            raise cross_field_error(f"rotary positions need an even head_dim, got {v}", "positions", "head_dim")
         return v
 
     @field_validator("yarn_original_context")
@@ -105,12 +108,15 @@ class PositionsParams(BaseModel):
         if spec is None:
             return v
         if not spec.scaled:
-            raise ValueError("positions: yarn needs yarn_factor > 1 (1 is plain RoPE: use positions: rope)")
+            raise cross_field_error("positions: yarn needs yarn_factor > 1 (1 is plain RoPE: use positions: rope)",
+                                    "positions", "yarn_factor")
         if not spec.beta_slow < spec.beta_fast:
-            raise ValueError(f"yarn_beta_fast ({spec.beta_fast}) must be greater than yarn_beta_slow "
-                             f"({spec.beta_slow})")
-        yarn_ramp_bounds(info.data["head_dim"], spec)
+            raise cross_field_error(f"yarn_beta_fast ({spec.beta_fast}) must be greater than yarn_beta_slow "
+                                    f"({spec.beta_slow})", "yarn_beta_slow", "yarn_beta_fast")
+        check_yarn_ramp(info.data["head_dim"], spec)
         return v
+
+    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: positions_cost(p, dtype_bytes).bytes))
 
     @property
     def rope(self) -> RopeSpec:
