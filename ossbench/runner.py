@@ -1,8 +1,9 @@
 """Run a suite's cases: build each workload, check its numerics, time it, record the result.
 
 One failing case (an exception, an out-of-memory, a numerics mismatch) is recorded and the run goes on.
-Each finished case is appended to a journal at once, so a crash loses at most the case in flight;
-``results.json`` is written atomically at the end.
+Each finished case is appended to a journal at once (ossbench.journal), so a crash loses at most the case
+in flight and `ossbench run --resume` (ossbench.resume) continues from it; ``results.json`` is written
+atomically at the end. SIGINT/SIGTERM stop the run between cases (ossbench.stopping).
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .depth import counters_in_process, counters_ncu, memory_detail, profile_record, roofline_record
 from .errors import SkipCase, UserError
 from .failures import NumericsMismatch, context_lost, describe, is_oom
-from .results import SCHEMA, CaseResult, Environment, RunResult, SuiteInfo, write_atomic
+from .journal import JOURNAL, Journal
+from .outdir import OutputError, claim_out_dir
+from .results import SCHEMA, CaseResult, Environment, RunOptions, RunResult, SuiteInfo
+from .stopping import StopRequest
 from .suite import Case, Suite, Timing
+
+if TYPE_CHECKING:
+    from .resume import Resumed
 
 # `--quick`: a smoke run, not a measurement to quote (each case's CI target is loose and its budget short).
 QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0, target_rel_ci=0.05)
-JOURNAL = "journal.jsonl"
 
 
 def resolve_device(spec: str) -> str:
@@ -83,6 +89,7 @@ class RunPlan:
     out_dir: Path
     environment: dict  # captured once while planning; start_time is reset when the run starts
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    options: RunOptions | None = None  # how it was asked for, recorded for `--resume`
 
 
 def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
@@ -105,8 +112,10 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
                              out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
+    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=dev, filter=filter_text, quick=quick,
+                         profile=profile, ncu=ncu, strict_clocks=strict_clocks)
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
-                   environment=env, measure=measure)
+                   environment=env, measure=measure, options=options)
 
 
 def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
@@ -120,47 +129,84 @@ def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dic
             "measure": {"profile": measure.profile, "ncu": measure.ncu, "strict_clocks": measure.strict_clocks}}
 
 
-def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None) -> RunResult:
-    """Run every case of the plan. `on_case(case, None)` before a case starts, `(case, result)` after."""
+def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None, *,
+             stop: StopRequest | None = None, resume: Resumed | None = None) -> RunResult:
+    """Run every case of the plan. `on_case(case, None)` before a case starts, `(case, result)` after.
+
+    `stop`: once it is requested, the cases not yet started are recorded as skipped ("interrupted ...").
+    `resume`: a run being continued (ossbench.resume): its finished cases are kept as recorded, not rerun.
+    The output folder is checked and locked first (ossbench.outdir); results.json is written in plan order.
+    """
+    kept = resume.kept if resume else {}
+    with claim_out_dir(plan.out_dir):
+        run = _new_run(plan, resume)
+        header = json.loads(run.to_json())
+        del header["cases"]
+        measure = replace(plan.measure, nvml_device=_open_nvml(plan))
+        unrun = 0  # cases recorded without running (interrupted, CUDA context lost): the journal stays for them
+        try:
+            with Journal(plan.out_dir / JOURNAL, header,
+                         [_record(kept[c.id]) for c in plan.cases if c.id in kept]) as journal:
+                lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
+                for case in plan.cases:
+                    if case.id in kept:
+                        run.cases.append(kept[case.id])
+                        continue
+                    if on_case:
+                        on_case(case, None)
+                    if lost or (stop and stop.requested):
+                        result = CaseResult(id=case.id, family=case.family, variant=case.variant,
+                                            axes=case.axes_dict, params=case.params_dict, dtype=case.dtype,
+                                            status="failed" if lost else "skipped",
+                                            error=lost or stop.reason)  # type: ignore[union-attr]
+                        unrun += 1
+                    else:
+                        result = run_case(case, plan.device, plan.timing, measure)
+                        if result.status == "failed" and context_lost(result.error):
+                            lost = (f"not run: the CUDA context was lost in {case.id} ({result.error}); "
+                                    f"every later kernel would fail too. `ossbench run --resume "
+                                    f"{plan.out_dir}` runs them in a fresh process")
+                        journal.append_case(_record(result))
+                    run.cases.append(result)
+                    if on_case:
+                        on_case(case, result)
+        finally:
+            if measure.nvml_device is not None:
+                measure.nvml_device.close()
+        run.environment.end_time = _now()
+        results = plan.out_dir / "results.json"
+        try:
+            run.save(results)
+        except OSError as e:
+            raise OutputError(f"{results}: cannot write the results ({e.strerror or e}); the journal keeps "
+                              f"every finished case: `ossbench run --resume {plan.out_dir}` writes them") from None
+        if not unrun:
+            (plan.out_dir / JOURNAL).unlink()  # results.json now holds everything the journal did
+    return run
+
+
+def _record(result: CaseResult) -> dict:
+    return json.loads(result.model_dump_json())  # exactly what results.json will hold for the case
+
+
+def _new_run(plan: RunPlan, resume: Resumed | None) -> RunResult:
+    """The run's record before any case: a resumed run keeps its first start's environment."""
     suite = plan.suite
-    run = RunResult(
+    if resume:
+        env = resume.previous.environment.model_copy(
+            update={"end_time": None, "resumed_at": [*(resume.previous.environment.resumed_at or []), _now()]})
+    else:
+        env = Environment.model_validate({**plan.environment, "start_time": _now()})
+    return RunResult(
         schema=SCHEMA,
         suite=SuiteInfo(name=suite.name, description=suite.spec.description, path=suite.path,
                         sha256=suite.sha256, family=suite.spec.family, preset=suite.spec.preset,
                         profile=plan.profile, compare=[p.model_dump() for p in suite.spec.compare],
                         gate=suite.spec.gate.model_dump(exclude_defaults=True)),
-        environment=Environment.model_validate({**plan.environment, "start_time": _now()}),
+        environment=env,
         timing=plan.timing.model_dump(),
+        options=plan.options,
     )
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    journal = plan.out_dir / JOURNAL
-    measure = replace(plan.measure, nvml_device=_open_nvml(plan))
-    try:
-        with journal.open("w", encoding="utf-8") as j:
-            _journal_line(j, {"journal": SCHEMA, **json.loads(run.to_json())})
-            lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
-            for case in plan.cases:
-                if on_case:
-                    on_case(case, None)
-                if lost:
-                    result = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
-                                        params=case.params_dict, dtype=case.dtype, status="failed", error=lost)
-                else:
-                    result = run_case(case, plan.device, plan.timing, measure)
-                    if result.status == "failed" and context_lost(result.error):
-                        lost = (f"not run: the CUDA context was lost in {case.id} ({result.error}); "
-                                f"every later kernel would fail too. Rerun with --filter to resume")
-                run.cases.append(result)
-                _journal_line(j, {"case": json.loads(result.model_dump_json())})
-                if on_case:
-                    on_case(case, result)
-    finally:
-        if measure.nvml_device is not None:
-            measure.nvml_device.close()
-    run.environment.end_time = _now()
-    run.save(plan.out_dir / "results.json")
-    journal.unlink()  # results.json now holds everything the journal did
-    return run
 
 
 def _open_nvml(plan: RunPlan):
@@ -176,11 +222,6 @@ def _open_nvml(plan: RunPlan):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _journal_line(f, obj: dict) -> None:
-    f.write(json.dumps(obj) + "\n")
-    f.flush()
 
 
 def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | None = None) -> CaseResult:
