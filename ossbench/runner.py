@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .resume import Resumed
 
 # `--quick`: a smoke run, not a measurement to quote (each case's CI target is loose and its budget short).
+NOT_RUN = "not run:"  # how the error of a case skipped after a lost CUDA context begins
 QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0, target_rel_ci=0.05)
 
 
@@ -163,7 +164,7 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                     else:
                         result = run_case(case, plan.device, plan.timing, measure)
                         if result.status == "failed" and context_lost(result.error):
-                            lost = (f"not run: the CUDA context was lost in {case.id} ({result.error}); "
+                            lost = (f"{NOT_RUN} the CUDA context was lost in {case.id} ({result.error}); "
                                     f"every later kernel would fail too. `ossbench run --resume "
                                     f"{plan.out_dir}` runs them in a fresh process")
                         journal.append_case(_record(result))

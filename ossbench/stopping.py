@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED = "interrupted"  # how the error of a case the stop left unstarted begins
 
 
 @dataclass
@@ -29,7 +30,7 @@ class StopRequest:
 
     @property
     def reason(self) -> str:
-        return f"interrupted ({self.name}) before this case started"
+        return f"{INTERRUPTED} ({self.name}) before this case started"
 
     @property
     def exit_code(self) -> int:

@@ -93,3 +93,24 @@ def pairs_table(reports: list[PairReport]) -> Table:
             t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
                       _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
     return t
+
+
+def measure_notices(plan) -> list[str]:
+    """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
+    from rich.markup import escape
+
+    lines = []
+    nvml = plan.environment.get("nvml") or {}
+    if not nvml.get("available"):
+        lines.append(f"[dim]NVML unavailable ({escape(nvml.get('reason', 'unknown'))}): no power, energy, "
+                     "clock or throttling readings.[/]")
+    if plan.environment.get("ceilings") is None:
+        lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "
+                     "`ossbench calibrate` measures them.[/]")
+    if plan.measure.ncu:
+        from .measure.counters import ncu_path
+
+        if plan.device == "cpu" or ncu_path() is None:
+            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if plan.device == "cpu"
+                                              else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
+    return lines
