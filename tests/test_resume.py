@@ -1,6 +1,6 @@
 """`ossbench run --resume` after a real SIGKILL, and SIGINT / SIGTERM stopping a real run between cases.
 
-Each test drives `python -m ossbench run` in a subprocess on tests/suites/steps.yaml (six CPU cases of
+The slow tests drive `python -m ossbench run` in a subprocess on tests/suites/steps.yaml (six CPU cases of
 about 0.3 s each), so the timeouts are generous: the machine may be loaded.
 """
 
@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from ossbench.errors import UserError
+from ossbench.resume import plan_resume
+from ossbench.runner import plan_run, run_plan
+from ossbench.stopping import StopRequest
 from ossbench.suite import load_suite
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 STEPS = HERE / "suites" / "steps.yaml"
-pytestmark = pytest.mark.slow
+TINY = HERE / "suites" / "tiny.yaml"
 
 
 def ossbench(*args: str, cwd: Path, **kw) -> subprocess.Popen:
@@ -65,6 +69,7 @@ def planned_ids() -> list[str]:
     return [c.id for c in suite.cases(suite.profile_for("cpu"))]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_cases_and_runs_the_rest(tmp_path):
     out = tmp_path / "run"
     proc = ossbench("run", str(STEPS), "--device", "cpu", "--out", str(out), cwd=tmp_path)
@@ -97,6 +102,7 @@ def test_resume_after_sigkill_keeps_finished_cases_and_runs_the_rest(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_finishes_the_case_in_flight_and_records_the_rest_as_skipped(tmp_path, sig, code):
     out = tmp_path / "run"
@@ -124,3 +130,59 @@ def test_a_stop_signal_finishes_the_case_in_flight_and_records_the_rest_as_skipp
     resumed = json.loads((out / "results.json").read_text())
     assert [c["status"] for c in resumed["cases"]] == ["ok"] * len(statuses)
     assert resumed["cases"][:ran] == results["cases"][:ran]
+
+
+def interrupted_run(suite_path: Path, out: Path, after: int):
+    """Run in this process, stopping as SIGINT would once `after` cases finished."""
+    stop, finished = StopRequest(), []
+
+    def on_case(case, result):
+        if result is not None and not stop.requested:
+            finished.append(case.id)
+            if len(finished) == after:
+                stop.signum = signal.SIGINT
+
+    return run_plan(plan_run(load_suite(suite_path), device="cpu", out_dir=out), on_case, stop=stop)
+
+
+def test_a_changed_suite_is_refused_unless_forced_and_force_keeps_unchanged_cases(tmp_path):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY.read_text())
+    out = tmp_path / "run"
+    first = interrupted_run(suite, out, after=3)
+    assert [c.status for c in first.cases] == ["ok"] * 3 + ["skipped"] * 3
+    # window8 gets a wider window: its finished case must rerun, full's are kept; a new variant is added.
+    suite.write_text(TINY.read_text().replace("window8: {window: 8}", "window8: {window: 16}\n  wide: {window: 4}"))
+    with pytest.raises(UserError, match="the suite .*tiny.yaml changed since the run started"):
+        plan_resume(out)
+    plan, resumed = plan_resume(out, force=True)
+    assert sorted(resumed.kept) == ["attention/full/mode=prefill,seq_len=32", "attention/full/mode=prefill,seq_len=64"]
+    assert resumed.dropped == ["attention/window8/mode=prefill,seq_len=32"]
+    run = run_plan(plan, resume=resumed)
+    assert [c.id for c in run.cases] == [c.id for c in plan.cases] and len(run.cases) == 9
+    assert all(c.status == "ok" for c in run.cases)
+    kept_id = "attention/full/mode=prefill,seq_len=32"
+    assert run.case(kept_id) == first.case(kept_id)  # kept, not rerun: the very same samples
+    assert run.case("attention/window8/mode=prefill,seq_len=32").params["window"] == 16
+    assert run.suite.sha256 == plan.suite.sha256 != first.suite.sha256
+    assert run.environment.start_time == first.environment.start_time and len(run.environment.resumed_at) == 1
+
+    # A results file from before --resume existed records no options: refused with a clear message.
+    results = json.loads((out / "results.json").read_text())
+    del results["options"]
+    (out / "results.json").write_text(json.dumps(results))
+    with pytest.raises(UserError, match="does not record the options the run was started with"):
+        plan_resume(out)
+
+
+def test_resume_refuses_new_options_and_an_empty_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from ossbench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), "--filter", "x", "--quick"])
+    assert result.exit_code == 2 and "drop --filter, --quick" in result.output
+    assert CliRunner().invoke(main, ["run"]).exit_code == 2  # neither a suite nor --resume
+    assert CliRunner().invoke(main, ["run", str(TINY), "--force"]).exit_code == 2  # --force needs --resume
+    nothing = CliRunner().invoke(main, ["run", "--resume", str(tmp_path)])
+    assert nothing.exit_code == 2 and "nothing to resume" in nothing.output
