@@ -1,6 +1,7 @@
 """The `ossbench` command line: parse, call the library, map errors to exit codes.
 
-Exit codes: 0 success; 1 some cases failed (run); 2 bad input (suite, results file, option).
+Exit codes: 0 success; 1 some cases failed (run); 2 bad input (suite, results file, option, an output
+path that cannot be written); 130 / 143 a run stopped by SIGINT / SIGTERM (docs/run.md).
 Heavy modules (torch, pandas, plotly) are imported inside the commands so `ossbench --help` starts fast.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 from .outdir import OutputError
 from .results import SCHEMA, write_atomic
@@ -21,7 +22,7 @@ JOURNAL = "journal.jsonl"
 class Journal:
     """Append-only case log. Opening writes the header and any cases already known (a resumed run's)."""
 
-    def __init__(self, path: Path, header: dict, cases: list[dict] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, path: Path, header: dict, cases: Iterable[dict] = ()) -> None:
         self.path = path
         lines = [{"journal": SCHEMA, **header}, *({"case": c} for c in cases)]
         try:  # atomically: a resumed run's old journal stays intact until the new one is complete
@@ -48,8 +49,8 @@ class Journal:
         os.close(self._fd)
 
     def _error(self, e: OSError) -> OutputError:
-        return OutputError(f"{self.path}: cannot write the run's journal ({e.strerror or e}); every case "
-                           f"recorded before this one is kept: free the space, then `ossbench run --resume "
+        return OutputError(f"{self.path}: cannot write the run's journal ({e.strerror or e}); the cases it "
+                           f"already holds are kept: free some space, then `ossbench run --resume "
                            f"{self.path.parent}` runs the rest")
 
     def __enter__(self) -> "Journal":
