@@ -108,7 +108,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
                         quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
     suite = plan.suite
-    todo = resumed.to_run(plan) if resumed else [c.id for c in plan.cases]
+    todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     err.print(f"[bold]{escape(suite.name)}[/]: {len(todo)} case(s) on {plan.device}, "
               f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}")
     if resumed:

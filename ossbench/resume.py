@@ -25,12 +25,12 @@ class Resumed:
     kept: dict[str, CaseResult]  # finished cases the new plan still has, by id
     dropped: list[str] = field(default_factory=list)  # finished cases a --force re-plan no longer has
 
-    def to_run(self, plan: RunPlan) -> list[str]:
+    def ids_to_run(self, plan: RunPlan) -> list[str]:
         return [c.id for c in plan.cases if c.id not in self.kept]
 
     def nothing_to_do(self, plan: RunPlan) -> bool:
         """A finished run resumed with its suite unchanged: every case is in its results.json already."""
-        return (self.source.name != JOURNAL and not self.to_run(plan)
+        return (self.source.name != JOURNAL and not self.ids_to_run(plan)
                 and plan.suite.sha256 == self.previous.suite.sha256)
 
 

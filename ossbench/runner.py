@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .resume import Resumed
 
 # `--quick`: a smoke run, not a measurement to quote (each case's CI target is loose and its budget short).
-NOT_RUN = "not run:"  # how the error of a case skipped after a lost CUDA context begins
 QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0, target_rel_ci=0.05)
+NOT_RUN = "not run:"  # how the error of a case left unrun after a lost CUDA context begins
 
 
 def resolve_device(spec: str) -> str:
@@ -155,12 +155,10 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                         continue
                     if on_case:
                         on_case(case, None)
-                    if lost or (stop and stop.requested):
-                        result = CaseResult(id=case.id, family=case.family, variant=case.variant,
-                                            axes=case.axes_dict, params=case.params_dict, dtype=case.dtype,
-                                            status="failed" if lost else "skipped",
-                                            error=lost or stop.reason)  # type: ignore[union-attr]
-                        unrun += 1
+                    if lost:
+                        result, unrun = _unrun(case, "failed", lost), unrun + 1
+                    elif stop and stop.requested:
+                        result, unrun = _unrun(case, "skipped", stop.reason), unrun + 1
                     else:
                         result = run_case(case, plan.device, plan.timing, measure)
                         if result.status == "failed" and context_lost(result.error):
@@ -184,6 +182,12 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
         if not unrun:
             (plan.out_dir / JOURNAL).unlink()  # results.json now holds everything the journal did
     return run
+
+
+def _unrun(case: Case, status: str, error: str) -> CaseResult:
+    """A case recorded without running; not journaled, so `--resume` runs it."""
+    return CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
+                      params=case.params_dict, dtype=case.dtype, status=status, error=error)
 
 
 def _record(result: CaseResult) -> dict:
