@@ -1,6 +1,7 @@
 """The `ossbench` command line: parse, call the library, map errors to exit codes.
 
-Exit codes: 0 success; 1 some cases failed (run); 2 bad input (suite, results file, option).
+Exit codes: 0 success; 1 some cases failed (run); 2 bad input (suite, results file, option, an output
+path that cannot be written); 130 / 143 a run stopped by SIGINT / SIGTERM (docs/run.md).
 Heavy modules (torch, pandas, plotly) are imported inside the commands so `ossbench --help` starts fast.
 """
 
@@ -53,7 +54,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
@@ -64,39 +65,69 @@ def main() -> None:
 @click.option("--ncu", is_flag=True, help="Measure DRAM bytes per case with Nsight Compute (ncu on the PATH).")
 @click.option("--strict-clocks", is_flag=True,
               help="Discard and re-take samples taken while NVML reports power/thermal throttling.")
-def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
-        profile_kernels: bool, ncu: bool, strict_clocks: bool) -> None:
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Continue the run in DIR (killed or interrupted) with the options it was started with: "
+                   "finished cases are kept, the rest run. SUITE_FILE is optional (default: the recorded path).")
+@click.option("--force", is_flag=True, help="With --resume: re-plan from a suite changed since the run started, "
+                                            "keeping the finished cases whose id and parameters it still has.")
+def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
+        profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
-    could not be rendered (results.json is written in every case), 2 for a bad suite or option.
+    could not be rendered (results.json is written in every case), 2 for a bad suite or option or an output
+    folder that cannot be written (or is in use by another run). SIGINT (Ctrl-C) or SIGTERM stop the run
+    after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
+    `--resume DIR` then runs the rest.
     """
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .expectations import evaluate
+    from .outdir import claim_out_dir
     from .report import write_report
     from .runner import plan_run, run_plan
+    from .stopping import stop_on_signals
     from .suite import load_suite
-    from .summary import STATUS_STYLE, cases_table, pairs_table
+    from .summary import STATUS_STYLE, cases_table, measure_notices, pairs_table
 
     out, err = _console(), _console(stderr=True)
-    suite = load_suite(suite_file)
-    plan = plan_run(suite, device=device, out_dir=out_dir, filter_text=filter_text, quick=quick,
-                    profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
-    err.print(f"[bold]{escape(suite.name)}[/]: {len(plan.cases)} case(s) on {plan.device}, "
+    resumed = None
+    if resume_dir:
+        from .resume import plan_resume
+
+        given = [name for name, v in (("--out", out_dir), ("--filter", filter_text), ("--quick", quick),
+                                      ("--profile", profile_kernels), ("--ncu", ncu),
+                                      ("--strict-clocks", strict_clocks), ("--device", device != "auto")) if v]
+        if given:
+            raise UserError(f"--resume continues with the options the run was started with; drop {', '.join(given)}")
+        plan, resumed = plan_resume(resume_dir, suite_file=suite_file, force=force)
+    elif suite_file is None or force:
+        raise click.UsageError("give SUITE_FILE, or --resume DIR" if suite_file is None else "--force needs --resume")
+    else:
+        plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
+                        quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
+    suite = plan.suite
+    todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
+    err.print(f"[bold]{escape(suite.name)}[/]: {len(todo)} case(s) on {plan.device}, "
               f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}")
+    if resumed:
+        err.print(f"resuming: {len(resumed.kept)} finished case(s) kept from {resumed.source}"
+                  + (f"; {len(resumed.dropped)} dropped by the re-plan" if resumed.dropped else ""))
+        if resumed.nothing_to_do(plan):
+            err.print("nothing to resume: every case is in results.json already")
+            sys.exit(_exit_code(resumed.previous.cases, report_written=True))
     if plan.profile == "cpu":
         err.print("[yellow]Running the suite's reduced CPU profile (its `cpu:` section): smaller shapes, "
                   "recorded as profile=cpu in the results. Use a GPU for the full suite.[/]")
-    if quick:
+    if plan.options and plan.options.quick:
         err.print("[yellow]--quick: short time budget and a 5% CI target; numbers are a smoke test.[/]")
     for line in measure_notices(plan):
         err.print(line)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task("starting", total=len(plan.cases))
+    with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                               TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("starting", total=len(todo))
 
         def on_case(case, result) -> None:
             if result is None:
@@ -107,14 +138,18 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
                                    + (f"  {result.stats.median:.4g} ms" if result.stats else ""),
                                    soft_wrap=True)
 
-        result = run_plan(plan, on_case)
+        def on_stop(request) -> None:
+            progress.console.print(f"[yellow]{request.name}: stopping after the case in flight (again: stop at "
+                                   f"once; finished cases stay in the journal)[/]")
 
-    try:
-        report_path = write_report(result, plan.out_dir / "report.html")
-    except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
-        report_path = None
-        err.print(f"[red]could not write the report ({escape(type(e).__name__)}: {escape(str(e))}); "
-                  f"the results are saved, retry with `ossbench report`[/]", soft_wrap=True)
+        with stop_on_signals(on_stop) as stop:
+            result = run_plan(plan, on_case, stop=stop, resume=resumed)
+        try:
+            report_path = write_report(result, plan.out_dir / "report.html")
+        except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
+            report_path = None
+            err.print(f"[red]could not write the report ({escape(type(e).__name__)}: {escape(str(e))}); "
+                      f"the results are saved, retry with `ossbench report`[/]", soft_wrap=True)
     out.print(cases_table(result))
     pairs = [r for r in evaluate(result) if r.outcomes]
     if pairs:
@@ -128,7 +163,15 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
         out.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
     out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
               f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path or 'not written'}")
-    sys.exit(1 if counts["failed"] or counts["oom"] or report_path is None else 0)
+    if stop.requested:
+        err.print(f"[yellow]{stop.name}: the cases not started are recorded as skipped; to run them: "
+                  f"ossbench run --resume {escape(str(plan.out_dir))}[/]", soft_wrap=True)
+        sys.exit(stop.exit_code)
+    sys.exit(_exit_code(result.cases, report_written=report_path is not None))
+
+
+def _exit_code(cases, *, report_written: bool) -> int:
+    return 1 if any(c.status in ("failed", "oom") for c in cases) or not report_written else 0
 
 
 @main.command()
@@ -204,11 +247,13 @@ def env(device: str) -> None:
               help="HTML file to write [default: report.html beside RESULTS_FILE].")
 def report(results_file: Path, output: Path | None) -> None:
     """Render the HTML report of RESULTS_FILE (a results.json, or the journal.jsonl of an interrupted run)."""
+    from .outdir import check_output_file
     from .report import write_report
     from .results import load_results
 
+    target = check_output_file(output or results_file.with_name("report.html"), "-o" if output else "report")
     run_result = load_results(results_file)
-    path = write_report(run_result, output or results_file.with_name("report.html"))
+    path = write_report(run_result, target)
     click.echo(str(path))
 
 
@@ -237,6 +282,10 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
 
     if len(results_files) < 2:
         raise UserError(f"compare needs at least two results files (got {len(results_files)})")
+    if output:
+        from .outdir import check_output_file
+
+        check_output_file(output, "-o")
     runs = [load_results(p) for p in results_files]
     comparison = compare_runs(runs, _compare_labels(results_files, runs))
     out = _console()
@@ -284,8 +333,12 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     """
     from .gate import gate as run_gate
     from .gate import gate_table, write_outputs
+    from .outdir import check_output_file
     from .results import load_results
 
+    for option, path in (("--junit", junit), ("--markdown", markdown)):
+        if path:
+            check_output_file(path, option)
     baseline, current = load_results(baseline_file), load_results(current_file)
     result = run_gate(baseline, current, max_slowdown=max_slowdown, alpha=alpha,
                       allow_hardware_mismatch=allow_hardware_mismatch)
@@ -315,27 +368,6 @@ def export_(results_file: Path, fmt: str, output: Path | None) -> None:
 
     run_result = load_results(results_file)
     click.echo(str(export(run_result, fmt, output or default_path(results_file, fmt))))  # type: ignore[arg-type]
-
-
-def measure_notices(plan) -> list[str]:
-    """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
-    from rich.markup import escape
-
-    lines = []
-    nvml = plan.environment.get("nvml") or {}
-    if not nvml.get("available"):
-        lines.append(f"[dim]NVML unavailable ({escape(nvml.get('reason', 'unknown'))}): no power, energy, "
-                     "clock or throttling readings.[/]")
-    if plan.environment.get("ceilings") is None:
-        lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "
-                     "`ossbench calibrate` measures them.[/]")
-    if plan.measure.ncu:
-        from .measure.counters import ncu_path
-
-        if plan.device == "cpu" or ncu_path() is None:
-            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if plan.device == "cpu"
-                                              else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
-    return lines
 
 
 @main.command()

@@ -128,6 +128,7 @@ class Environment(_Model):
     git_revision: str | None = None
     start_time: str
     end_time: str | None = None
+    resumed_at: list[str] | None = None  # when `ossbench run --resume` continued the run (UTC, ISO 8601)
     l2_cache_bytes: int | None = None
     sm_count: int | None = None
     peak: dict[str, Any] | None = None  # datasheet peak table row for this device, if known
@@ -136,12 +137,25 @@ class Environment(_Model):
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
 
 
+class RunOptions(_Model):
+    """How the run was asked for: what `ossbench run --resume` re-plans from."""
+
+    suite_file: str  # absolute path of the suite file
+    device: str  # as resolved: cpu, cuda:N
+    filter: str | None = None
+    quick: bool = False
+    profile: bool = False
+    ncu: bool = False
+    strict_clocks: bool = False
+
+
 class RunResult(_Model):
     schema_: str = Field(SCHEMA, alias="schema")
     suite: SuiteInfo
     environment: Environment
     timing: dict[str, Any] = Field(default_factory=dict)  # the timer settings the run asked for
     cases: list[CaseResult] = Field(default_factory=list)
+    options: RunOptions | None = None  # absent in files written before `--resume` existed
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, validate_assignment=True)
 

@@ -146,3 +146,24 @@ def calibration_table(record: dict) -> Table:
                   "-" if datasheet is None else f"{datasheet:g}",
                   red_if(f"{value / datasheet:.0%}", label, "datasheet") if value and datasheet else "-", detail)
     return t
+
+
+def measure_notices(plan) -> list[str]:
+    """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
+    from rich.markup import escape
+
+    lines = []
+    nvml = plan.environment.get("nvml") or {}
+    if not nvml.get("available"):
+        lines.append(f"[dim]NVML unavailable ({escape(nvml.get('reason', 'unknown'))}): no power, energy, "
+                     "clock or throttling readings.[/]")
+    if plan.environment.get("ceilings") is None:
+        lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "
+                     "`ossbench calibrate` measures them.[/]")
+    if plan.measure.ncu:
+        from .measure.counters import ncu_path
+
+        if plan.device == "cpu" or ncu_path() is None:
+            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if plan.device == "cpu"
+                                              else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
+    return lines

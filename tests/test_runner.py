@@ -101,3 +101,27 @@ def test_a_lost_cuda_context_stops_running_later_cases(monkeypatch, tmp_path):
     assert len(calls) == 1  # the first failure poisons the context: nothing else is attempted
     assert [c.status for c in run.cases] == ["failed"] * 4
     assert all("CUDA context was lost in attention/full/mode=prefill,seq_len=32" in c.error for c in run.cases[1:])
+
+
+def test_cpu_out_of_memory_is_recorded_as_oom(monkeypatch, tmp_path):
+    def cpu_allocator_fails():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 1099511627776 bytes.")
+
+    def wrap(build, params, device, dtype):
+        if params.window:
+            raise MemoryError()
+        return dataclasses.replace(build(params, device, dtype), fn=cpu_allocator_fails)
+
+    patch_build(monkeypatch, wrap)
+    run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path, filter_text="seq_len=32"))
+    assert [c.status for c in run.cases] == ["oom", "oom"]
+    assert "DefaultCPUAllocator: not enough memory" in run.cases[0].error
+    assert run.cases[1].error.startswith("MemoryError")
+
+
+def test_an_ordinary_runtime_error_is_not_called_oom():
+    from ossbench.failures import is_oom
+
+    assert not is_oom(RuntimeError("shape mismatch: [4, 8] vs [4, 9]"))
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
