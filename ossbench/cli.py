@@ -64,8 +64,11 @@ def main() -> None:
 @click.option("--ncu", is_flag=True, help="Measure DRAM bytes per case with Nsight Compute (ncu on the PATH).")
 @click.option("--strict-clocks", is_flag=True,
               help="Discard and re-take samples taken while NVML reports power/thermal throttling.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
+                   "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
 def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
-        profile_kernels: bool, ncu: bool, strict_clocks: bool) -> None:
+        profile_kernels: bool, ncu: bool, strict_clocks: bool, isolate: bool | None) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
@@ -83,7 +86,7 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
     out, err = _console(), _console(stderr=True)
     suite = load_suite(suite_file)
     plan = plan_run(suite, device=device, out_dir=out_dir, filter_text=filter_text, quick=quick,
-                    profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
+                    profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate)
     err.print(f"[bold]{escape(suite.name)}[/]: {len(plan.cases)} case(s) on {plan.device}, "
               f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}")
     if plan.profile == "cpu":

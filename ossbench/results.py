@@ -134,6 +134,7 @@ class Environment(_Model):
     ceilings: dict[str, Any] | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
     nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
+    isolated: bool | None = None  # each case ran in its own child process (docs/isolation.md)
 
 
 class RunResult(_Model):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import SkipCase, UserError
+from .isolate import IsolatedRunner, default_isolation
 from .results import SCHEMA, CaseResult, Environment, RunResult, SuiteInfo, write_atomic
 from .suite import Case, Suite, Timing
 
@@ -84,11 +85,12 @@ class RunPlan:
     out_dir: Path
     environment: dict  # captured once while planning; start_time is reset when the run starts
     measure: MeasureOptions = field(default_factory=MeasureOptions)
+    isolate: bool = False  # each case in a child process with a timeout (ossbench/isolate.py)
 
 
 def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
-             strict_clocks: bool = False) -> RunPlan:
+             strict_clocks: bool = False, isolate: bool | None = None) -> RunPlan:
     from .env import capture
     from .suite import filter_cases
 
@@ -106,8 +108,9 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
                              out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
+    isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
-                   environment=env, measure=measure)
+                   environment=env, measure=measure, isolate=isolate)
 
 
 def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
@@ -130,14 +133,15 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                         sha256=suite.sha256, family=suite.spec.family, preset=suite.spec.preset,
                         profile=plan.profile, compare=[p.model_dump() for p in suite.spec.compare],
                         gate=suite.spec.gate.model_dump(exclude_defaults=True)),
-        environment=Environment.model_validate({**plan.environment, "start_time": _now()}),
+        environment=Environment.model_validate({**plan.environment, "start_time": _now(), "isolated": plan.isolate}),
         timing=plan.timing.model_dump(),
     )
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     journal = plan.out_dir / JOURNAL
     measure = replace(plan.measure, nvml_device=_open_nvml(plan))
     try:
-        with journal.open("w", encoding="utf-8") as j:
+        isolated = IsolatedRunner(run_case, plan.device, plan.timing, measure) if plan.isolate else nullcontext()
+        with journal.open("w", encoding="utf-8") as j, isolated:
             _journal_line(j, {"journal": SCHEMA, **json.loads(run.to_json())})
             lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
             for case in plan.cases:
@@ -146,6 +150,8 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                 if lost:
                     result = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
                                         params=case.params_dict, dtype=case.dtype, status="failed", error=lost)
+                elif plan.isolate:  # a lost context dies with its child: the next case gets a fresh one
+                    result = isolated.run(case)
                 else:
                     result = run_case(case, plan.device, plan.timing, measure)
                     if result.status == "failed" and _context_lost(result.error):
@@ -225,7 +231,7 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
         with sampler or nullcontext():
             m = bench(workload.fn, device=device, monitor=sampler, strict_clocks=measure.strict_clocks,
-                      **timing.model_dump())
+                      **timing.model_dump(exclude={"case_timeout_s"}))  # the runner's limit, not bench's
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()

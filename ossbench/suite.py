@@ -18,7 +18,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
@@ -46,6 +46,9 @@ class Timing(_Strict):
     target_rel_ci: float = Field(0.01, gt=0, lt=1)
     max_samples: PositiveInt = 20_000
     cuda_graph: bool = False
+    # Wall-clock limit of one case when cases run isolated (docs/isolation.md); None: 10 x max_time_s + 120 s.
+    # Strict: a quoted "30" or `true` is a mistake in the suite, not a number of seconds.
+    case_timeout_s: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = None
 
 
 class Expect(_Strict):

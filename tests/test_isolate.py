@@ -1,0 +1,171 @@
+"""Per-case isolation: a case that hangs, segfaults, exits or runs out of memory fails alone, in its child.
+
+The misbehaving cases come from the test-only `probe` family (tests/isolate_helpers.py). Timeouts are
+generous (this runs on loaded machines): every `ok` probe finishes in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import isolate_helpers
+import ossbench.runner as runner
+import ossbench.workloads as workloads
+from ossbench.cli import main
+from ossbench.errors import SuiteError
+from ossbench.isolate import COMPILE_ALLOWANCE_S, case_timeout, default_isolation
+from ossbench.results import load_results
+from ossbench.runner import plan_run, run_plan
+from ossbench.suite import Timing, load_suite, parse_suite
+
+TINY = Path(__file__).parent / "suites" / "tiny.yaml"
+TIMEOUT_S = 15
+
+PROBES = f"""\
+name: probes
+family: probe
+dtype: float32
+variants:
+  first: {{}}
+  second: {{}}
+  hang: {{action: hang}}
+  after_hang: {{}}
+  segfault: {{action: segfault}}
+  memory: {{action: memory_error}}
+  exit: {{action: exit}}
+  cuda_lost: {{action: cuda_lost}}
+  last: {{}}
+timing: {{cache: hot, warmup_s: 0.0, min_samples: 3, min_time_s: 0.0, max_time_s: 0.2, target_rel_ci: 0.5,
+          case_timeout_s: {TIMEOUT_S}}}
+"""
+
+
+@pytest.fixture
+def probes(monkeypatch, tmp_path):
+    """The probe suite's path, with `probe` known here and in every child (through runner.run_case)."""
+    monkeypatch.setitem(workloads._MODULES, "probe", isolate_helpers.__name__)
+    monkeypatch.setattr(runner, "run_case", isolate_helpers.run_case)
+    path = tmp_path / "probes.yaml"
+    path.write_text(PROBES)
+    return path
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # killed but not reaped by a PID 1 that does not reap
+
+
+@pytest.mark.slow  # starts fresh interpreters that import torch
+def test_misbehaving_cases_fail_alone_and_the_run_goes_on(probes, tmp_path):
+    run = run_plan(plan_run(load_suite(probes), device="cpu", out_dir=tmp_path / "out", isolate=True))
+    by_variant = {c.variant: c for c in run.cases}
+    status = {v: c.status for v, c in by_variant.items()}
+    assert status == {"first": "ok", "second": "ok", "hang": "failed", "after_hang": "ok", "segfault": "failed",
+                      "memory": "oom", "exit": "failed", "cuda_lost": "failed", "last": "ok"}
+
+    hang = by_variant["hang"].error
+    assert hang.startswith(f"timed out after {TIMEOUT_S} s") and "probe: building hang" in hang
+    grandchild = int(re.search(r"grandchild pid (\d+)", hang).group(1))
+    deadline = time.monotonic() + 10
+    while not _process_gone(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _process_gone(grandchild), "the hung case's own child outlived the timeout"
+
+    segfault = by_variant["segfault"].error
+    assert segfault.startswith("child died (signal SIGSEGV)")
+    assert "probe: building segfault" in segfault and "Fatal Python error" in segfault  # faulthandler's stack
+    assert "MemoryError: probe asked for more memory" in by_variant["memory"].error
+    assert by_variant["exit"].error.startswith("child exited with code 3")
+    assert "illegal memory access" in by_variant["cuda_lost"].error
+
+    pids = {v: c.info["pid"] for v, c in by_variant.items() if c.status == "ok"}
+    assert os.getpid() not in pids.values()
+    assert pids["first"] == pids["second"]  # a worker is reused while its cases succeed
+    assert pids["after_hang"] != pids["first"]  # and replaced after a case that killed it
+    assert pids["last"] != pids["after_hang"]
+    assert all(c.duration_s is not None and c.duration_s > 0 for c in run.cases)
+    saved = load_results(tmp_path / "out" / "results.json")
+    assert saved.environment.isolated is True
+    assert [c.status for c in saved.cases] == [c.status for c in run.cases]
+
+
+def test_a_lost_cuda_context_stops_an_unisolated_run(probes, tmp_path):
+    """The behaviour isolation replaces: isolated, `last` runs in a fresh child (the test above)."""
+    suite = load_suite(probes)
+    plan = plan_run(suite, device="cpu", out_dir=tmp_path / "b", isolate=False)
+    plan.cases = [c for c in plan.cases if c.variant in ("cuda_lost", "last")]
+    stopped = run_plan(plan)
+    assert stopped.environment.isolated is False
+    assert [c.status for c in stopped.cases] == ["failed", "failed"]
+    assert stopped.cases[1].error.startswith("not run: the CUDA context was lost")
+
+
+@pytest.mark.slow  # starts fresh interpreters that import torch
+def test_isolated_results_match_an_unisolated_run(tmp_path):
+    suite = load_suite(TINY)
+    inline = run_plan(plan_run(suite, device="cpu", out_dir=tmp_path / "a", filter_text="seq_len=32"))
+    isolated = run_plan(plan_run(suite, device="cpu", out_dir=tmp_path / "b", filter_text="seq_len=32",
+                                 isolate=True))
+    assert [(c.id, c.status) for c in isolated.cases] == [(c.id, c.status) for c in inline.cases]
+    assert [c.status for c in inline.cases] == ["ok", "ok"]
+    for a, b in zip(inline.cases, isolated.cases):
+        assert (a.params, a.flops, a.bytes, a.tokens, a.numerics) == (b.params, b.flops, b.bytes, b.tokens, b.numerics)
+        assert b.stats is not None and len(b.samples_ms) == b.stats.n >= 5
+        assert set(b.model_dump()) == set(a.model_dump())
+
+
+def test_isolation_defaults_to_cuda_with_several_cases():
+    assert default_isolation("cuda:0", 2) and default_isolation("cuda:1", 10)
+    assert not default_isolation("cuda:0", 1)
+    assert not default_isolation("cpu", 5)
+    plan = plan_run(load_suite(TINY), device="cpu", out_dir="unused")
+    assert plan.isolate is False
+    assert plan_run(load_suite(TINY), device="cpu", out_dir="unused", isolate=True).isolate is True
+
+
+def test_case_timeout_default_and_override():
+    assert case_timeout(Timing()) == 10 * 15.0 + COMPILE_ALLOWANCE_S
+    assert case_timeout(Timing(max_time_s=2)) == 20 + COMPILE_ALLOWANCE_S
+    assert case_timeout(Timing(case_timeout_s=30)) == 30
+
+
+@pytest.mark.parametrize("value, message", [('"30"', "valid number"), ("true", "valid number"),
+                                            ("0", "greater than 0"), ("-5", "greater than 0"),
+                                            (".inf", "finite number")])
+def test_case_timeout_must_be_a_positive_finite_number(value, message):
+    text = TINY.read_text().replace("target_rel_ci: 0.2}", f"target_rel_ci: 0.2,\n         case_timeout_s: {value}}}")
+    with pytest.raises(SuiteError) as e:
+        parse_suite(text, "t.yaml")
+    assert e.value.field == "timing.case_timeout_s" and e.value.line == 16
+    assert message in str(e.value)
+
+
+def test_case_timeout_accepts_seconds():
+    text = TINY.read_text().replace("target_rel_ci: 0.2}", "target_rel_ci: 0.2, case_timeout_s: 45}")
+    assert parse_suite(text, "t.yaml").timing().case_timeout_s == 45.0
+
+
+@pytest.mark.slow  # starts fresh interpreters that import torch
+def test_cli_isolate_flags(probes, tmp_path):
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output
+    assert "--isolate / --no-isolate" in help_text and "timing.case_timeout_s" in help_text
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["run", str(probes), "--device", "cpu", "--out", str(out), "--isolate",
+                                       "--filter", "/segfault"])
+    assert result.exit_code == 1, result.output  # the one case failed; the results are still written
+    saved = load_results(out / "results.json")
+    assert saved.environment.isolated is True and saved.cases[0].error.startswith("child died (signal SIGSEGV)")
+    result = CliRunner().invoke(main, ["run", str(probes), "--device", "cpu", "--out", str(out), "--no-isolate",
+                                       "--filter", "/first"])
+    assert result.exit_code == 0, result.output
+    saved = load_results(out / "results.json")
+    assert saved.environment.isolated is False and saved.cases[0].info["pid"] == os.getpid()
