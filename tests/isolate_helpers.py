@@ -21,7 +21,7 @@ import ossbench.workloads as workloads
 from ossbench.runner import run_case as real_run_case  # bound now, before a test replaces runner.run_case
 from ossbench.workloads.base import Check, Cost, Family, Workload
 
-Action = Literal["ok", "hang", "segfault", "memory_error", "exit", "cuda_lost"]
+Action = Literal["ok", "hang", "segfault", "memory_error", "exit", "cuda_lost", "device_assert"]
 
 
 class ProbeParams(BaseModel):
@@ -47,6 +47,8 @@ def build(params: ProbeParams, device, dtype) -> Workload:
         os._exit(3)
     elif params.action == "cuda_lost":
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    elif params.action == "device_assert":  # a real lost context (GPU only): an out-of-range index
+        torch.zeros(4, device=device)[torch.tensor([10], device=device)].cpu()
     x = torch.randn(params.size, params.size, device=device, dtype=dtype)
     n = params.size
     return Workload(fn=lambda: x @ x, cost=Cost(flops=2 * n**3, bytes=3 * n * n * 4, tokens=n),

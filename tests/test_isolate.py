@@ -6,6 +6,7 @@ generous (this runs on loaded machines): every `ok` probe finishes in well under
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -107,6 +108,35 @@ def test_a_lost_cuda_context_stops_an_unisolated_run(probes, tmp_path):
     assert stopped.environment.isolated is False
     assert [c.status for c in stopped.cases] == ["failed", "failed"]
     assert stopped.cases[1].error.startswith("not run: the CUDA context was lost")
+
+
+@pytest.mark.slow  # starts a fresh interpreter that imports torch
+def test_ctrl_c_kills_the_worker_and_keeps_the_journal(probes, tmp_path):
+    pids = []
+
+    def on_case(case, result):
+        if result is not None:
+            pids.append(result.info["pid"])
+            raise KeyboardInterrupt  # the user pressed Ctrl-C after the first case
+
+    plan = plan_run(load_suite(probes), device="cpu", out_dir=tmp_path, filter_text="/first", isolate=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, on_case)
+    assert pids and _process_gone(pids[0])
+    assert [c.variant for c in load_results(tmp_path / "journal.jsonl").cases] == ["first"]
+
+
+@pytest.mark.gpu
+def test_a_real_device_side_assert_costs_only_its_case(probes, tmp_path):
+    """Only isolated: the same case unisolated would leave this test process's CUDA context unusable."""
+    plan = plan_run(load_suite(probes), device="cuda", out_dir=tmp_path, isolate=True)
+    plan.cases = [c for c in plan.cases if c.variant in ("first", "last")]
+    plan.cases.insert(1, dataclasses.replace(plan.cases[0], id="probe/device_assert", variant="device_assert",
+                                             params=(("action", "device_assert"), ("size", 16))))
+    run = run_plan(plan)
+    assert [c.status for c in run.cases] == ["ok", "failed", "ok"], [c.error for c in run.cases]
+    assert "device-side assert" in run.cases[1].error
+    assert run.cases[0].info["pid"] != run.cases[2].info["pid"]
 
 
 @pytest.mark.slow  # starts fresh interpreters that import torch
