@@ -38,7 +38,10 @@ RunCase = Callable[[Case, str, Timing, Any], CaseResult]  # run_case(case, devic
 COMPILE_ALLOWANCE_S = 120.0  # default timeout = 10 x max_time_s + this (warm-up, torch.compile, autotuning)
 STARTUP_TIMEOUT_S = 300.0  # spawn + `import torch` on a cold, loaded machine; not charged to any case
 TAIL_LINES = 20  # lines of the child's output attached to a case that killed or hung its worker
-_STOP_GRACE_S = 10.0  # a worker asked to exit gets this long before it is killed
+STACK_LINES = 40  # lines of a hung child's Python stacks (innermost frames first) attached to its case
+_STACK_WAIT_S = 1.0  # how long a hung child gets to write its stacks before it is killed
+_REAP_WAIT_S = 10.0  # how long to wait for a killed worker to be reaped
+_EXIT_WAIT_S = 5.0  # a child whose pipe closed gets this long to finish exiting (its exit status says why)
 _POLL_S = 0.25  # how often a wait checks that the worker is still alive (a forked grandchild can hold its pipe)
 
 
@@ -90,7 +93,7 @@ class IsolatedRunner:
             if problem:
                 return self._give_up(case, f"the isolated worker did not start: {problem}", 0, started)
         worker = self._worker
-        offset = worker.log_size()
+        offset, started = worker.log_size(), time.perf_counter()  # the worker's start-up is not the case's
         kind, payload = worker.run(case, self.timeout_s)
         if kind == "result":
             result = CaseResult.model_validate(payload)
@@ -101,20 +104,28 @@ class IsolatedRunner:
             text, is_oom = payload
             return self._give_up(case, f"isolated worker: {text}", offset, started, "oom" if is_oom else "failed")
         if kind == "timeout":
+            stacks = worker.dump_stacks()
             return self._give_up(case, f"timed out after {self.timeout_s:g} s (timing.case_timeout_s); "
-                                       f"the child was killed", offset, started)
+                                       f"the child was killed", offset, started, stacks=stacks)
         return self._give_up(case, payload, offset, started)  # "died": payload says how
 
-    def _give_up(self, case: Case, reason: str, offset: int, started: float,
-                 status: str = "failed") -> CaseResult:
-        """Record the case as failed by its worker, with the worker's output tail; retire the worker."""
+    def _give_up(self, case: Case, reason: str, offset: int, started: float, status: str = "failed",
+                 stacks: int | None = None) -> CaseResult:
+        """Record the case as failed by its worker, with the tail of what the worker wrote since `offset`
+        (and, for a hung one, the stacks it wrote from log offset `stacks` on); retire the worker."""
         worker = self._worker
-        tail = ""
+        error = reason
         if worker is not None:
             worker.kill()
-            tail = worker.log_tail(offset)
+            # faulthandler's one-line list of extension modules after a crash says nothing about the case
+            tail = [line for line in worker.log_lines(offset, stacks)
+                    if not line.startswith("Extension modules: ")][-TAIL_LINES:]
+            if tail:
+                error += "\n--- last lines of the child's output ---\n" + "\n".join(tail)
+            where = worker.log_lines(stacks)[:STACK_LINES] if stacks is not None else []
+            if where:
+                error += "\n--- the child's Python stacks when it was killed ---\n" + "\n".join(where)
             self._worker = None
-        error = reason + (f"\n--- last lines of the child's output ---\n{tail}" if tail else "")
         return CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
                           params=case.params_dict, dtype=case.dtype, status=status, error=error,
                           duration_s=time.perf_counter() - started)
@@ -194,6 +205,9 @@ class _Worker:
             return True
 
     def _death(self) -> str:
+        deadline = time.monotonic() + _EXIT_WAIT_S
+        while not self._exited() and time.monotonic() < deadline:
+            time.sleep(0.05)  # its pipe closes a moment before it exits: killing it now would hide why
         self.kill()  # what it started may outlive it; this reaps it too
         code = self.process.returncode
         if code is None:
@@ -207,12 +221,25 @@ class _Worker:
     def log_size(self) -> int:
         return self.log_path.stat().st_size
 
-    def log_tail(self, offset: int) -> str:
-        """The last TAIL_LINES lines the child wrote since `offset` (this case's share of the log)."""
+    def log_lines(self, start: int, end: int | None = None) -> list[str]:
+        """The lines the child wrote between two byte offsets of its log (to the end without `end`)."""
         with self.log_path.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", errors="replace")
-        return "\n".join(text.rstrip().splitlines()[-TAIL_LINES:])
+            f.seek(start)
+            text = f.read(-1 if end is None else max(0, end - start)).decode("utf-8", errors="replace")
+        return text.rstrip().splitlines()
+
+    def dump_stacks(self) -> int | None:
+        """Ask a hung child to write its Python stacks to its log (faulthandler, on SIGUSR1); the log
+        offset where they start, or None where this platform has no SIGUSR1."""
+        if not hasattr(signal, "SIGUSR1"):
+            return None
+        start = self.log_size()
+        try:
+            os.kill(self.process.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return None
+        time.sleep(_STACK_WAIT_S)  # written from the signal handler, even while Python waits in C code
+        return start
 
     def kill(self) -> None:
         """Kill the child and its process group (a no-op once it has been reaped), then reap it."""
@@ -232,7 +259,7 @@ class _Worker:
 
     def _reap(self) -> None:
         try:
-            self.process.wait(_STOP_GRACE_S)
+            self.process.wait(_REAP_WAIT_S)
         except subprocess.TimeoutExpired:
             return
         self._reaped = True
@@ -243,6 +270,8 @@ def child_main(requests_fd: int, results_fd: int) -> None:
     import faulthandler
 
     faulthandler.enable()  # a segfault writes the Python stack to the log before the process dies
+    if hasattr(faulthandler, "register") and hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1)  # a timeout first asks for the stacks: where did it hang?
     requests, results = os.fdopen(requests_fd, "rb"), os.fdopen(results_fd, "wb")
 
     def send(message: tuple) -> None:

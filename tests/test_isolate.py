@@ -20,7 +20,7 @@ import ossbench.runner as runner
 import ossbench.workloads as workloads
 from ossbench.cli import main
 from ossbench.errors import SuiteError
-from ossbench.isolate import COMPILE_ALLOWANCE_S, case_timeout, default_isolation
+from ossbench.isolate import COMPILE_ALLOWANCE_S, IsolatedRunner, case_timeout, default_isolation
 from ossbench.results import load_results
 from ossbench.runner import plan_run, run_plan
 from ossbench.suite import Timing, load_suite, parse_suite
@@ -75,6 +75,9 @@ def test_misbehaving_cases_fail_alone_and_the_run_goes_on(probes, tmp_path):
 
     hang = by_variant["hang"].error
     assert hang.startswith(f"timed out after {TIMEOUT_S} s") and "probe: building hang" in hang
+    stacks = hang.split("--- the child's Python stacks when it was killed ---\n")[1].splitlines()
+    innermost = stacks[next(i for i, line in enumerate(stacks) if line.startswith("Current thread")) + 1]
+    assert "isolate_helpers.py" in innermost and innermost.endswith("in build")  # where it hung
     grandchild = int(re.search(r"grandchild pid (\d+)", hang).group(1))
     deadline = time.monotonic() + 10
     while not _process_gone(grandchild) and time.monotonic() < deadline:
@@ -124,6 +127,20 @@ def test_ctrl_c_kills_the_worker_and_keeps_the_journal(probes, tmp_path):
         run_plan(plan, on_case)
     assert pids and _process_gone(pids[0])
     assert [c.variant for c in load_results(tmp_path / "journal.jsonl").cases] == ["first"]
+
+
+def test_a_worker_that_cannot_start_fails_its_case_with_the_reason(monkeypatch, tmp_path):
+    (tmp_path / "vanishing_module.py").write_text("def run_case(case, device, timing, measure):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from vanishing_module import run_case as unreachable  # importable here, not in the child
+
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != str(tmp_path)])
+    case = load_suite(TINY).cases()[0]
+    with IsolatedRunner(unreachable, "cpu", Timing(), None) as isolated:
+        result = isolated.run(case)
+    assert result.status == "failed" and result.id == case.id
+    assert result.error.startswith("the isolated worker did not start: child exited with code 1")
+    assert "No module named 'vanishing_module'" in result.error
 
 
 @pytest.mark.gpu
