@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def test_a_worker_that_cannot_start_fails_its_case_with_the_reason(monkeypatch, 
     monkeypatch.syspath_prepend(str(tmp_path))
     from vanishing_module import run_case as unreachable  # importable here, not in the child
 
-    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != str(tmp_path)])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     case = load_suite(TINY).cases()[0]
     with IsolatedRunner(unreachable, "cpu", Timing(), None) as isolated:
         result = isolated.run(case)
