@@ -70,8 +70,12 @@ def main() -> None:
                    "finished cases are kept, the rest run. SUITE_FILE is optional (default: the recorded path).")
 @click.option("--force", is_flag=True, help="With --resume: re-plan from a suite changed since the run started, "
                                             "keeping the finished cases whose id and parameters it still has.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
+                   "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
 def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
-        profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool) -> None:
+        profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool,
+        isolate: bool | None) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
@@ -98,7 +102,8 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
 
         given = [name for name, v in (("--out", out_dir), ("--filter", filter_text), ("--quick", quick),
                                       ("--profile", profile_kernels), ("--ncu", ncu),
-                                      ("--strict-clocks", strict_clocks), ("--device", device != "auto")) if v]
+                                      ("--strict-clocks", strict_clocks), ("--device", device != "auto"),
+                                      ("--isolate/--no-isolate", isolate is not None)) if v]
         if given:
             raise UserError(f"--resume continues with the options the run was started with; drop {', '.join(given)}")
         plan, resumed = plan_resume(resume_dir, suite_file=suite_file, force=force)
@@ -106,11 +111,13 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         raise click.UsageError("give SUITE_FILE, or --resume DIR" if suite_file is None else "--force needs --resume")
     else:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
-                        quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks)
+                        quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
+                        isolate=isolate)
     suite = plan.suite
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     err.print(f"[bold]{escape(suite.name)}[/]: {len(todo)} case(s) on {plan.device}, "
-              f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}")
+              f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}"
+              + (", each case in a child process (--isolate)" if plan.isolate else ""))
     if resumed:
         err.print(f"resuming: {len(resumed.kept)} finished case(s) kept from {resumed.source}"
                   + (f"; {len(resumed.dropped)} dropped by the re-plan" if resumed.dropped else ""))

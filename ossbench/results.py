@@ -135,6 +135,7 @@ class Environment(_Model):
     ceilings: dict[str, Any] | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
     nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
+    isolated: bool | None = None  # each case ran in its own child process (docs/isolation.md)
 
 
 class RunOptions(_Model):
@@ -147,6 +148,7 @@ class RunOptions(_Model):
     profile: bool = False
     ncu: bool = False
     strict_clocks: bool = False
+    isolate: bool | None = None  # --isolate / --no-isolate; None: the default for the device
 
 
 class RunResult(_Model):

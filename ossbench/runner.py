@@ -26,6 +26,7 @@ from .journal import JOURNAL, Journal
 from .outdir import OutputError, claim_out_dir
 from .results import SCHEMA, CaseResult, Environment, RunOptions, RunResult, SuiteInfo
 from .stopping import StopRequest
+from .isolate import IsolatedRunner, default_isolation
 from .suite import Case, Suite, Timing
 
 if TYPE_CHECKING:
@@ -91,11 +92,12 @@ class RunPlan:
     environment: dict  # captured once while planning; start_time is reset when the run starts
     measure: MeasureOptions = field(default_factory=MeasureOptions)
     options: RunOptions | None = None  # how it was asked for, recorded for `--resume`
+    isolate: bool = False  # each case in a child process with a timeout (ossbench/isolate.py)
 
 
 def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
-             strict_clocks: bool = False) -> RunPlan:
+             strict_clocks: bool = False, isolate: bool | None = None) -> RunPlan:
     from .env import capture
     from .suite import filter_cases
 
@@ -114,9 +116,10 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
     options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=dev, filter=filter_text, quick=quick,
-                         profile=profile, ncu=ncu, strict_clocks=strict_clocks)
+                         profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate)
+    isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
-                   environment=env, measure=measure, options=options)
+                   environment=env, measure=measure, options=options, isolate=isolate)
 
 
 def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
@@ -146,8 +149,9 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
         measure = replace(plan.measure, nvml_device=_open_nvml(plan))
         unrun = 0  # cases recorded without running (interrupted, CUDA context lost): the journal stays for them
         try:
+            isolated = IsolatedRunner(run_case, plan.device, plan.timing, measure) if plan.isolate else nullcontext()
             with Journal(plan.out_dir / JOURNAL, header,
-                         [_record(kept[c.id]) for c in plan.cases if c.id in kept]) as journal:
+                         [_record(kept[c.id]) for c in plan.cases if c.id in kept]) as journal, isolated:
                 lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
                 for case in plan.cases:
                     if case.id in kept:
@@ -159,6 +163,9 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                         result, unrun = _unrun(case, "failed", lost), unrun + 1
                     elif stop and stop.requested:
                         result, unrun = _unrun(case, "skipped", stop.reason), unrun + 1
+                    elif plan.isolate:  # a lost context dies with its child: the next case gets a fresh one
+                        result = isolated.run(case)
+                        journal.append_case(_record(result))
                     else:
                         result = run_case(case, plan.device, plan.timing, measure)
                         if result.status == "failed" and context_lost(result.error):
@@ -202,6 +209,7 @@ def _new_run(plan: RunPlan, resume: Resumed | None) -> RunResult:
             update={"end_time": None, "resumed_at": [*(resume.previous.environment.resumed_at or []), _now()]})
     else:
         env = Environment.model_validate({**plan.environment, "start_time": _now()})
+    env = env.model_copy(update={"isolated": plan.isolate})
     return RunResult(
         schema=SCHEMA,
         suite=SuiteInfo(name=suite.name, description=suite.spec.description, path=suite.path,
@@ -270,7 +278,7 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
         with sampler or nullcontext():
             m = bench(workload.fn, device=device, monitor=sampler, strict_clocks=measure.strict_clocks,
-                      **timing.model_dump())
+                      **timing.model_dump(exclude={"case_timeout_s"}))  # the runner's limit, not bench's
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()

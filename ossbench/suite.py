@@ -62,6 +62,9 @@ class Timing(_Strict):
     target_rel_ci: float = Field(0.01, gt=0, lt=1)
     max_samples: PositiveInt = 20_000
     cuda_graph: bool = False
+    # Wall-clock limit of one case when cases run isolated (docs/isolation.md); None: 10 x max_time_s + 120 s.
+    # Strict: a quoted "30" or `true` is a mistake in the suite, not a number of seconds.
+    case_timeout_s: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = None
 
     _max_time = field_validator("max_time_s")(_not_below("min_time_s", "the sampling budget must cover the minimum"))
     _max_samples = field_validator("max_samples")(_not_below("min_samples", "the cap must allow the minimum"))
