@@ -1,7 +1,12 @@
-"""Session-wide isolation: no test reads or writes the user's home, cache or calibration files.
+"""Session-wide settings: no test touches the user's files, and tests hold on a loaded machine.
 
 A calibration saved on the developer's machine (~/.cache/ossbench/calibration) would otherwise change
 what reports and rooflines show in tests; HOME and the XDG folders point into one temporary folder.
+
+torch runs one CPU thread in the tests (and in the ossbench processes they start). With two OpenMP threads
+on a 2-core machine whose other core is busy, each parallel region waits for a descheduled partner: a tiny
+attention case that takes ~1 ms took 80-180 ms at a load average of 6, and cases ran out of their time
+budget before reaching min_samples. One thread keeps such timings near their quiet-machine values.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import os
 import pwd
 
 import pytest
+import torch
 
 REAL_HOME = pwd.getpwuid(os.getuid()).pw_dir  # the account's home, whatever HOME says
 
@@ -22,4 +28,8 @@ def isolated_home(tmp_path_factory):
         for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
             mp.setenv(name, str(base / name.lower()))
         mp.delenv("OSSBENCH_CALIBRATION_DIR", raising=False)
+        mp.setenv("OMP_NUM_THREADS", "1")  # for child processes; this one is set below
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         yield base
+        torch.set_num_threads(threads)

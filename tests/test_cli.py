@@ -17,16 +17,25 @@ HERE = Path(__file__).parent
 TINY = HERE / "suites" / "tiny.yaml"
 
 
+def _best_wall_s(args: list[str], runs: int = 3) -> float:
+    best = float("inf")
+    for _ in range(runs):  # best of several: the first start may pay for a cold disk cache
+        start = time.perf_counter()
+        subprocess.run(args, capture_output=True, text=True, check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def test_help_is_fast_and_does_not_import_torch():
     code = "import sys, ossbench.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    best = float("inf")
-    for _ in range(3):  # best of three: the first start may pay for a cold disk cache
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ossbench", "--help"], capture_output=True, text=True)
-        best = min(best, time.perf_counter() - start)
+    proc = subprocess.run([sys.executable, "-m", "ossbench", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "run" in proc.stdout
-    assert best < 0.5, f"ossbench --help took {best:.3f} s"
+    # Against the interpreter starting with click, measured side by side, so a loaded machine slows both:
+    # on a loaded 2-core machine --help took 0.11-0.12 s against 0.09-0.11 s, and `import torch` 3.5 s.
+    click_s = _best_wall_s([sys.executable, "-c", "import click"])
+    help_s = _best_wall_s([sys.executable, "-m", "ossbench", "--help"])
+    assert help_s < 4 * click_s + 0.1, f"ossbench --help took {help_s:.3f} s, python -c 'import click' {click_s:.3f} s"
 
 
 def test_run_tiny_suite_end_to_end(tmp_path):
