@@ -9,9 +9,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from .errors import ResultsError
 
@@ -22,6 +24,65 @@ Status = Literal["ok", "failed", "oom", "skipped"]
 class _Model(BaseModel):
     # Extra keys are kept, not rejected: later versions add fields within the same schema.
     model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+# Records that other code reads key by key stay plain dicts, but typed, so a hostile or hand-edited file fails
+# at load with the field's path instead of deep inside report, compare or gate. Extra keys are kept.
+_Record = with_config(ConfigDict(extra="allow", allow_inf_nan=False))
+Ceiling = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@_Record
+class PeakRow(TypedDict, total=False):
+    """A datasheet peak-table row (measure.roofline.PEAKS): ``name`` and ``*_tflops``, ``hbm_gbps``, ``memory_gb``."""
+
+    name: str
+    source: str
+    bf16_tflops: Ceiling | None
+    fp16_tflops: Ceiling | None
+    tf32_tflops: Ceiling | None
+    fp32_tflops: Ceiling | None
+    fp64_tflops: Ceiling | None
+    hbm_gbps: Ceiling | None
+    memory_gb: Ceiling | None
+
+
+@_Record
+class Ceilings(TypedDict, total=False):
+    """The roofline ceilings a run used (measure.roofline.resolve_ceilings)."""
+
+    compute_tflops: dict[str, Ceiling]
+    bandwidth_gbps: Ceiling | None
+    sources: dict[str, str]
+    datasheet: str | None
+    calibration: str | None
+    calibrated_values: dict[str, Any] | None
+
+
+@_Record
+class GateSettings(TypedDict, total=False):
+    """The suite's `gate:` section as recorded in the run (suite.GateSpec)."""
+
+    max_slowdown: Ceiling | None
+    cases: dict[str, Ceiling]
+
+
+@_Record
+class Expectation(TypedDict, total=False):
+    speedup_min: float | None
+    speedup_max: float | None
+    relative_to: Literal["none", "flops", "bytes"]
+
+
+@_Record
+class ComparePairRecord(TypedDict, total=False):
+    """A suite `compare` pair as recorded in the run (suite.ComparePair)."""
+
+    baseline: str
+    candidate: str
+    where: dict[str, Any]
+    expect: Expectation | None
+    claim: str
 
 
 class Stats(_Model):
@@ -108,8 +169,8 @@ class SuiteInfo(_Model):
     family: str
     preset: str
     profile: Literal["full", "cpu"] = "full"  # "cpu": the suite's reduced CPU profile was applied
-    compare: list[dict[str, Any]] = Field(default_factory=list)
-    gate: dict[str, Any] = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
+    compare: list[ComparePairRecord] = Field(default_factory=list)
+    gate: GateSettings = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
 
 
 class Environment(_Model):
@@ -130,8 +191,8 @@ class Environment(_Model):
     end_time: str | None = None
     l2_cache_bytes: int | None = None
     sm_count: int | None = None
-    peak: dict[str, Any] | None = None  # datasheet peak table row for this device, if known
-    ceilings: dict[str, Any] | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
+    peak: PeakRow | None = None  # datasheet peak table row for this device, if known
+    ceilings: Ceilings | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
     nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
 
@@ -177,13 +238,26 @@ class RunResult(_Model):
         return pd.DataFrame(rows)
 
 
-def _from_journal(text: str) -> dict:
-    raw = [line for line in text.splitlines() if line.strip()]
+def _from_journal(text: str, path: str) -> dict:
+    """The run a journal holds: its header line with the cases of the ``{"case": ...}`` lines after it."""
+    raw = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     try:  # the last line may be cut short by the crash that left the journal behind
-        json.loads(raw[-1]) if raw else None
+        json.loads(raw[-1][1]) if raw else None
     except json.JSONDecodeError:
         raw = raw[:-1]
-    lines = [json.loads(line) for line in raw]
+    lines = []
+    for n, line in raw:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"line {n}: not valid JSON (column {e.colno}: {e.msg})", path=path) from None
+        if not isinstance(obj, dict):
+            raise ResultsError(f"line {n}: a journal line must be a JSON object, got {type(obj).__name__}",
+                               path=path)
+        if n != raw[0][0] and "case" in obj and not isinstance(obj["case"], dict):
+            raise ResultsError(f"line {n}: 'case' must be a JSON object, got {type(obj['case']).__name__}",
+                               path=path)
+        lines.append(obj)
     if not lines or "journal" not in lines[0]:
         return {}
     head = {k: v for k, v in lines[0].items() if k != "journal"}
@@ -213,26 +287,70 @@ def load_results(path: str | os.PathLike) -> RunResult:
     """Load and validate a results file; a missing, corrupt or foreign file raises ResultsError.
 
     A run's journal (``journal.jsonl``, left behind when a run was interrupted) loads too: it holds the
-    run's header and every case that finished.
+    run's header and every case that finished. Beyond the schema, every case id must be unique and every
+    timed sample a finite, non-negative number, not all of a case's samples zero (see `check_cases`).
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-        data = _from_journal(text) if p.suffix == ".jsonl" else json.loads(text)
+        data = _from_journal(text, str(p)) if p.suffix == ".jsonl" else json.loads(text)
     except FileNotFoundError:
         raise ResultsError("no such file", path=str(p)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"cannot read: {e}", path=str(p)) from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(p)) from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
     if not isinstance(data, dict) or "schema" not in data:
         raise ResultsError(f"not an ossbench results file (no 'schema' field; expected {SCHEMA!r})", path=str(p))
     if data["schema"] != SCHEMA:
         raise ResultsError(f"unsupported schema {data['schema']!r} (this ossbench reads {SCHEMA!r})", path=str(p))
     try:
-        return RunResult.model_validate(data)
+        run = RunResult.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ResultsError(f"invalid results file at {loc}: {first['msg']} ({e.error_count()} error(s))",
-                           path=str(p)) from None
+        raise ResultsError(f"invalid results file at {_where(first['loc'], data)}: {first['msg']} "
+                           f"({e.error_count()} error(s))", path=str(p)) from None
+    except RecursionError:
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    check_cases(run, str(p))
+    return run
+
+
+def _where(loc: tuple, data: dict) -> str:
+    """A validation error's location, naming the case by id: "cases[3] (id 'a/b').samples_ms.2"."""
+    dotted = ".".join(str(x) for x in loc)
+    cases = data.get("cases")
+    if len(loc) >= 2 and loc[0] == "cases" and isinstance(loc[1], int) and isinstance(cases, list):
+        case = cases[loc[1]] if loc[1] < len(cases) else None
+        case_id = case.get("id") if isinstance(case, dict) else None
+        if isinstance(case_id, str):
+            rest = ".".join(str(x) for x in loc[2:])
+            return f"case {case_id!r} (cases.{loc[1]})" + (f" field {rest}" if rest else "")
+    return dotted
+
+
+def check_cases(run: RunResult, path: str | None = None) -> None:
+    """What the schema cannot say: unique case ids, and timed samples that are real durations.
+
+    A NaN sample makes a rank test's p-value NaN (so any slowdown reads "unchanged"), an infinite or
+    negative one is no duration, and all-zero samples mean the timer measured nothing; each is refused
+    (ResultsError naming the case and field) rather than gated, compared or plotted.
+    """
+    seen: set[str] = set()
+    for k, c in enumerate(run.cases):
+        if c.id in seen:
+            raise ResultsError(f"case id {c.id!r} appears more than once (cases.{k} repeats it)", path=path)
+        seen.add(c.id)
+        if not c.samples_ms:
+            continue
+        x = np.asarray(c.samples_ms, dtype=float)
+        bad = np.flatnonzero(~np.isfinite(x) | (x < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ResultsError(f"case {c.id!r} field samples_ms.{i}: {float(x[i])!r} is not a duration (samples must be "
+                               f"finite and >= 0; {bad.size} bad sample(s))", path=path)
+        if not x.any():
+            raise ResultsError(f"case {c.id!r} field samples_ms: all {x.size} samples are zero (the timer "
+                               "measured nothing)", path=path)
