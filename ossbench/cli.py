@@ -32,9 +32,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            from rich.markup import escape
+            from .text import term_text
 
-            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            _console(stderr=True).print(f"[bold red]error:[/] {term_text(e)}", soft_wrap=True)
             sys.exit(e.exit_code)
 
 
@@ -71,7 +71,7 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
     could not be rendered (results.json is written in every case), 2 for a bad suite or option.
     """
-    from rich.markup import escape
+    from .text import term_text as escape  # markup escaped and control characters shown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .expectations import evaluate
@@ -135,7 +135,7 @@ def run(suite_file: Path, device: str, out_dir: Path | None, filter_text: str | 
 @click.argument("suite_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def validate(suite_files: tuple[Path, ...]) -> None:
     """Check suites without running them (every case of every profile is expanded and validated)."""
-    from rich.markup import escape
+    from .text import term_text as escape  # markup escaped and control characters shown
 
     from .errors import SuiteError
     from .suite import load_suite
@@ -242,7 +242,7 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
     out = _console()
     out.print(comparison_table(comparison))
     for line in unmatched_lines(comparison):
-        out.print(line, markup=False)
+        out.print(line, markup=False)  # already printable
     if output:
         from .report.compare_html import write_compare_report
 
@@ -285,6 +285,7 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     from .gate import gate as run_gate
     from .gate import gate_table, write_outputs
     from .results import load_results
+    from .text import printable
 
     baseline, current = load_results(baseline_file), load_results(current_file)
     result = run_gate(baseline, current, max_slowdown=max_slowdown, alpha=alpha,
@@ -293,12 +294,12 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     out = _console()
     out.print(gate_table(result))
     for note in result.notes:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {printable(note)}", markup=False)
     style = "bold green" if result.passed else "bold red"
     out.print(f"[{style}]{'PASSED' if result.passed else 'FAILED'}[/]")
     for v in result.cases:
         if v.failing:
-            out.print(f"  {v.verdict}: {v.describe()}", markup=False)
+            out.print(f"  {v.verdict}: {printable(v.describe())}", markup=False)
     sys.exit(0 if result.passed else 1)
 
 
@@ -319,7 +320,7 @@ def export_(results_file: Path, fmt: str, output: Path | None) -> None:
 
 def measure_notices(plan) -> list[str]:
     """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
-    from rich.markup import escape
+    from .text import term_text as escape  # markup escaped and control characters shown
 
     lines = []
     nvml = plan.environment.get("nvml") or {}

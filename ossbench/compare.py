@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from rich.markup import escape
+from .text import printable, term_text
 from rich.table import Table
 
 from .errors import UserError
@@ -263,7 +263,7 @@ def _pct(x: float | None) -> str:
 def comparison_table(c: Comparison) -> Table:
     """One row per (case, run): median ± CI, speedup vs the reference with its CI95, % of the run's ceilings."""
     ref = c.reference
-    t = Table(title=escape(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
+    t = Table(title=term_text(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
                            f"> 1 is faster)"), title_justify="left")
     for col, justify in (("case", "left"), ("run", "left"), ("median", "right"), ("CI95", "right"),
                          ("speedup [CI95]", "right"), ("% peak compute", "right"), ("% peak HBM", "right"),
@@ -271,31 +271,33 @@ def comparison_table(c: Comparison) -> Table:
         t.add_column(col, justify=justify, overflow="fold")
     for case in c.cases:
         for k, (info, cell, vs) in enumerate(zip(c.runs, case.runs, case.vs_reference)):
-            name = escape(case.id) if k == 0 else ""
+            name = term_text(case.id) if k == 0 else ""
             if cell is None:
-                t.add_row(name, escape(info.label), "[dim]absent[/]", "", "", "", "", "", end_section=False)
+                t.add_row(name, term_text(info.label), "[dim]absent[/]", "", "", "", "", "", end_section=False)
                 continue
             if cell.status != "ok":
                 why = f"[{STATUS_STYLE[cell.status]}]{cell.status}[/]"
                 if cell.error:
-                    why += " " + escape(cell.error[:100])
-                t.add_row(name, escape(info.label), why, "", "", "", "", "")
+                    why += " " + term_text(cell.error[:100])
+                t.add_row(name, term_text(info.label), why, "", "", "", "", "")
                 continue
             ci = f"{cell.ci95_ms[0]:.4g}-{cell.ci95_ms[1]:.4g}" if cell.ci95_ms else "-"
             speed = ("ref" if k == 0 else "-" if vs is None else
                      f"{vs.speedup:.2f} [{vs.speedup_ci95[0]:.2f}, {vs.speedup_ci95[1]:.2f}]")
             follows = "" if k == 0 or vs is None else vs.follows
-            t.add_row(name, escape(info.label), fmt_ms(cell.median_ms), ci, speed,
+            t.add_row(name, term_text(info.label), fmt_ms(cell.median_ms), ci, speed,
                       _pct(cell.compute_fraction), _pct(cell.bandwidth_fraction), follows)
         t.add_section()
     return t
 
 
 def unmatched_lines(c: Comparison) -> list[str]:
-    """Plain-text lines listing each run's unmatched case ids (empty when every case matched)."""
+    """Plain-text lines (controls escaped, see `printable`) listing each run's unmatched case ids (empty when
+    every case matched)."""
     lines = []
     for k, info in enumerate(c.runs):
         if info.unmatched:
             where = "in no other run" if k == 0 else f"not in the reference ({c.reference.label})"
-            lines.append(f"{info.label}: {len(info.unmatched)} case(s) {where}: " + ", ".join(info.unmatched))
+            lines.append(printable(f"{info.label}: {len(info.unmatched)} case(s) {where}: "
+                                   + ", ".join(info.unmatched)))
     return lines

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -302,6 +303,10 @@ def load_results(path: str | os.PathLike) -> RunResult:
         raise ResultsError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(p)) from None
     except RecursionError:  # json's decoder recurses once per nesting level
         raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    if _SURROGATE_ESCAPE.search(text) and (where := _lone_surrogate(data)) is not None:
+        # Legal as a JSON escape, but no UTF-8 file (report, export, JUnit) can hold it.
+        raise ResultsError(f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which "
+                           "is not text", path=str(p))
     if not isinstance(data, dict) or "schema" not in data:
         raise ResultsError(f"not an ossbench results file (no 'schema' field; expected {SCHEMA!r})", path=str(p))
     if data["schema"] != SCHEMA:
@@ -316,6 +321,31 @@ def load_results(path: str | os.PathLike) -> RunResult:
         raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
     check_cases(run, str(p))
     return run
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a cheap first look; `_lone_surrogate` decides
+
+
+def _lone_surrogate(obj: Any, where: str = "") -> str | None:
+    """The dotted path of the first string (key or value) holding a lone surrogate, else None."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if isinstance(obj, str):
+        return (where or "the file") if bad(obj) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and bad(key):
+            return path
+        found = _lone_surrogate(value, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _where(loc: tuple, data: dict) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
+from .text import term_text
 from rich.table import Table
 
 from .expectations import PairReport
@@ -54,7 +54,7 @@ def measured_gbps(c) -> str:
 
 
 def cases_table(run: RunResult) -> Table:
-    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
+    t = Table(title=term_text(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
@@ -71,10 +71,10 @@ def cases_table(run: RunResult) -> Table:
         if c.status == "ok" and s and not s.converged:
             status += " [yellow](CI target missed)[/]"
         elif c.error:
-            status += f" {escape(c.error[:160])}"
+            status += f" {term_text(c.error[:160])}"
         if c.throttled:
             status += " [red](throttled)[/]"
-        t.add_row(escape(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
+        t.add_row(term_text(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
                   str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
                   *([measured_gbps(c)] if with_dram else []), speed_of_light(c),
                   *([energy_per_token(c)] if with_energy else []),
@@ -90,6 +90,6 @@ def pairs_table(reports: list[PairReport]) -> Table:
         for o in r.outcomes:
             verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "-"}[o.met]
             at = ",".join(f"{k}={v}" for k, v in o.axes.items())
-            t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
+            t.add_row(term_text(f"{r.baseline} -> {r.candidate}"), term_text(at), _num(o.speedup), _num(o.flops_ratio),
                       _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
     return t

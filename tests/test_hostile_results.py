@@ -100,6 +100,10 @@ HOSTILE = {
                                ["suite.gate.max_slowdown"]),
     "gate overrides of the wrong type": (
         {**run_dict(), "suite": {**run_dict()["suite"], "gate": {"cases": ["attention"]}}}, ["suite.gate.cases"]),
+    "lone surrogate in an id": ({**run_dict(), "cases": [{**run_dict()["cases"][0], "id": "a/\ud800/b"}]},
+                                ["cases.0.id", "surrogate"]),
+    "lone surrogate in a key": ({**run_dict(), "suite": {**run_dict()["suite"], "gate": {"cases": {"\udc00": 1}}}},
+                                ["suite.gate.cases.\\udc00", "surrogate"]),
     "compare pair of the wrong type": (
         {**run_dict(), "suite": {**run_dict()["suite"], "compare": [{"baseline": 3, "candidate": "v1"}]}},
         ["suite.compare.0.baseline"]),
