@@ -238,7 +238,7 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
     if len(results_files) < 2:
         raise UserError(f"compare needs at least two results files (got {len(results_files)})")
     runs = [load_results(p) for p in results_files]
-    comparison = compare_runs(runs, _compare_labels(results_files, runs))
+    comparison = compare_runs(runs, _compare_labels(results_files, runs), sources=[str(p) for p in results_files])
     out = _console()
     out.print(comparison_table(comparison))
     for line in unmatched_lines(comparison):

@@ -103,19 +103,28 @@ class Comparison:
 
 
 def compare_runs(runs: list[RunResult], labels: list[str] | None = None, *,
-                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Comparison:
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 sources: list[str] | None = None) -> Comparison:
     """Match cases by id across `runs` (the first is the reference) and compare each run to it.
 
     A run's `unmatched` cases are, for the reference, its ids found in no other run, and for another run,
     its ids the reference lacks. Labels default to the device names (with ``#k`` added when they repeat).
+    A run that shares no case id with the reference raises UserError (an empty table would read as "no
+    difference"); `sources` (the files, for that message) default to the labels.
     """
     if len(runs) < 2:
         raise UserError(f"compare needs at least two runs (got {len(runs)})")
     labels = list(labels) if labels is not None else _default_labels(runs)
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise UserError(f"compare needs one distinct label per run (got {labels!r})")
+    sources = list(sources) if sources is not None else labels
 
     by_id = [{c.id: c for c in run.cases} for run in runs]
+    for k in range(1, len(runs)):
+        if not by_id[0].keys() & by_id[k].keys():
+            raise UserError(f"{sources[k]} (suite {runs[k].suite.name!r}, {len(runs[k].cases)} case(s)) shares no "
+                            f"case id with the reference {sources[0]} (suite {runs[0].suite.name!r}, "
+                            f"{len(runs[0].cases)} case(s)): nothing to compare")
     ref_ids = list(by_id[0])
     others_ids = set().union(*(set(d) for d in by_id[1:]))
     infos = []

@@ -193,3 +193,31 @@ def test_the_same_file_twice_is_an_a_a_look(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"{path} #2" in result.output
+
+
+def test_runs_sharing_no_case_are_bad_input_naming_both_files(tmp_path):
+    rng = np.random.default_rng(30)
+    a = make_run(rng, "slow", SLOW_GPU, {"attention/a/s=1": 1.0, "attention/b/s=1": 1.0})
+    b = make_run(rng, "fast", FAST_GPU, {"moe/x/t=1": 1.0})
+    b.suite.name = "moe"
+    pa, pb = str(a.save(tmp_path / "attention.json")), str(b.save(tmp_path / "moe.json"))
+    out = CliRunner().invoke(main, ["compare", pa, pb], env={"COLUMNS": "250"})
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "Traceback" not in text and "shares no case id" in text
+    assert pa in text and pb in text and "'attention'" in text and "'moe'" in text
+    with pytest.raises(Exception, match="shares no case id"):
+        compare_runs([a, b])
+
+
+def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
+    rng = np.random.default_rng(31)
+    evil = "attention/\x1b[31mred\x1b[0m\x9b2J/s=1"
+    a = make_run(rng, "slow\x1b]0;title\x07", SLOW_GPU, {evil: 1.0, "attention/\x1b[1mref-only/s=1": 1.0})
+    b = make_run(rng, "fast", FAST_GPU, {evil: 1.0})
+    pa, pb = str(a.save(tmp_path / "a.json")), str(b.save(tmp_path / "b.json"))
+    out = CliRunner().invoke(main, ["compare", pa, pb], env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.output and "\x9b" not in out.output and "\x07" not in out.output
+    assert "\\x1b[31mred\\x1b[0m\\x9b2J" in out.output  # shown, as visible escapes
+    assert "\\x1b[1mref-only" in out.output  # in the unmatched list too
