@@ -20,6 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from ..results import write_atomic
+from ..text import printable
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -51,9 +52,11 @@ def chart(ids: ChartIds, fig: Any, note: str = "") -> Chart:
 
 def plot_text(value: Any) -> str:
     """A user string as plotly shows it: with ``&``, ``<`` and ``>`` escaped no tag can form, so plotly
-    displays it instead of parsing it. Quotes stay as they are: plotly decodes only a few named entities
-    (not ``&quot;``) and would show the entity itself."""
-    return html.escape(str(value), quote=False)
+    displays it instead of parsing it (no live link, no style). Quotes stay as they are: plotly decodes only
+    a few named entities (not ``&quot;``) and would show the entity itself. Control characters are shown as
+    escapes first, as in the terminal (`ossbench.text.printable`). Every user string in a figure (trace
+    names, legend groups, hover text, titles, axis labels) goes through here."""
+    return html.escape(printable(value), quote=False)
 
 
 def render_page(template: str, charts: list[Chart], **context: Any) -> str:

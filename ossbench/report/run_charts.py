@@ -181,7 +181,7 @@ def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: f
                      *([ridge] if ridge else [])})
         ys = [min(compute, x * tb_per_s) if tb_per_s else compute for x in xs]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines",
-                                 name=f"{key} roof ({compute:g} TFLOP/s, {sources.get(key, '?')})",
+                                 name=plot_text(f"{key} roof ({compute:g} TFLOP/s, {sources.get(key, '?')})"),
                                  line=dict(color=ROOF_COLOUR, width=2),
                                  hovertemplate="roof %{y:.4g} TFLOP/s at %{x:.3g} FLOP/B<extra></extra>"))
         notes.append(f"{key} roof: {compute:g} TFLOP/s ({sources.get(key, '?')}).")
