@@ -5,10 +5,12 @@ Every timed sample is kept, so any statistic (or a later statistical test) can b
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -284,6 +286,20 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
+@contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building many objects that all stay alive (a results file's
+    cases, a report's rows): each collection would rescan every one of them, which made loading and
+    rendering a 20k-case file several times slower. Reference counting still frees what is dropped."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_results(path: str | os.PathLike) -> RunResult:
     """Load and validate a results file; a missing, corrupt or foreign file raises ResultsError.
 
@@ -291,7 +307,11 @@ def load_results(path: str | os.PathLike) -> RunResult:
     run's header and every case that finished. Beyond the schema, every case id must be unique and every
     timed sample a finite, non-negative number, not all of a case's samples zero (see `check_cases`).
     """
-    p = Path(path)
+    with gc_paused():
+        return _load(Path(path))
+
+
+def _load(p: Path) -> RunResult:
     try:
         text = p.read_text(encoding="utf-8")
         data = _from_journal(text, str(p)) if p.suffix == ".jsonl" else json.loads(text)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ossbench.cli import main
-from ossbench.compare import classify, compare_runs, comparison_table, unmatched_lines
+from ossbench.compare import classify, compare_runs, comparison_table, ratio_of_medians_ci, unmatched_lines
 from ossbench.measure.stats import summarize
 from ossbench.results import CaseResult, Derived, Environment, RunResult, SuiteInfo
 
@@ -221,3 +221,34 @@ def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
     assert "\x1b" not in out.output and "\x9b" not in out.output and "\x07" not in out.output
     assert "\\x1b[31mred\\x1b[0m\\x9b2J" in out.output  # shown, as visible escapes
     assert "\\x1b[1mref-only" in out.output  # in the unmatched list too
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 41])
+def test_bootstrap_medians_have_the_distribution_of_real_resamples(n):
+    """The order-statistic shortcut draws the same bootstrap distribution of the median as building the
+    resamples (np.median of n draws with replacement), ties and even n included."""
+    from ossbench.compare import bootstrap_medians
+
+    rng = np.random.default_rng(n)
+    x = rng.lognormal(0.0, 0.1, n)
+    x[: n // 3] = x[0]  # some tied timer ticks
+    draws = 100_000
+    fast = bootstrap_medians(x, draws, rng)
+    brute = np.median(x[rng.integers(0, n, (draws, n))], axis=1)
+    values = np.union1d(fast, brute)
+    p_fast = np.array([(fast == v).mean() for v in values])
+    p_brute = np.array([(brute == v).mean() for v in values])
+    # Each probability is estimated from 100k draws: its standard error is below 0.0016.
+    assert np.abs(p_fast - p_brute).max() < 0.008
+
+
+def test_ratio_ci_of_two_million_samples_is_fast_and_tight():
+    import time
+
+    rng = np.random.default_rng(5)
+    ref, other = rng.lognormal(0.0, 0.05, 2_000_000), 1.1 * rng.lognormal(0.0, 0.05, 2_000_000)
+    start = time.perf_counter()
+    ratio, (lo, hi) = ratio_of_medians_ci(ref, other, rng)
+    elapsed = time.perf_counter() - start
+    assert lo < ratio < hi and lo == pytest.approx(1.1, rel=1e-3) and hi == pytest.approx(1.1, rel=1e-3)
+    assert elapsed < 20  # two sorts of 2M values; resampling them 2000 times would take minutes

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from ..results import write_atomic
 from ..text import printable
@@ -91,7 +91,19 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ms=format_ms, bytes=format_bytes, num=format_number, pct=format_percent,
                        ratio=format_ratio, sortkey=sort_key)
+    env.globals.update(num_cell=num_cell, status_badge=status_badge)
     return env
+
+
+def num_cell(value: float | None, shown: Any) -> Markup:
+    """A numeric table cell: the shown text, and the raw value for sorting (``data-sort``)."""
+    # sort_key gives a float's repr or "": nothing to escape. (Markup.format is several times slower.)
+    return Markup(f'<td class="num" data-sort="{sort_key(value)}">{escape(shown)}</td>')
+
+
+def status_badge(status: str) -> Markup:
+    s = escape(status)
+    return Markup(f'<span class="status-{s}">{s}</span>')
 
 
 def format_ms(value: float | None) -> str:
