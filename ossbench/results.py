@@ -88,6 +88,83 @@ class ComparePairRecord(TypedDict, total=False):
     claim: str
 
 
+# The measurement records below are written by the runner as it goes (assignment is validated), so they
+# accept NaN and inf like any float: only a value of the wrong type is refused.
+_Measured = with_config(ConfigDict(extra="allow"))
+Number = float
+
+
+@_Measured
+class RooflineRecord(TypedDict, total=False):
+    """A case's place under the roofline (measure.roofline.roofline); the report reads these keys."""
+
+    available: bool
+    reason: str | None
+    dtype_key: str
+    intensity: Number | None
+    ridge: Number | None
+    bound: Literal["compute", "memory"] | None
+    floor_ms: Number | None
+    speed_of_light: Number | None
+
+
+@_Measured
+class Energy(TypedDict, total=False):
+    available: bool
+    per_token_j: Number | None
+    per_call_j: Number | None
+
+
+@_Measured
+class Reading(TypedDict, total=False):
+    mean: Number | None
+    min: Number | None
+    max: Number | None
+
+
+@_Measured
+class PowerRecord(TypedDict, total=False):
+    """NVML readings during timing (measure.nvml)."""
+
+    available: bool
+    energy: Energy | None
+    power_w: Reading | None
+
+
+@_Measured
+class KernelRecord(TypedDict, total=False):
+    name: str
+    calls: Number | None
+    total_ms: Number | None
+    share: Number | None
+
+
+@_Measured
+class ProfileRecord(TypedDict, total=False):
+    """The torch.profiler breakdown (measure.profile)."""
+
+    available: bool
+    calls: Number | None
+    top: list[KernelRecord]
+    kernels_per_call: Number | None
+    launches_per_call: Number | None
+    ops_per_call: Number | None
+    host_ms_per_call: Number | None
+    device_ms_per_call: Number | None
+    launch_bound: bool | None
+    trace: str | None
+
+
+@_Measured
+class CountersRecord(TypedDict, total=False):
+    """Measured DRAM bytes (measure.counters)."""
+
+    available: bool
+    reason: str | None
+    gbps: Number | None
+    measured_over_model: Number | None
+
+
 class Stats(_Model):
     """Statistics of the timed samples, in milliseconds."""
 
@@ -156,12 +233,12 @@ class CaseResult(_Model):
     numerics: Numerics | None = None
     duration_s: float | None = None  # wall time spent on the case, set-up included
     # Measurement depth (docs/results.md, docs/measure.md); absent or null when not measured.
-    power: dict[str, Any] | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
+    power: PowerRecord | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
     clocks: dict[str, Any] | None = None  # bench's per-batch SM clock and throttle record (strict_clocks)
     throttled: bool | None = None  # NVML saw power/thermal throttling while kept samples were taken
-    roofline: dict[str, Any] | None = None  # intensity, bound, floor time and fraction of the ceiling
-    profile: dict[str, Any] | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
-    counters: dict[str, Any] | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
+    roofline: RooflineRecord | None = None  # intensity, bound, floor time and fraction of the ceiling
+    profile: ProfileRecord | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
+    counters: CountersRecord | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
 
 
 class SuiteInfo(_Model):

@@ -67,6 +67,12 @@ def write(tmp_path: Path, data: dict | str, name: str = "bad.json") -> Path:
     return path
 
 
+def with_record(field: str, value) -> dict:
+    data = run_dict()
+    data["cases"][0][field] = value
+    return data
+
+
 def _deep(depth: int) -> dict:
     data = run_dict()
     data["cases"][0]["params"] = {"x": json.loads("[" * depth + "]" * depth)}
@@ -104,6 +110,16 @@ HOSTILE = {
                                 ["cases.0.id", "surrogate"]),
     "lone surrogate in a key": ({**run_dict(), "suite": {**run_dict()["suite"], "gate": {"cases": {"\udc00": 1}}}},
                                 ["suite.gate.cases.\\udc00", "surrogate"]),
+    # Measurement records the report reads key by key (found by fuzzing every command with odd values).
+    "roofline of the wrong type": (with_record("roofline", {"available": True, "speed_of_light": "x"}),
+                                   ["attention/v0/seq_len=128", "field roofline.speed_of_light"]),
+    "energy of the wrong type": (with_record("power", {"energy": {"available": True, "per_token_j": "x"}}),
+                                 ["attention/v0/seq_len=128", "field power.energy.per_token_j"]),
+    "power of the wrong type": (with_record("power", {"power_w": {"mean": "x"}}), ["field power.power_w.mean"]),
+    "profile of the wrong type": (with_record("profile", {"top": [{"name": "k", "calls": "x"}]}),
+                                  ["field profile.top.0.calls"]),
+    "counters of the wrong type": (with_record("counters", {"available": True, "gbps": "x"}),
+                                   ["field counters.gbps"]),
     "compare pair of the wrong type": (
         {**run_dict(), "suite": {**run_dict()["suite"], "compare": [{"baseline": 3, "candidate": "v1"}]}},
         ["suite.compare.0.baseline"]),
