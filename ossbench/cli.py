@@ -279,8 +279,10 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     """Regression gate: compare CURRENT_FILE with --baseline case by case.
 
     A case regresses when its samples are significantly slower (one-sided Mann-Whitney U, p < alpha) AND
-    its median is slower by more than the threshold; a case that ran in the baseline and fails now also
-    fails the gate. Exit 0 pass, 1 regression or newly failing case, 2 bad input. See docs/gate.md.
+    its median is slower by more than the threshold (when the sample counts cannot reach alpha at all,
+    the threshold alone decides, and the verdict says so); a case that ran in the baseline and fails now,
+    or is missing from the current run, also fails the gate. Exit 0 pass, 1 regression, newly failing or
+    missing case, 2 bad input. See docs/gate.md.
     """
     from .gate import gate as run_gate
     from .gate import gate_table, write_outputs
