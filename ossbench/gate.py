@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
