@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from .text import printable, term_text
 from rich.table import Table
 
 from .errors import UserError
 from .results import CaseResult, RunResult
 from .summary import STATUS_STYLE, fmt_ms
+from .text import printable, term_text
 
 # A speedup "follows" a device ratio when it is within this relative distance of it.
 FOLLOWS_TOLERANCE = 0.15

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from .text import printable, term_text
 from rich.table import Table
 
 from .errors import UserError
 from .results import CaseResult, RunResult, write_atomic
 from .summary import fmt_ms as _ms
+from .text import printable, term_text
 
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_ALPHA = 0.01
@@ -33,7 +33,7 @@ Verdict = Literal["regression", "improvement", "unchanged", "new failure", "stil
 # A case that ran in the baseline and is absent now fails too: a run killed early (a journal with no cases)
 # or a filter that dropped cases must not pass as "nothing got slower".
 FAILING: frozenset[str] = frozenset({"regression", "new failure", "missing"})
-_ORDER = ("regression", "new failure", "missing", "improvement", "unchanged", "fixed", "still failing", "skipped", "missing",
+_ORDER = ("regression", "new failure", "missing", "improvement", "unchanged", "fixed", "still failing", "skipped",
           "new")
 _BROKEN = ("failed", "oom")
 _STYLE = {"regression": "bold red", "new failure": "bold red", "improvement": "green", "fixed": "green",

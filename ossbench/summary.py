@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .text import term_text
 from rich.table import Table
 
 from .expectations import PairReport
 from .results import RunResult
+from .text import term_text
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
 
