@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ResultsError
 from .records import (Ceilings, ComparePairRecord, CountersRecord, GateSettings, PeakRow, PowerRecord,
                       ProfileRecord, RooflineRecord)
+from .text import printable
 
 SCHEMA = "ossbench.results/1"
 Status = Literal["ok", "failed", "oom", "skipped"]
@@ -265,10 +266,14 @@ def _load(p: Path) -> RunResult:
         raise ResultsError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(p)) from None
     except RecursionError:  # json's decoder recurses once per nesting level
         raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
-    if _SURROGATE_ESCAPE.search(text) and (where := _lone_surrogate(data)) is not None:
+    try:
+        where = _lone_surrogate(data) if _SURROGATE_ESCAPE.search(text) else None
+    except RecursionError:
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    if where is not None:
         # Legal as a JSON escape, but no UTF-8 file (report, export, JUnit) can hold it.
-        raise ResultsError(f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which "
-                           "is not text", path=str(p))
+        raise ResultsError(f"{printable(where)} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                           "escape), which is not text", path=str(p))
     if not isinstance(data, dict) or "schema" not in data:
         raise ResultsError(f"not an ossbench results file (no 'schema' field; expected {SCHEMA!r})", path=str(p))
     if data["schema"] != SCHEMA:

@@ -169,6 +169,16 @@ def test_a_bad_journal_line_is_refused_naming_its_line(tmp_path, line, fragment,
     assert_refused(invoke(command, bad, tmp_path), bad, "line 3", fragment)
 
 
+def test_deep_json_with_a_surrogate_escape_is_refused_cleanly(tmp_path):
+    data = _deep(900)
+    data["cases"][0]["params"]["y"] = "\ud800"
+    bad = write(tmp_path, data)
+    with pytest.raises(ResultsError, match="surrogate|nested too deeply"):
+        load_results(bad)
+    message = str(pytest.raises(ResultsError, load_results, bad).value)
+    message.encode("utf-8")  # the message itself is printable text
+
+
 def test_a_good_journal_still_loads(tmp_path):
     path = _journal(tmp_path, "")
     assert [c.id for c in load_results(path).cases] == ["attention/v0/seq_len=128", "attention/v1/seq_len=128"]
