@@ -33,9 +33,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            from rich.markup import escape
+            from .text import term_text
 
-            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            _console(stderr=True).print(f"[bold red]error:[/] {term_text(e)}", soft_wrap=True)
             sys.exit(e.exit_code)
 
 
@@ -84,7 +84,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
     `--resume DIR` then runs the rest.
     """
-    from rich.markup import escape
+    from .text import term_text as escape  # markup escaped and control characters shown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .expectations import evaluate
@@ -185,7 +185,7 @@ def _exit_code(cases, *, report_written: bool) -> int:
 @click.argument("suite_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def validate(suite_files: tuple[Path, ...]) -> None:
     """Check suites without running them (every case of every profile is expanded and validated)."""
-    from rich.markup import escape
+    from .text import term_text as escape  # markup escaped and control characters shown
 
     from .errors import SuiteError
     from .suite import load_suite
@@ -294,11 +294,11 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
 
         check_output_file(output, "-o")
     runs = [load_results(p) for p in results_files]
-    comparison = compare_runs(runs, _compare_labels(results_files, runs))
+    comparison = compare_runs(runs, _compare_labels(results_files, runs), sources=[str(p) for p in results_files])
     out = _console()
     out.print(comparison_table(comparison))
     for line in unmatched_lines(comparison):
-        out.print(line, markup=False)
+        out.print(line, markup=False)  # already printable
     if output:
         from .report.compare_html import write_compare_report
 
@@ -335,13 +335,16 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     """Regression gate: compare CURRENT_FILE with --baseline case by case.
 
     A case regresses when its samples are significantly slower (one-sided Mann-Whitney U, p < alpha) AND
-    its median is slower by more than the threshold; a case that ran in the baseline and fails now also
-    fails the gate. Exit 0 pass, 1 regression or newly failing case, 2 bad input. See docs/gate.md.
+    its median is slower by more than the threshold (when the sample counts cannot reach alpha at all,
+    the threshold alone decides, and the verdict says so); a case that ran in the baseline and fails now,
+    or is missing from the current run, also fails the gate. Exit 0 pass, 1 regression, newly failing or
+    missing case, 2 bad input. See docs/gate.md.
     """
     from .gate import gate as run_gate
     from .gate import gate_table, write_outputs
     from .outdir import check_output_file
     from .results import load_results
+    from .text import printable
 
     for option, path in (("--junit", junit), ("--markdown", markdown)):
         if path:
@@ -353,12 +356,12 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     out = _console()
     out.print(gate_table(result))
     for note in result.notes:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {printable(note)}", markup=False)
     style = "bold green" if result.passed else "bold red"
     out.print(f"[{style}]{'PASSED' if result.passed else 'FAILED'}[/]")
     for v in result.cases:
         if v.failing:
-            out.print(f"  {v.verdict}: {v.describe()}", markup=False)
+            out.print(f"  {v.verdict}: {printable(v.describe())}", markup=False)
     sys.exit(0 if result.passed else 1)
 
 

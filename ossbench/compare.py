@@ -9,19 +9,17 @@ terminal view.
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
 from .measure.roofline import over_ceiling
 from .results import CaseResult, RunResult
 from .summary import STATUS_STYLE, beaten_ceiling_caption, beaten_ceiling_cell, fmt_ms
+from .text import printable, term_text
 
 # A speedup "follows" a device ratio when it is within this relative distance of it.
 FOLLOWS_TOLERANCE = 0.15
@@ -104,19 +102,28 @@ class Comparison:
 
 
 def compare_runs(runs: list[RunResult], labels: list[str] | None = None, *,
-                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Comparison:
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 sources: list[str] | None = None) -> Comparison:
     """Match cases by id across `runs` (the first is the reference) and compare each run to it.
 
     A run's `unmatched` cases are, for the reference, its ids found in no other run, and for another run,
     its ids the reference lacks. Labels default to the device names (with ``#k`` added when they repeat).
+    A run that shares no case id with the reference raises UserError (an empty table would read as "no
+    difference"); `sources` (the files, for that message) default to the labels.
     """
     if len(runs) < 2:
         raise UserError(f"compare needs at least two runs (got {len(runs)})")
     labels = list(labels) if labels is not None else _default_labels(runs)
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise UserError(f"compare needs one distinct label per run (got {labels!r})")
+    sources = list(sources) if sources is not None else labels
 
     by_id = [{c.id: c for c in run.cases} for run in runs]
+    for k in range(1, len(runs)):
+        if not by_id[0].keys() & by_id[k].keys():
+            raise UserError(f"{sources[k]} (suite {runs[k].suite.name!r}, {len(runs[k].cases)} case(s)) shares no "
+                            f"case id with the reference {sources[0]} (suite {runs[0].suite.name!r}, "
+                            f"{len(runs[0].cases)} case(s)): nothing to compare")
     ref_ids = list(by_id[0])
     others_ids = set().union(*(set(d) for d in by_id[1:]))
     infos = []
@@ -190,30 +197,43 @@ def _case_run(c: CaseResult, peak: dict[str, Any] | None) -> CaseRun:
                    bandwidth_fraction=_fraction(c.derived.gbps, _peak(peak, "hbm_gbps")))
 
 
+def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """The medians of `resamples` bootstrap resamples of `samples` (n draws with replacement each), drawn
+    exactly without building the resamples, so the cost is one sort, not resamples x n.
+
+    Each draw picks sorted sample ``ceil(n * u)`` for a uniform u, so the j-th smallest of a resample is
+    sorted sample ``ceil(n * U_(j))``, where U_(j), the j-th smallest of n uniforms, is Beta(j, n - j + 1).
+    For odd n the median is the j = (n + 1) / 2 -th; for even n it averages the j = n / 2 -th and the next,
+    U_(j+1) = U_(j) + (1 - U_(j)) * V with V ~ Beta(1, n - j) (the smallest of the n - j uniforms above
+    U_(j)). The result has the same distribution as ``np.median`` of real resamples.
+    """
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = x.size
+    j = (n + 1) // 2
+
+    def pick(u: np.ndarray) -> np.ndarray:
+        return x[np.clip(np.ceil(n * u).astype(np.int64) - 1, 0, n - 1)]
+
+    u = rng.beta(j, n - j + 1, resamples)
+    if n % 2:
+        return pick(u)
+    return (pick(u) + pick(u + (1.0 - u) * rng.beta(1, n - j, resamples))) / 2.0
+
+
 def ratio_of_medians_ci(reference: np.ndarray, other: np.ndarray, rng: np.random.Generator,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, tuple[float, float]]:
     """median(other) / median(reference) with a percentile bootstrap CI95.
 
-    scipy.stats.bootstrap resamples each sample independently (paired=False), which is the two-sample
-    design here. Percentile rather than BCa: BCa's jackknife acceleration is unreliable for the median,
+    The two samples are resampled independently (the two-sample design), each resample's median drawn by
+    `bootstrap_medians`, which keeps the cost independent of the sample count (two million samples a run
+    cost one sort). Percentile rather than BCa: BCa's jackknife acceleration is unreliable for the median,
     a non-smooth statistic, and with many tied timer ticks it degenerates.
     """
-    from scipy.stats import bootstrap
-
     ratio = float(np.median(other) / np.median(reference))
     if min(len(reference), len(other)) < 2:  # one sample (a case that hit its budget): no interval exists
         return ratio, (float("nan"), float("nan"))
-
-    def stat(ref, oth, axis=-1):
-        return np.median(oth, axis=axis) / np.median(ref, axis=axis)
-
-    # scipy >= 1.15 names the generator `rng`; older releases (pyproject allows >= 1.10) `random_state`.
-    seed_arg = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
-    with warnings.catch_warnings():  # identical samples give a degenerate (zero-width) interval, fine here
-        warnings.simplefilter("ignore")
-        res = bootstrap((reference, other), stat, n_resamples=resamples, paired=False, vectorized=True,
-                        method="percentile", confidence_level=0.95, batch=100, **{seed_arg: rng})
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    ratios = bootstrap_medians(other, resamples, rng) / bootstrap_medians(reference, resamples, rng)
+    lo, hi = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         lo = hi = ratio
     return ratio, (lo, hi)
@@ -269,7 +289,7 @@ def comparison_table(c: Comparison) -> Table:
     ref = c.reference
     beaten = sum(over_ceiling(f) for case in c.cases for cell in case.runs if cell and cell.status == "ok"
                  for f in (cell.compute_fraction, cell.bandwidth_fraction))
-    t = Table(title=escape(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
+    t = Table(title=term_text(f"{ref.suite}: speedup vs {ref.label} (reference median / run median; "
                            f"> 1 is faster)"), title_justify="left",
               caption=beaten_ceiling_caption(beaten), caption_justify="left")
     for col, justify in (("case", "left"), ("run", "left"), ("median", "right"), ("CI95", "right"),
@@ -278,31 +298,33 @@ def comparison_table(c: Comparison) -> Table:
         t.add_column(col, justify=justify, overflow="fold")
     for case in c.cases:
         for k, (info, cell, vs) in enumerate(zip(c.runs, case.runs, case.vs_reference)):
-            name = escape(case.id) if k == 0 else ""
+            name = term_text(case.id) if k == 0 else ""
             if cell is None:
-                t.add_row(name, escape(info.label), "[dim]absent[/]", "", "", "", "", "", end_section=False)
+                t.add_row(name, term_text(info.label), "[dim]absent[/]", "", "", "", "", "", end_section=False)
                 continue
             if cell.status != "ok":
                 why = f"[{STATUS_STYLE[cell.status]}]{cell.status}[/]"
                 if cell.error:
-                    why += " " + escape(cell.error[:100])
-                t.add_row(name, escape(info.label), why, "", "", "", "", "")
+                    why += " " + term_text(cell.error[:100])
+                t.add_row(name, term_text(info.label), why, "", "", "", "", "")
                 continue
             ci = f"{cell.ci95_ms[0]:.4g}-{cell.ci95_ms[1]:.4g}" if cell.ci95_ms else "-"
             speed = ("ref" if k == 0 else "-" if vs is None else
                      f"{vs.speedup:.2f} [{vs.speedup_ci95[0]:.2f}, {vs.speedup_ci95[1]:.2f}]")
             follows = "" if k == 0 or vs is None else vs.follows
-            t.add_row(name, escape(info.label), fmt_ms(cell.median_ms), ci, speed,
+            t.add_row(name, term_text(info.label), fmt_ms(cell.median_ms), ci, speed,
                       _pct(cell.compute_fraction), _pct(cell.bandwidth_fraction), follows)
         t.add_section()
     return t
 
 
 def unmatched_lines(c: Comparison) -> list[str]:
-    """Plain-text lines listing each run's unmatched case ids (empty when every case matched)."""
+    """Plain-text lines (controls escaped, see `printable`) listing each run's unmatched case ids (empty when
+    every case matched)."""
     lines = []
     for k, info in enumerate(c.runs):
         if info.unmatched:
             where = "in no other run" if k == 0 else f"not in the reference ({c.reference.label})"
-            lines.append(f"{info.label}: {len(info.unmatched)} case(s) {where}: " + ", ".join(info.unmatched))
+            lines.append(printable(f"{info.label}: {len(info.unmatched)} case(s) {where}: "
+                                   + ", ".join(info.unmatched)))
     return lines

@@ -8,6 +8,7 @@ can read two exported runs.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,8 @@ def export(run: RunResult, fmt: Format, path: str | Path) -> Path:
     if fmt == "parquet":
         return _parquet(run, path)
     if fmt == "pytest-benchmark":
-        return write_atomic(path, json.dumps(to_pytest_benchmark(run), indent=1))
+        # Strict JSON: a bare NaN or Infinity (which Python's json writes by default) breaks other readers.
+        return write_atomic(path, json.dumps(finite_or_null(to_pytest_benchmark(run)), indent=1, allow_nan=False))
     raise UserError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
@@ -60,6 +62,17 @@ def _parquet(run: RunResult, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------- pytest-benchmark
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float (in nested dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def sample_stats(samples_s: np.ndarray) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 A case regresses only when both hold: its samples are significantly slower (one-sided Mann-Whitney U on
 the timed samples, p < alpha) AND its median is slower by more than the threshold. The test alone would
 flag run-to-run drift of a fraction of a percent on a quiet GPU (thousands of samples make tiny shifts
-significant); the threshold alone would flag noise on short, noisy runs. docs/gate.md states the rule.
+significant); the threshold alone would flag noise on short, noisy runs. When the sample counts are too
+small for the test ever to reach alpha, the threshold on the medians decides alone (and the verdict says
+so), and a baseline case missing from the current run fails the gate. docs/gate.md states the rule.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -15,24 +18,27 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
 from .results import CaseResult, RunResult, write_atomic
 from .summary import fmt_ms as _ms
+from .text import printable, term_text
 
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_ALPHA = 0.01
 
 Verdict = Literal["regression", "improvement", "unchanged", "new failure", "still failing", "fixed",
                   "skipped", "missing", "new"]
-FAILING: frozenset[str] = frozenset({"regression", "new failure"})
-_ORDER = ("regression", "new failure", "improvement", "unchanged", "fixed", "still failing", "skipped", "missing",
+# A case that ran in the baseline and is absent now fails too: a run killed early (a journal with no cases)
+# or a filter that dropped cases must not pass as "nothing got slower".
+FAILING: frozenset[str] = frozenset({"regression", "new failure", "missing"})
+_ORDER = ("regression", "new failure", "missing", "improvement", "unchanged", "fixed", "still failing", "skipped",
           "new")
 _BROKEN = ("failed", "oom")
 _STYLE = {"regression": "bold red", "new failure": "bold red", "improvement": "green", "fixed": "green",
-          "unchanged": "", "still failing": "yellow", "skipped": "yellow", "missing": "yellow", "new": "cyan"}
+          "unchanged": "", "still failing": "yellow", "skipped": "yellow", "missing": "bold red", "new": "cyan"}
+TOO_FEW = "too few samples for significance: judged on the medians' threshold"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class CaseVerdict:
     n_baseline: int = 0
     n_current: int = 0
     error: str | None = None  # the current run's error for a failed case
+    min_p: float | None = None  # the smallest one-sided p-value these sample counts allow (`smallest_p`)
+    on_medians: bool = False  # min_p >= alpha: the test cannot decide, the medians' threshold did alone
 
     @property
     def failing(self) -> bool:
@@ -67,11 +75,15 @@ class CaseVerdict:
         if self.verdict == "new failure":
             return (f"{self.id}: {self.current_status} in the current run (was {self.baseline_status})"
                     + (f": {self.error}" if self.error else ""))
+        if self.verdict == "missing":
+            return f"{self.id}: in the baseline ({self.baseline_status}) but missing from the current run"
         if self.ratio is None:
             return f"{self.id}: {self.verdict}"
+        test = (f"{TOO_FEW} (smallest possible p={self.min_p:.2g})" if self.on_medians
+                else f"one-sided Mann-Whitney p={self.p_value:.2g}")
         return (f"{self.id}: median {_ms(self.baseline_median_ms)} → {_ms(self.current_median_ms)} "
                 f"({(self.ratio - 1) * 100:+.1f}%, threshold {self.threshold * 100:g}%), "
-                f"one-sided Mann-Whitney p={self.p_value:.2g}, n={self.n_baseline}/{self.n_current}")
+                f"{test}, n={self.n_baseline}/{self.n_current}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,8 @@ class GateResult:
         compared = sum(counts.get(v, 0) for v in ("regression", "improvement", "unchanged"))
         others = ", ".join(f"{counts[v]} {v}" for v in _ORDER if v not in FAILING and counts.get(v))
         return (f"{'PASSED' if self.passed else 'FAILED'}: {counts.get('regression', 0)} regression(s), "
-                f"{counts.get('new failure', 0)} newly failing" + (f"; {others}" if others else "")
+                f"{counts.get('new failure', 0)} newly failing, {counts.get('missing', 0)} missing"
+                + (f"; {others}" if others else "")
                 + f" ({compared} compared; max slowdown {self.max_slowdown * 100:g}%, alpha {self.alpha:g};"
                   f" baseline {self.baseline_device}, current {self.current_device})")
 
@@ -142,8 +155,13 @@ def gate(baseline: RunResult, current: RunResult, *, max_slowdown: float | None 
     if baseline.suite.profile != current.suite.profile:
         notes.append(f"different profiles: baseline {baseline.suite.profile}, current {current.suite.profile}")
 
+    if not baseline.cases:
+        raise UserError(f"the baseline ({baseline.suite.name!r}) has no cases: there is nothing to gate against")
+    if not current.cases:
+        notes.append("the current run has no cases (an interrupted run's journal?): every baseline case is "
+                     "missing")
     cur = {c.id: c for c in current.cases}
-    if baseline.cases and current.cases and not any(b.id in cur for b in baseline.cases):
+    if current.cases and not any(b.id in cur for b in baseline.cases):
         # Passing here would let a wrong baseline file wave everything through.
         raise UserError(f"no case of the current run ({current.suite.name!r}) is in the baseline "
                         f"({baseline.suite.name!r}): is it the right baseline file?")
@@ -190,15 +208,30 @@ def _judge(b: CaseResult, c: CaseResult | None, threshold: float, alpha: float) 
     ratio = float(np.median(x) / np.median(y))
     p_slower = float(mannwhitneyu(x, y, alternative="greater").pvalue)
     p_faster = float(mannwhitneyu(x, y, alternative="less").pvalue)
+    min_p = smallest_p(x.size, y.size)
+    # Too few samples: no outcome of the test could reach alpha, so requiring it would pass any slowdown.
+    on_medians = min_p >= alpha
+    slower = on_medians or p_slower < alpha
+    faster = on_medians or p_faster < alpha
     # The improvement threshold mirrors the slowdown one in log space: 5% slower <-> 1.05x faster.
-    if p_slower < alpha and ratio > 1 + threshold:
+    if slower and ratio > 1 + threshold:
         verdict: Verdict = "regression"
-    elif p_faster < alpha and ratio < 1 / (1 + threshold):
+    elif faster and ratio < 1 / (1 + threshold):
         verdict = "improvement"
     else:
         verdict = "unchanged"
     return CaseVerdict(verdict=verdict, ratio=ratio, p_slower=p_slower, p_faster=p_faster,
-                       n_baseline=y.size, n_current=x.size, **common)
+                       n_baseline=y.size, n_current=x.size, min_p=min_p, on_medians=on_medians, **common)
+
+
+def smallest_p(n1: int, n2: int) -> float:
+    """The smallest one-sided Mann-Whitney p-value any n1 and n2 samples can give: 1 / C(n1 + n2, n1),
+    reached when every sample of one run lies beyond every sample of the other (no ties; ties only raise
+    it). With 4 samples each that is 1/70 ≈ 0.014, so at alpha 0.01 no 4-against-4 case could ever be
+    significant."""
+    # In log space: C(n1 + n2, n1) itself has about a million digits for two million samples a side.
+    log_comb = math.lgamma(n1 + n2 + 1) - math.lgamma(n1 + 1) - math.lgamma(n2 + 1)
+    return math.exp(-log_comb)
 
 
 # -------------------------------------------------------------------------------------------- outputs
@@ -215,26 +248,28 @@ def _p(v: CaseVerdict) -> str:
 def _verdict_text(v: CaseVerdict) -> str:
     if v.verdict in ("new failure", "still failing", "skipped") and v.current_status:
         return f"{v.verdict} ({v.current_status})"
+    if v.on_medians:
+        return f"{v.verdict} ({TOO_FEW})"
     return v.verdict
 
 
 def gate_table(result: GateResult) -> Table:
-    t = Table(title=escape(f"gate: {result.suite} on {result.current_device} — {result.summary()}"),
+    t = Table(title=term_text(f"gate: {result.suite} on {result.current_device} — {result.summary()}"),
               title_justify="left")
     for col, justify in (("case", "left"), ("baseline", "right"), ("current", "right"),
                          ("ratio", "right"), ("p", "right"), ("limit", "right"), ("verdict", "left")):
         t.add_column(col, justify=justify, overflow="fold")
     for v in result.cases:
         style = _STYLE[v.verdict]
-        verdict = f"[{style}]{escape(_verdict_text(v))}[/]" if style else escape(_verdict_text(v))
-        t.add_row(escape(v.id), _ms(v.baseline_median_ms), _ms(v.current_median_ms), _ratio(v), _p(v),
+        verdict = f"[{style}]{term_text(_verdict_text(v))}[/]" if style else term_text(_verdict_text(v))
+        t.add_row(term_text(v.id), _ms(v.baseline_median_ms), _ms(v.current_median_ms), _ratio(v), _p(v),
                   f"{v.threshold * 100:g}%", verdict)
     return t
 
 
 def _md(text: str) -> str:
-    """Text for a GitHub markdown table cell: no table breaks, no live HTML."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    """Text for a GitHub markdown table cell: no table breaks, no live HTML, no control characters."""
+    return (printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
             .replace("\n", " "))
 
 
@@ -259,27 +294,28 @@ def gate_markdown(result: GateResult) -> str:
 
 
 def gate_junit(result: GateResult) -> str:
-    """JUnit XML: one testcase per case; regressions and new failures as <failure>, cases that were not
-    compared (missing, new, skipped, failing in both runs) as <skipped>."""
-    not_compared = ("missing", "new", "skipped", "still failing")
-    suite = ET.Element("testsuite", name=f"ossbench gate: {result.suite}", tests=str(len(result.cases)),
+    """JUnit XML: one testcase per case; regressions, new failures and missing cases as <failure>, cases
+    that were not compared (new, skipped, failing in both runs) as <skipped>."""
+    not_compared = ("new", "skipped", "still failing")
+    x = printable  # XML 1.0 forbids most control characters even as character references: escape them
+    suite = ET.Element("testsuite", name=x(f"ossbench gate: {result.suite}"), tests=str(len(result.cases)),
                        failures=str(sum(v.failing for v in result.cases)), errors="0",
                        skipped=str(sum(v.verdict in not_compared for v in result.cases)))
     props = ET.SubElement(suite, "properties")
     for name, value in (("baseline_device", result.baseline_device), ("current_device", result.current_device),
                         ("max_slowdown", f"{result.max_slowdown:g}"), ("alpha", f"{result.alpha:g}")):
-        ET.SubElement(props, "property", name=name, value=value)
+        ET.SubElement(props, "property", name=name, value=x(value))
     for v in result.cases:
-        tc = ET.SubElement(suite, "testcase", classname=f"ossbench.{result.suite}", name=v.id)
+        tc = ET.SubElement(suite, "testcase", classname=x(f"ossbench.{result.suite}"), name=x(v.id))
         if v.failing:
-            ET.SubElement(tc, "failure", type=v.verdict, message=v.describe()).text = v.describe()
+            ET.SubElement(tc, "failure", type=v.verdict, message=x(v.describe())).text = x(v.describe())
         elif v.verdict in not_compared:
-            reason = {"missing": "missing from the current run", "new": "new case: no baseline",
+            reason = {"new": "new case: no baseline",
                       "skipped": f"skipped: {v.error or 'not compared'}",
                       "still failing": f"failing in baseline and current run: {v.error or ''}"}[v.verdict]
-            ET.SubElement(tc, "skipped", message=reason)
+            ET.SubElement(tc, "skipped", message=x(reason))
         else:
-            ET.SubElement(tc, "system-out").text = f"{v.verdict}: {v.describe()}"
+            ET.SubElement(tc, "system-out").text = x(f"{v.verdict}: {v.describe()}")
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)

@@ -5,15 +5,22 @@ Every timed sample is kept, so any statistic (or a later statistical test) can b
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ResultsError
+from .records import (Ceilings, ComparePairRecord, CountersRecord, GateSettings, PeakRow, PowerRecord,
+                      ProfileRecord, RooflineRecord)
+from .text import printable
 
 SCHEMA = "ossbench.results/1"
 Status = Literal["ok", "failed", "oom", "skipped"]
@@ -92,12 +99,12 @@ class CaseResult(_Model):
     numerics: Numerics | None = None
     duration_s: float | None = None  # wall time spent on the case, set-up included
     # Measurement depth (docs/results.md, docs/measure.md); absent or null when not measured.
-    power: dict[str, Any] | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
+    power: PowerRecord | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
     clocks: dict[str, Any] | None = None  # bench's per-batch SM clock and throttle record (strict_clocks)
     throttled: bool | None = None  # NVML saw power/thermal throttling while kept samples were taken
-    roofline: dict[str, Any] | None = None  # intensity, bound, floor time and fraction of the ceiling
-    profile: dict[str, Any] | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
-    counters: dict[str, Any] | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
+    roofline: RooflineRecord | None = None  # intensity, bound, floor time and fraction of the ceiling
+    profile: ProfileRecord | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
+    counters: CountersRecord | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
 
 
 class SuiteInfo(_Model):
@@ -108,8 +115,8 @@ class SuiteInfo(_Model):
     family: str
     preset: str
     profile: Literal["full", "cpu"] = "full"  # "cpu": the suite's reduced CPU profile was applied
-    compare: list[dict[str, Any]] = Field(default_factory=list)
-    gate: dict[str, Any] = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
+    compare: list[ComparePairRecord] = Field(default_factory=list)
+    gate: GateSettings = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
 
 
 class Environment(_Model):
@@ -131,8 +138,8 @@ class Environment(_Model):
     resumed_at: list[str] | None = None  # when `ossbench run --resume` continued the run (UTC, ISO 8601)
     l2_cache_bytes: int | None = None
     sm_count: int | None = None
-    peak: dict[str, Any] | None = None  # datasheet peak table row for this device, if known
-    ceilings: dict[str, Any] | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
+    peak: PeakRow | None = None  # datasheet peak table row for this device, if known
+    ceilings: Ceilings | None = None  # the roofline ceilings used (calibrated or datasheet, per value)
     nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
     isolated: bool | None = None  # each case ran in its own child process (docs/isolation.md)
@@ -193,13 +200,26 @@ class RunResult(_Model):
         return pd.DataFrame(rows)
 
 
-def _from_journal(text: str) -> dict:
-    raw = [line for line in text.splitlines() if line.strip()]
+def _from_journal(text: str, path: str) -> dict:
+    """The run a journal holds: its header line with the cases of the ``{"case": ...}`` lines after it."""
+    raw = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     try:  # the last line may be cut short by the crash that left the journal behind
-        json.loads(raw[-1]) if raw else None
+        json.loads(raw[-1][1]) if raw else None
     except json.JSONDecodeError:
         raw = raw[:-1]
-    lines = [json.loads(line) for line in raw]
+    lines = []
+    for n, line in raw:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"line {n}: not valid JSON (column {e.colno}: {e.msg})", path=path) from None
+        if not isinstance(obj, dict):
+            raise ResultsError(f"line {n}: a journal line must be a JSON object, got {type(obj).__name__}",
+                               path=path)
+        if n != raw[0][0] and "case" in obj and not isinstance(obj["case"], dict):
+            raise ResultsError(f"line {n}: 'case' must be a JSON object, got {type(obj['case']).__name__}",
+                               path=path)
+        lines.append(obj)
     if not lines or "journal" not in lines[0]:
         return {}
     head = {k: v for k, v in lines[0].items() if k != "journal"}
@@ -225,30 +245,125 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
+@contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building many objects that all stay alive (a results file's
+    cases, a report's rows): each collection would rescan every one of them, which made loading and
+    rendering a 20k-case file several times slower. Reference counting still frees what is dropped."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_results(path: str | os.PathLike) -> RunResult:
     """Load and validate a results file; a missing, corrupt or foreign file raises ResultsError.
 
     A run's journal (``journal.jsonl``, left behind when a run was interrupted) loads too: it holds the
-    run's header and every case that finished.
+    run's header and every case that finished. Beyond the schema, every case id must be unique and every
+    timed sample a finite, non-negative number, not all of a case's samples zero (see `check_cases`).
     """
-    p = Path(path)
+    with gc_paused():
+        return _load(Path(path))
+
+
+def _load(p: Path) -> RunResult:
     try:
         text = p.read_text(encoding="utf-8")
-        data = _from_journal(text) if p.suffix == ".jsonl" else json.loads(text)
+        data = _from_journal(text, str(p)) if p.suffix == ".jsonl" else json.loads(text)
     except FileNotFoundError:
         raise ResultsError("no such file", path=str(p)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"cannot read: {e}", path=str(p)) from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(p)) from None
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    try:
+        where = _lone_surrogate(data) if _SURROGATE_ESCAPE.search(text) else None
+    except RecursionError:
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    if where is not None:
+        # Legal as a JSON escape, but no UTF-8 file (report, export, JUnit) can hold it.
+        raise ResultsError(f"{printable(where)} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                           "escape), which is not text", path=str(p))
     if not isinstance(data, dict) or "schema" not in data:
         raise ResultsError(f"not an ossbench results file (no 'schema' field; expected {SCHEMA!r})", path=str(p))
     if data["schema"] != SCHEMA:
         raise ResultsError(f"unsupported schema {data['schema']!r} (this ossbench reads {SCHEMA!r})", path=str(p))
     try:
-        return RunResult.model_validate(data)
+        run = RunResult.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ResultsError(f"invalid results file at {loc}: {first['msg']} ({e.error_count()} error(s))",
-                           path=str(p)) from None
+        raise ResultsError(f"invalid results file at {_where(first['loc'], data)}: {first['msg']} "
+                           f"({e.error_count()} error(s))", path=str(p)) from None
+    except RecursionError:
+        raise ResultsError("JSON nested too deeply to be a results file", path=str(p)) from None
+    check_cases(run, str(p))
+    return run
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a cheap first look; `_lone_surrogate` decides
+
+
+def _lone_surrogate(obj: Any, where: str = "") -> str | None:
+    """The dotted path of the first string (key or value) holding a lone surrogate, else None."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if isinstance(obj, str):
+        return (where or "the file") if bad(obj) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and bad(key):
+            return path
+        found = _lone_surrogate(value, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _where(loc: tuple, data: dict) -> str:
+    """A validation error's location, naming the case by id: "cases[3] (id 'a/b').samples_ms.2"."""
+    dotted = ".".join(str(x) for x in loc)
+    cases = data.get("cases")
+    if len(loc) >= 2 and loc[0] == "cases" and isinstance(loc[1], int) and isinstance(cases, list):
+        case = cases[loc[1]] if loc[1] < len(cases) else None
+        case_id = case.get("id") if isinstance(case, dict) else None
+        if isinstance(case_id, str):
+            rest = ".".join(str(x) for x in loc[2:])
+            return f"case {case_id!r} (cases.{loc[1]})" + (f" field {rest}" if rest else "")
+    return dotted
+
+
+def check_cases(run: RunResult, path: str | None = None) -> None:
+    """What the schema cannot say: unique case ids, and timed samples that are real durations.
+
+    A NaN sample makes a rank test's p-value NaN (so any slowdown reads "unchanged"), an infinite or
+    negative one is no duration, and all-zero samples mean the timer measured nothing; each is refused
+    (ResultsError naming the case and field) rather than gated, compared or plotted.
+    """
+    seen: set[str] = set()
+    for k, c in enumerate(run.cases):
+        if c.id in seen:
+            raise ResultsError(f"case id {c.id!r} appears more than once (cases.{k} repeats it)", path=path)
+        seen.add(c.id)
+        if not c.samples_ms:
+            continue
+        x = np.asarray(c.samples_ms, dtype=float)
+        bad = np.flatnonzero(~np.isfinite(x) | (x < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ResultsError(f"case {c.id!r} field samples_ms.{i}: {float(x[i])!r} is not a duration (samples must be "
+                               f"finite and >= 0; {bad.size} bad sample(s))", path=path)
+        if not x.any():
+            raise ResultsError(f"case {c.id!r} field samples_ms: all {x.size} samples are zero (the timer "
+                               "measured nothing)", path=path)

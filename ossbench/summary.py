@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 
 from .expectations import PairReport
 from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT, over_ceiling
 from .results import RunResult
+from .text import term_text
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
 
@@ -77,7 +77,7 @@ def measured_gbps(c) -> str:
 
 def cases_table(run: RunResult) -> Table:
     beaten = sum(ceiling_beaten(c) for c in run.cases)
-    t = Table(title=escape(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left",
+    t = Table(title=term_text(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left",
               caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
@@ -95,10 +95,10 @@ def cases_table(run: RunResult) -> Table:
         if c.status == "ok" and s and not s.converged:
             status += " [yellow](CI target missed)[/]"
         elif c.error:
-            status += f" {escape(c.error[:160])}"
+            status += f" {term_text(c.error[:160])}"
         if c.throttled:
             status += " [red](throttled)[/]"
-        t.add_row(escape(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
+        t.add_row(term_text(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
                   str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
                   *([measured_gbps(c)] if with_dram else []), speed_of_light(c),
                   *([energy_per_token(c)] if with_energy else []),
@@ -114,7 +114,7 @@ def pairs_table(reports: list[PairReport]) -> Table:
         for o in r.outcomes:
             verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "-"}[o.met]
             at = ",".join(f"{k}={v}" for k, v in o.axes.items())
-            t.add_row(escape(f"{r.baseline} -> {r.candidate}"), escape(at), _num(o.speedup), _num(o.flops_ratio),
+            t.add_row(term_text(f"{r.baseline} -> {r.candidate}"), term_text(at), _num(o.speedup), _num(o.flops_ratio),
                       _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
     return t
 
@@ -128,7 +128,7 @@ def calibration_table(record: dict) -> Table:
     sheet = peak_for(record["device_name"]) or {}
     failed = {(p["ceiling"], p["check"]) for p in record.get("checks", {}).get("problems", [])}
     threads = f", {record['threads']} threads" if record.get("threads") else ""
-    t = Table(title=escape(f"{record['device_name']} ({record['device_type']}{threads})"), title_justify="left")
+    t = Table(title=term_text(f"{record['device_name']} ({record['device_type']}{threads})"), title_justify="left")
     for col in ("ceiling", "unit", "measured", "spread", "datasheet", "ratio", "detail"):
         t.add_column(col, justify="left" if col in ("ceiling", "unit", "detail") else "right")
 
@@ -139,7 +139,7 @@ def calibration_table(record: dict) -> Table:
         value, datasheet, repeats = value_of(entry), sheet.get(sheet_key), entry.get("repeats") or []
         spread = entry.get("spread")
         size = f"n={entry['n']}" if "n" in entry else fmt_bytes(entry.get("bytes"))
-        detail = (escape(entry["skipped"]) if value is None else
+        detail = (term_text(entry["skipped"]) if value is None else
                   f"{size}, median of {len(repeats)}: {min(repeats):.4g} to {max(repeats):.4g}" if repeats else size)
         t.add_row(label, unit, "-" if value is None else f"{value:.4g}",
                   "-" if spread is None else red_if(f"{spread:.1%}", label, "spread"),
@@ -150,12 +150,10 @@ def calibration_table(record: dict) -> Table:
 
 def measure_notices(plan) -> list[str]:
     """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
-    from rich.markup import escape
-
     lines = []
     nvml = plan.environment.get("nvml") or {}
     if not nvml.get("available"):
-        lines.append(f"[dim]NVML unavailable ({escape(nvml.get('reason', 'unknown'))}): no power, energy, "
+        lines.append(f"[dim]NVML unavailable ({term_text(nvml.get('reason', 'unknown'))}): no power, energy, "
                      "clock or throttling readings.[/]")
     if plan.environment.get("ceilings") is None:
         lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "

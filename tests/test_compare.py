@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ossbench.cli import main
-from ossbench.compare import classify, compare_runs, comparison_table, unmatched_lines
+from ossbench.compare import classify, compare_runs, comparison_table, ratio_of_medians_ci, unmatched_lines
 from ossbench.measure.stats import summarize
 from ossbench.results import CaseResult, Derived, Environment, RunResult, SuiteInfo
 
@@ -193,3 +193,62 @@ def test_the_same_file_twice_is_an_a_a_look(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"{path} #2" in result.output
+
+
+def test_runs_sharing_no_case_are_bad_input_naming_both_files(tmp_path):
+    rng = np.random.default_rng(30)
+    a = make_run(rng, "slow", SLOW_GPU, {"attention/a/s=1": 1.0, "attention/b/s=1": 1.0})
+    b = make_run(rng, "fast", FAST_GPU, {"moe/x/t=1": 1.0})
+    b.suite.name = "moe"
+    pa, pb = str(a.save(tmp_path / "attention.json")), str(b.save(tmp_path / "moe.json"))
+    out = CliRunner().invoke(main, ["compare", pa, pb], env={"COLUMNS": "250"})
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "Traceback" not in text and "shares no case id" in text
+    assert pa in text and pb in text and "'attention'" in text and "'moe'" in text
+    with pytest.raises(Exception, match="shares no case id"):
+        compare_runs([a, b])
+
+
+def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
+    rng = np.random.default_rng(31)
+    evil = "attention/\x1b[31mred\x1b[0m\x9b2J/s=1"
+    a = make_run(rng, "slow\x1b]0;title\x07", SLOW_GPU, {evil: 1.0, "attention/\x1b[1mref-only/s=1": 1.0})
+    b = make_run(rng, "fast", FAST_GPU, {evil: 1.0})
+    pa, pb = str(a.save(tmp_path / "a.json")), str(b.save(tmp_path / "b.json"))
+    out = CliRunner().invoke(main, ["compare", pa, pb], env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    assert "\x1b" not in out.output and "\x9b" not in out.output and "\x07" not in out.output
+    assert "\\x1b[31mred\\x1b[0m\\x9b2J" in out.output  # shown, as visible escapes
+    assert "\\x1b[1mref-only" in out.output  # in the unmatched list too
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 41])
+def test_bootstrap_medians_have_the_distribution_of_real_resamples(n):
+    """The order-statistic shortcut draws the same bootstrap distribution of the median as building the
+    resamples (np.median of n draws with replacement), ties and even n included."""
+    from ossbench.compare import bootstrap_medians
+
+    rng = np.random.default_rng(n)
+    x = rng.lognormal(0.0, 0.1, n)
+    x[: n // 3] = x[0]  # some tied timer ticks
+    draws = 100_000
+    fast = bootstrap_medians(x, draws, rng)
+    brute = np.median(x[rng.integers(0, n, (draws, n))], axis=1)
+    values = np.union1d(fast, brute)
+    p_fast = np.array([(fast == v).mean() for v in values])
+    p_brute = np.array([(brute == v).mean() for v in values])
+    # Each probability is estimated from 100k draws: its standard error is below 0.0016.
+    assert np.abs(p_fast - p_brute).max() < 0.008
+
+
+def test_ratio_ci_of_two_million_samples_is_fast_and_tight():
+    import time
+
+    rng = np.random.default_rng(5)
+    ref, other = rng.lognormal(0.0, 0.05, 2_000_000), 1.1 * rng.lognormal(0.0, 0.05, 2_000_000)
+    start = time.perf_counter()
+    ratio, (lo, hi) = ratio_of_medians_ci(ref, other, rng)
+    elapsed = time.perf_counter() - start
+    assert lo < ratio < hi and lo == pytest.approx(1.1, rel=1e-3) and hi == pytest.approx(1.1, rel=1e-3)
+    assert elapsed < 20  # two sorts of 2M values; resampling them 2000 times would take minutes

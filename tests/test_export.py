@@ -121,3 +121,28 @@ def test_default_output_path_is_beside_the_results(tmp_path):
     assert out.exit_code == 0 and Path(out.output.strip()) == tmp_path / "results.csv"
     bad = CliRunner().invoke(main, ["export", str(tmp_path / "nope.json"), "--format", "csv"], env=WIDE)
     assert bad.exit_code == 2 and "no such file" in bad.output
+
+
+def test_pytest_benchmark_export_is_strict_json_with_null_for_non_finite_values(tmp_path):
+    """Samples are checked at load, but other numbers (cost, derived figures, params) may be NaN or inf:
+    the export writes null for them, never a bare NaN that strict JSON readers refuse."""
+    rng = np.random.default_rng(40)
+    data = json.loads(make_run(rng).to_json())
+    data["cases"][0]["flops"] = float("nan")
+    data["cases"][0]["derived"] = {"tflops": float("inf"), "gbps": 1.5}
+    data["cases"][1]["params"]["scale"] = float("-inf")
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(data))  # Python's json writes NaN / Infinity tokens, and reads them back
+    out_path = tmp_path / "pb.json"
+    out = CliRunner().invoke(main, ["export", str(src), "--format", "pytest-benchmark", "-o", str(out_path)], env=WIDE)
+    assert out.exit_code == 0, out.output
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    saved = json.loads(out_path.read_text(), parse_constant=refuse)
+    first, second = saved["benchmarks"][0], saved["benchmarks"][1]
+    assert first["extra_info"]["flops"] is None and first["extra_info"]["tflops"] is None
+    assert first["extra_info"]["gbps"] == 1.5
+    assert second["params"]["scale"] is None
+    assert len(first["stats"]["data"]) == 40  # the samples themselves are untouched

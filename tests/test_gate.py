@@ -118,7 +118,7 @@ def test_improvements_are_reported_not_failed():
     assert [v.id for v in result.having("improvement")] == [case_id(3)]
 
 
-def test_newly_failing_case_fails_the_gate(tmp_path):
+def test_newly_failing_and_missing_cases_fail_the_gate(tmp_path):
     rng = np.random.default_rng(5)
     baseline, current = make_run(rng), make_run(rng)
     broken = current.cases[4]
@@ -134,7 +134,7 @@ def test_newly_failing_case_fails_the_gate(tmp_path):
     xml = ET.fromstring(gate_junit(result).split("\n", 1)[1])
     failures = [tc.get("name") for tc in xml.iter("testcase") if tc.find("failure") is not None]
     skipped = {tc.get("name") for tc in xml.iter("testcase") if tc.find("skipped") is not None}
-    assert failures == [broken.id] and skipped == {gone.id, "attention/v9/seq_len=1"}
+    assert failures == [broken.id, gone.id] and skipped == {"attention/v9/seq_len=1"}
     assert "new failure" in gate_markdown(result)
 
     base, cur = save_pair(tmp_path, baseline, current)
@@ -281,3 +281,106 @@ def test_a_a_false_alarm_rate():
     print(f"\nA/A false alarms over {pairs} case pairs: Mann-Whitney alone {test_only}, gate {gated}")
     assert gated == 0
     assert result.passed
+
+
+# ----------------------------------------------------------- hostile inputs: the gate never passes a failure
+
+
+def test_a_current_run_with_no_cases_fails_listing_every_case(tmp_path):
+    """The journal of a run killed before its first case finished: every baseline case is missing."""
+    import json
+
+    rng = np.random.default_rng(20)
+    baseline = make_run(rng, n_cases=4)
+    base = str(baseline.save(tmp_path / "base.json"))
+    empty = make_run(rng, n_cases=0)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text(json.dumps({"journal": "ossbench.results/1", **json.loads(empty.to_json())}) + "\n")
+    for current in (journal, empty.save(tmp_path / "empty.json")):
+        md = tmp_path / "gate.md"
+        out = invoke("gate", "--baseline", base, str(current), "--markdown", str(md))
+        assert out.exit_code == 1, out.output
+        assert "FAILED" in out.output and "Traceback" not in out.output
+        assert "4 missing" in out.output and "no cases" in out.output
+        for i in range(4):  # listed per case, in the table and in the failing lines
+            assert f"missing: {case_id(i)}: in the baseline (ok) but missing from the current run" in out.output
+            assert case_id(i) in md.read_text()
+
+
+def test_a_baseline_with_no_cases_is_bad_input(tmp_path):
+    rng = np.random.default_rng(21)
+    base, cur = save_pair(tmp_path, make_run(rng, n_cases=0), make_run(rng, n_cases=3))
+    out = invoke("gate", "--baseline", base, cur)
+    assert out.exit_code == 2 and "baseline" in out.output and "no cases" in out.output, out.output
+
+
+def test_a_nan_sample_in_a_5x_slower_run_is_bad_input_not_a_pass(tmp_path):
+    import json
+
+    rng = np.random.default_rng(22)
+    baseline, current = make_run(rng, n_cases=3), make_run(rng, n_cases=3, slow={1: 5.0})
+    base, cur = save_pair(tmp_path, baseline, current)
+    data = json.loads(Path(cur).read_text())
+    data["cases"][1]["samples_ms"][3] = float("nan")
+    Path(cur).write_text(json.dumps(data))
+    out = invoke("gate", "--baseline", base, cur)
+    assert out.exit_code == 2, out.output
+    text = " ".join(out.output.split())
+    assert "cur.json" in text and case_id(1) in text and "samples_ms.3" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_too_few_samples_fall_back_to_the_medians_threshold(tmp_path, n):
+    """With 2-4 samples a side the one-sided test cannot reach alpha 0.01 (at best 1/C(2n, n)): a 2x
+    slowdown must still fail, and the verdict must say it was judged on the medians."""
+    from ossbench.gate import smallest_p
+
+    rng = np.random.default_rng(23)
+    baseline, current = make_run(rng, n_cases=3), make_run(rng, n_cases=3)
+    for run, slow in ((baseline, [1.0, 1.0, 1.0]), (current, [1.0, 2.0, 1.02])):
+        for c, factor in zip(run.cases, slow):
+            c.samples_ms = [factor * t for t in [1.0, 1.01, 0.99, 1.02][:n]]
+            c.stats = summarize(c.samples_ms)
+    assert smallest_p(n, n) >= 0.01  # the premise: no outcome of the test reaches alpha
+    result = gate(baseline, current)
+    slowed = result.cases[1]
+    assert slowed.verdict == "regression" and slowed.on_medians and not result.passed
+    assert result.cases[2].verdict == "unchanged" and result.cases[2].on_medians  # 2% is within 5%
+    base, cur = save_pair(tmp_path, baseline, current)
+    out = invoke("gate", "--baseline", base, cur)
+    assert out.exit_code == 1, out.output
+    assert "too few samples for significance: judged on the medians' threshold" in " ".join(out.output.split())
+
+
+def test_enough_samples_still_need_significance():
+    """Five samples a side can reach alpha 0.01 (1/252), so the usual rule applies: a threshold-sized
+    shift of the medians that the samples do not support is not a regression."""
+    from ossbench.gate import smallest_p
+
+    assert smallest_p(5, 5) == pytest.approx(1 / 252) and smallest_p(4, 4) == pytest.approx(1 / 70)
+    assert smallest_p(3, 30) == pytest.approx(1 / 5456)
+    assert smallest_p(2_000_000, 2_000_000) == 0.0  # no overflow, no million-digit integer
+    base = [1.0, 1.3, 1.0, 1.3, 1.0]
+    cur = [1.1, 1.35, 1.05, 1.25, 1.1]  # median 1.10 vs 1.00, interleaved samples: p far above 0.01
+    rng = np.random.default_rng(24)
+    baseline, current = make_run(rng, n_cases=1), make_run(rng, n_cases=1)
+    baseline.cases[0].samples_ms, current.cases[0].samples_ms = base, cur
+    v = gate(baseline, current).cases[0]
+    assert v.ratio > 1.05 and v.p_slower > 0.01 and not v.on_medians and v.verdict == "unchanged"
+
+
+def test_control_characters_in_ids_reach_no_output_raw(tmp_path):
+    rng = np.random.default_rng(25)
+    baseline, current = make_run(rng, n_cases=2), make_run(rng, n_cases=2, slow={0: 1.5})
+    evil = "attention/\x1b]8;;http://x\x07link\x1b]8;;\x07\x1b[2J\x00\x0b\u202e/seq_len=1"
+    for run in (baseline, current):
+        run.cases[0].id = evil
+    base, cur = save_pair(tmp_path, baseline, current)
+    junit, md = tmp_path / "gate.xml", tmp_path / "gate.md"
+    out = invoke("gate", "--baseline", base, cur, "--junit", str(junit), "--markdown", str(md))
+    assert out.exit_code == 1, out.output
+    assert "\x1b" not in out.output and "\x07" not in out.output and "\\x1b]8;;http://x\\x07link" in out.output
+    root = ET.parse(junit).getroot()  # valid XML 1.0: the parser accepts it
+    names = [tc.get("name") for tc in root.iter("testcase")]
+    assert names[0] == "attention/\\x1b]8;;http://x\\x07link\\x1b]8;;\\x07\\x1b[2J\\x00\\x0b\\u202e/seq_len=1"
+    assert "\x1b" not in md.read_text()

@@ -56,8 +56,17 @@ def test_profile_cpu_ops_and_trace(tmp_path):
 
 
 def test_trace_file_names():
-    assert trace_file_name("attention/full/mode=prefill,seq_len=64") == "attention_full_mode=prefill_seq_len=64.json.gz"
-    assert trace_file_name("moe/a b/k=2") == "moe_a_b_k=2.json.gz"
+    import hashlib
+
+    name = trace_file_name("attention/full/mode=prefill,seq_len=64")
+    digest = hashlib.sha256(b"attention/full/mode=prefill,seq_len=64").hexdigest()[:12]
+    assert name == f"attention_full_mode=prefill_seq_len=64-{digest}.json.gz"
+    assert trace_file_name("moe/a b/k=2").startswith("moe_a_b_k=2-")
+    # ids that read alike still get their own file; long ids stay within file-name limits
+    ids = ["p/q", "p_q", "p q", "p//q", "p/q/", "\x1b", "\x1c", "a" * 400, "a" * 401]
+    names = [trace_file_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    assert all(len(n) < 160 and "/" not in n for n in names)
 
 
 def _ev(name, start, end, device="CPU", self_us=None, annotation=False):

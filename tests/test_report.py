@@ -308,3 +308,23 @@ def test_compare_charts_carry_the_ratios(comparison) -> None:
     assert len(bars) == 4  # compute and bandwidth, per run
     ref_compute = bars[0]["x"]
     assert ref_compute[0] == pytest.approx(comparison.cases[0].runs[0].compute_fraction * 100)
+
+
+def test_ceiling_sources_and_names_are_text_in_every_chart() -> None:
+    """Markup in environment.ceilings.sources (or any name) must not become a live link or style in a legend."""
+    import json
+
+    link, style = "<a href='https://evil.example'>click</a>", "<b style='font-size:90px'>big</b>"
+    ceilings = {"compute_tflops": {"bf16": 989.0}, "bandwidth_gbps": 3350.0,
+                "sources": {"bf16": link, "bandwidth": style}}
+    run = _run(variants=(("full", 0.5), ("<i>w</i>\x1b[31m", 0.2)), env=_env(ceilings=ceilings))
+    charts = [c for cs in _charts(run).values() for c in cs]
+    (roof,) = [c for c in charts if c.figure["layout"]["title"]["text"] == "Roofline"]
+    (bf16,) = [t for t in roof.figure["data"] if t["name"].startswith("bf16 roof")]
+    assert bf16["name"] == "bf16 roof (989 TFLOP/s, &lt;a href='https://evil.example'&gt;click&lt;/a&gt;)"
+    figures = json.dumps([c.figure for c in charts])
+    # No tag can form anywhere in the chart data (names, groups, hover text, titles), and no raw ESC.
+    assert "<a " not in figures and "<b " not in figures and "<i>" not in figures and "\\u001b" not in figures
+    assert "&lt;i&gt;w&lt;/i&gt;\\\\x1b[31m" in figures  # the variant, escaped the same way in legends
+    page = render_report(run)
+    assert link not in page and style not in page and "&lt;a href=" in page

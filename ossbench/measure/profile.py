@@ -14,6 +14,7 @@ needs longer to issue a call than the device needs to run it, so back-to-back ca
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import shutil
 import tempfile
@@ -30,8 +31,15 @@ DEFAULT_TOP = 10
 
 
 def trace_file_name(case_id: str) -> str:
-    """A file name for a case's trace: "attention/full/seq_len=64" -> "attention_full_seq_len=64.json.gz"."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", case_id).strip("_") + ".json.gz"
+    """A file name for a case's trace: "attention/full/seq_len=64" -> "attention_full_seq_len=64-<hash>.json.gz".
+
+    The readable part alone would map "p/q" and "p_q" to one file (the second trace overwriting the first),
+    so 12 hex digits of the id's SHA-256 follow it: distinct ids get distinct files (a collision needs
+    ~2**24 cases). The readable part is cut at 120 characters to stay within file-name limits.
+    """
+    readable = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", case_id).strip("_")[:120]
+    digest = hashlib.sha256(case_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{readable}-{digest}.json.gz"
 
 
 def profile_calls(fn: Callable[[], object], device: str, *, calls: int = DEFAULT_CALLS, warmup_calls: int = 2,

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..expectations import PairReport, evaluate
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT
-from ..results import CaseResult, RunResult
+from ..results import CaseResult, RunResult, gc_paused
 from . import extras
 from .ceilings import Placement, describe_ceilings, place, run_ceilings
 from .page import Chart, ChartIds, render_page, write_page
@@ -51,6 +51,11 @@ def report_charts(run: RunResult, pairs: list[PairReport], cis: SpeedupCIs) -> d
 
 def render_report(run: RunResult, title: str | None = None) -> str:
     """The HTML report of one run, as a string."""
+    with gc_paused():
+        return _render(run, title)
+
+
+def _render(run: RunResult, title: str | None) -> str:
     pairs = evaluate(run)
     cis = speedup_cis(run, pairs)
     sections = report_charts(run, pairs, cis)

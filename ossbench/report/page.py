@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from ..measure.roofline import fraction_text, over_ceiling
 from ..results import write_atomic
+from ..text import printable
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -52,9 +53,11 @@ def chart(ids: ChartIds, fig: Any, note: str = "") -> Chart:
 
 def plot_text(value: Any) -> str:
     """A user string as plotly shows it: with ``&``, ``<`` and ``>`` escaped no tag can form, so plotly
-    displays it instead of parsing it. Quotes stay as they are: plotly decodes only a few named entities
-    (not ``&quot;``) and would show the entity itself."""
-    return html.escape(str(value), quote=False)
+    displays it instead of parsing it (no live link, no style). Quotes stay as they are: plotly decodes only
+    a few named entities (not ``&quot;``) and would show the entity itself. Control characters are shown as
+    escapes first, as in the terminal (`ossbench.text.printable`). Every user string in a figure (trace
+    names, legend groups, hover text, titles, axis labels) goes through here."""
+    return html.escape(printable(value), quote=False)
 
 
 def render_page(template: str, charts: list[Chart], **context: Any) -> str:
@@ -90,7 +93,27 @@ def _environment() -> jinja2.Environment:
     env.filters.update(ms=format_ms, bytes=format_bytes, num=format_number, pct=format_percent,
                        ceiling_pct=format_ceiling_fraction, ratio=format_ratio, sortkey=sort_key)
     env.tests.update(over_ceiling=over_ceiling)
+    env.globals.update(num_cell=num_cell, ceiling_cell=ceiling_cell, status_badge=status_badge)
     return env
+
+
+def num_cell(value: float | None, shown: Any) -> Markup:
+    """A numeric table cell: the shown text, and the raw value for sorting (``data-sort``)."""
+    # sort_key gives a float's repr or "": nothing to escape. (Markup.format is several times slower.)
+    return Markup(f'<td class="num" data-sort="{sort_key(value)}">{escape(shown)}</td>')
+
+
+def ceiling_cell(fraction: float | None) -> Markup:
+    """A fraction of a ceiling: above 100% the warning that the ceiling is wrong, never a plain percentage."""
+    if not over_ceiling(fraction):
+        return num_cell(fraction, format_percent(fraction))
+    return Markup(f'<td class="num warn" data-sort="{sort_key(fraction)}" title="faster than the ceiling allows: '
+                  f'rerun `ossbench calibrate` on a quiet machine">{escape(format_ceiling_fraction(fraction))}</td>')
+
+
+def status_badge(status: str) -> Markup:
+    s = escape(status)
+    return Markup(f'<span class="status-{s}">{s}</span>')
 
 
 def format_ms(value: float | None) -> str:

@@ -23,13 +23,16 @@ SpeedupCIs = dict[tuple[str, str], tuple[float, float]]  # (baseline id, candida
 
 
 def variant_colours(run: RunResult) -> dict[str, str]:
-    return palette(series_key(c, run) for c in run.cases)
+    key_of = series_keys(run)
+    return palette(key_of(c) for c in run.cases)
 
 
-def series_key(case: CaseResult, run: RunResult) -> str:
-    """What a line stands for: the variant, prefixed by the family when the run mixes families."""
-    several = len({c.family for c in run.cases}) > 1
-    return f"{case.family}/{case.variant}" if several else case.variant
+def series_keys(run: RunResult) -> Callable[[CaseResult], str]:
+    """What a line stands for: the variant, prefixed by the family when the run mixes families. (Whether it
+    does is decided once per run: asking per case made a 20k-case report quadratic.)"""
+    if len({c.family for c in run.cases}) > 1:
+        return lambda case: f"{case.family}/{case.variant}"
+    return lambda case: case.variant
 
 
 def measured(run: RunResult) -> list[CaseResult]:
@@ -44,9 +47,10 @@ def metric_charts(run: RunResult, ids: ChartIds, colours: dict[str, str], *, val
     import plotly.graph_objects as go
 
     cases = [c for c in measured(run) if value(c) is not None]
+    key_of = series_keys(run)
     charts = []
     for axis in numeric_axes(run.cases):
-        lines = lines_along(cases, axis, lambda c: c.axes, lambda c: series_key(c, run))
+        lines = lines_along(cases, axis, lambda c: c.axes, key_of)
         if not lines:
             continue
         dashes = dash_for(lines)
@@ -139,8 +143,9 @@ def roofline_chart(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> li
     if not points:
         return []
     fig = go.Figure()
+    key_of = series_keys(run)
     for key in colours:
-        mine = [(c, p) for c, p in points if series_key(c, run) == key]
+        mine = [(c, p) for c, p in points if key_of(c) == key]
         if not mine:
             continue
         fig.add_trace(go.Scatter(
@@ -186,7 +191,7 @@ def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: f
                      *([ridge] if ridge else [])})
         ys = [min(compute, x * tb_per_s) if tb_per_s else compute for x in xs]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines",
-                                 name=f"{key} roof ({compute:g} TFLOP/s, {sources.get(key, '?')})",
+                                 name=plot_text(f"{key} roof ({compute:g} TFLOP/s, {sources.get(key, '?')})"),
                                  line=dict(color=ROOF_COLOUR, width=2),
                                  hovertemplate="roof %{y:.4g} TFLOP/s at %{x:.3g} FLOP/B<extra></extra>"))
         notes.append(f"{key} roof: {compute:g} TFLOP/s ({sources.get(key, '?')}).")
