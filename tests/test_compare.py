@@ -190,7 +190,7 @@ def test_calibrated_ceilings_take_precedence_over_the_datasheet():
 def test_the_same_file_twice_is_an_a_a_look(tmp_path):
     rng = np.random.default_rng(6)
     path = make_run(rng, "A", SLOW_GPU, {"attention/a/s=1": 1.0}).save(tmp_path / "r.json")
-    result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "400"})  # no wrapped labels
     assert result.exit_code == 0, result.output
     assert f"{path} #2" in result.output
 
