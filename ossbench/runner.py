@@ -107,8 +107,9 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
     timing = suite.timing(suite_profile)
-    if quick:
-        timing = timing.model_copy(update=QUICK_TIMING)
+    if quick:  # validated again: quick's min_samples must not pass the suite's own max_samples
+        quick_timing = {**QUICK_TIMING, "min_samples": min(QUICK_TIMING["min_samples"], timing.max_samples)}
+        timing = Timing.model_validate({**timing.model_dump(), **quick_timing})
     env = capture(dev)
     out = Path(out_dir) if out_dir else default_out_dir(suite, env["device_name"], dev)
     measure = MeasureOptions(profile=profile or suite.spec.profile, ncu=ncu, strict_clocks=strict_clocks,

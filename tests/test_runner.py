@@ -125,3 +125,17 @@ def test_an_ordinary_runtime_error_is_not_called_oom():
 
     assert not is_oom(RuntimeError("shape mismatch: [4, 8] vs [4, 9]"))
     assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+def test_quick_respects_a_suite_max_samples_below_its_min_samples(tmp_path):
+    """--quick asks for 5 samples; a suite capping cases at 3 still runs, with 3."""
+    text = (Path(__file__).parent / "suites" / "tiny.yaml").read_text()
+    text = text.replace("target_rel_ci: 0.2}", "target_rel_ci: 0.2, min_samples: 2, max_samples: 3}").replace(
+        "min_samples: 5, ", "")
+    suite_file = tmp_path / "capped.yaml"
+    suite_file.write_text(text)
+    plan = plan_run(load_suite(suite_file), device="cpu", out_dir=tmp_path / "out", quick=True,
+                    filter_text="mode=decode")
+    assert (plan.timing.min_samples, plan.timing.max_samples) == (3, 3)
+    run = run_plan(plan)
+    assert [c.status for c in run.cases] == ["ok"] * len(plan.cases) and all(c.stats.n == 3 for c in run.cases)
