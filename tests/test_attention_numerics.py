@@ -14,7 +14,8 @@ import torch
 
 from ossbench.errors import SkipCase
 from ossbench.layers import attention as attention_module
-from ossbench.layers.attention import Attention, causal_window_block_mask, flex_block_mask
+from ossbench.layers.attention import Attention, causal_window_block_mask
+from ossbench.layers.masks import layer_mask
 from ossbench.layers.config import get_preset
 from ossbench.layers.rope import RopeSpec, RotaryEmbedding, inv_freq_and_concentration
 
@@ -182,9 +183,9 @@ def test_backend_matches_reference(backend, window, heads, sinks, mode, monkeypa
     seen_keys = []
     real = getattr(block, f"_{backend}")
 
-    def spy(q, k, v, masked, w):
+    def spy(q, k, v, mask):
         seen_keys.append(k.shape[2])
-        return real(q, k, v, masked, w)
+        return real(q, k, v, mask)
 
     monkeypatch.setattr(block, f"_{backend}", spy)
     got = block.update(x[:, pos:pos + 1], cache=cache, start_pos=pos, backend=backend)  # [B, 1, hidden]
@@ -311,9 +312,9 @@ def test_flex_sink_correction_through_lse(monkeypatch):
     q, k, v = (torch.randn(B, n, S, HEAD_DIM, generator=g) for n in (HEADS, 2, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
-        for masked, window in ((True, WINDOW), (True, None), (False, None)):
-            got = block._flex(q, k, v, masked, window)
-            ref = block._eager(q, k, v, masked, window)
+        for mask in (layer_mask(window=WINDOW), layer_mask(), None):
+            got = block._flex(q, k, v, mask)
+            ref = block._eager(q, k, v, mask)
             assert rel_err(got, ref.double()) < REL_TOL
 
 
@@ -343,7 +344,7 @@ def test_padded_block_mask_matches_create_block_mask(q_len, kv_len, valid, causa
     def mask(b, h, q, k):
         return (k < valid) & (((k <= q) & (q - k < w)) if causal else True)
 
-    ours = flex_block_mask(q_len, kv_len, valid_keys=valid, causal=causal, window=window, device="cpu")
+    ours = layer_mask(causal=causal, window=window).block_mask(q_len, kv_len, valid_keys=valid, device="cpu")
     theirs = create_block_mask(mask, None, None, q_len, kv_len, device="cpu")
     assert torch.equal(ours.to_dense(), theirs.to_dense())
     assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)
