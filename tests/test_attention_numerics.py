@@ -59,8 +59,11 @@ def ref_rotate(x, positions, rope):
     return out
 
 
-def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, norm="rmsnorm", eps=1e-5):
-    """The block's update (no residual) for x [B, T, hidden] at positions 0..T-1, in float64."""
+def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, norm="rmsnorm", eps=1e-5,
+               sees=None):
+    """The block's update (no residual) for x [B, T, hidden] at positions 0..T-1, in float64.
+
+    `sees(i, j)`, when given, says whether query i sees key j (instead of causal/window)."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     Bx, T, _ = x.shape
@@ -84,7 +87,10 @@ def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, no
             k = ref_rotate(qkv[b, :, qw + hk * head_dim:qw + (hk + 1) * head_dim], positions, rope)
             v = qkv[b, :, qw + kw + hk * head_dim:qw + kw + (hk + 1) * head_dim]
             for i in range(T):
-                seen = [j for j in range(T) if not causal or (j <= i and (window is None or i - j < window))]
+                if sees is not None:
+                    seen = [j for j in range(T) if sees(i, j)]
+                else:
+                    seen = [j for j in range(T) if not causal or (j <= i and (window is None or i - j < window))]
                 logits = (k[seen] @ q[i]) / math.sqrt(head_dim)
                 if "sinks" in sd:
                     logits = torch.cat([logits, sd["sinks"][hq:hq + 1]])
@@ -94,9 +100,10 @@ def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, no
 
 
 # --- helpers
-def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal=True, norm="rmsnorm", seed=0):
+def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal=True, norm="rmsnorm", seed=0,
+               mask=None):
     torch.manual_seed(seed)
-    block = Attention(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, sinks=sinks, positions=positions,
+    block = Attention(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, mask=mask, sinks=sinks, positions=positions,
                       rope=RopeSpec(YARN["theta"], YARN["factor"], YARN["beta_slow"], YARN["beta_fast"],
                                     YARN["original_context"]),
                       bias=bias, causal=causal, norm=norm, dtype=torch.float32)
@@ -111,14 +118,14 @@ def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal
     return block.requires_grad_(False)
 
 
-def reference_for(block, x):
+def reference_for(block, x, sees=None):
     rope = None
     if block.positions == "yarn":
         rope = YARN
     elif block.positions == "rope":
         rope = dict(YARN, factor=1.0)
     return ref_update(block.state_dict(), x, n_heads=block.n_heads, n_kv_heads=block.n_kv_heads,
-                      head_dim=block.head_dim, window=block.window, causal=block.causal, rope=rope,
+                      head_dim=block.head_dim, window=block.window, causal=block.causal, rope=rope, sees=sees,
                       norm="none" if block.norm is None else (
                           "layernorm" if isinstance(block.norm, torch.nn.LayerNorm) else "rmsnorm"))
 
