@@ -85,9 +85,11 @@ def test_window_survives_a_larger_cache(backend, slots, monkeypatch):
 
 
 # --- retention: decode after many steps against the full-recompute reference
-@pytest.mark.parametrize("name", ["and(causal,window5)", "or(window3,window9)"])
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("name, backend", [(n, b) for n in ("and(causal,window5)", "or(window3,window9)", "chunk16",
+                                                              "and(chunk16,window5)") for b in ("eager", "sdpa")]
+                         + [("chunk16", "flex")])
 def test_decode_steps_follow_the_mask(name, backend, monkeypatch):
+    """Decode positions 25..39 after a 25-token prefill: chunk16 crosses its chunk boundary at 32."""
     sinks = backend == "eager"
     block, x, ref = masked_reference(name, sinks)
     cache = block.new_cache(B, S)
@@ -100,7 +102,7 @@ def test_decode_steps_follow_the_mask(name, backend, monkeypatch):
     assert seen == [len(block.mask.keep(p)) for p in range(25, S)]
 
 
-@pytest.mark.parametrize("name", ["and(causal,window5)", "or(window3,window9)"])
+@pytest.mark.parametrize("name", ["and(causal,window5)", "or(window3,window9)", "chunk16", "and(chunk16,window5)"])
 def test_prefill_follows_the_mask(name):
     block, x, ref = masked_reference(name, True)
     assert rel_err(block.update(x, backend="eager"), ref) < REL_TOL
@@ -108,12 +110,32 @@ def test_prefill_follows_the_mask(name):
     assert rel_err(block.update(x, backend="sdpa"), ref) < REL_TOL
 
 
+def test_chunked_prefill_on_flex():
+    block, x, ref = masked_reference("chunk16", False)
+    assert rel_err(block.update(x, backend="flex"), ref) < REL_TOL
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_chunked_training_gradient(backend):
+    """The input gradient of a chunked block against autograd through the float64 loop reference."""
+    block, x, _ = masked_reference("chunk16", backend == "eager")
+    dy = torch.randn(B, S, HIDDEN, generator=torch.Generator().manual_seed(10))
+    x32 = x.clone().requires_grad_(True)
+    (dx,) = torch.autograd.grad(block.update(x32, backend=backend), x32, dy)
+    x64 = x.double().requires_grad_(True)
+    (dx_ref,) = torch.autograd.grad(reference_for(block, x64, sees=CASES["chunk16"][1]), x64, dy.double())
+    assert rel_err(dx, dx_ref) < REL_TOL
+    if not block.has_sinks:  # flex on CPU refuses training, and says why
+        with pytest.raises(SkipCase, match="flex_attention has no backward pass on CPU"):
+            block.update(x32, backend="flex")
+
+
 # --- the cost model's cache and the real cache
 def params(**overrides) -> AttentionParams:
     return AttentionParams(**{**defaults(get_preset("gpt-oss-20b")), **SMALL, **overrides})
 
 
-@pytest.mark.parametrize("mask", [None, "window8", "and(causal,window5)", "or(window3,window9)"])
+@pytest.mark.parametrize("mask", [None, "window8", "and(causal,window5)", "or(window3,window9)", "chunk16"])
 @pytest.mark.parametrize("kv_len", [3, 20, 39])
 def test_cache_bytes_and_keys_read_match_the_cost_model(mask, kv_len, monkeypatch):
     p = params(mode="decode", backend="eager", kv_len=kv_len, mask=mask)
@@ -129,14 +151,29 @@ def test_cache_bytes_and_keys_read_match_the_cost_model(mask, kv_len, monkeypatc
     assert cost.bytes == param_count(p) * 4 + 2 * B * HIDDEN * 4 + B * seen[0] * per_token
 
 
+def test_chunked_cache_at_gpt_oss_scale():
+    """The issue's case: decode at 131072 tokens with 8192-token chunks reads one key (2 KiB) but the
+    cache holds a ring of 8192 slots (16 MiB); the cost model must say both."""
+    p = AttentionParams(**{**defaults(get_preset("gpt-oss-20b")), "mode": "decode", "backend": "eager",
+                           "kv_len": 131072, "mask": "chunk8192"})
+    g = torch.Generator().manual_seed(0)
+    cache = fill_decode_cache(make_module(p, "meta", torch.bfloat16, g), p, g, "meta", torch.bfloat16)
+    cost = attention_cost(p, 2)
+    assert cache.nbytes == cost.extra["kv_cache_bytes"] == 8192 * 2048
+    assert attention_pairs(p) == 1 and cost.extra["attn_pairs"] == 1
+
+
 # --- the workload's mask parameter
-def test_mask_parameter_builds_checks_and_names_itself():
+@pytest.mark.parametrize("mask", ["and(causal, window5)", "chunk16"])
+def test_mask_parameter_builds_checks_and_names_itself(mask):
     for mode in ("prefill", "decode", "train"):
-        p = params(mode=mode, backend="eager", mask="and(causal, window5)")
-        assert p.mask == "and(causal,window5)" and p.layer_mask == parse("and(causal,window5)")
+        p = params(mode=mode, backend="eager", mask=mask)
+        assert p.mask == mask.replace(" ", "") and p.layer_mask == parse(mask)
         w = FAMILY.build(p, "cpu", torch.float32)
         check = w.check()
         assert check.ok and check.max_rel_err < 1e-5, check
+    with pytest.raises(SkipCase, match="no backward"):
+        FAMILY.build(params(mode="train", backend="flex", sinks=False, mask=mask), "cpu", torch.float32)
 
 
 @pytest.mark.parametrize("overrides, message", [

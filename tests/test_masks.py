@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ossbench.layers import masks
-from ossbench.layers.masks import and_masks, causal, full, layer_mask, or_masks, parse, sliding_window
+from ossbench.layers.masks import and_masks, causal, chunked, full, layer_mask, or_masks, parse, sliding_window
 
 
 def causal_sees(i, j):
@@ -22,6 +22,10 @@ def full_sees(i, j):
 
 def window_sees(w):
     return lambda i, j: (j <= i) & (i - j < w)
+
+
+def chunk_sees(c):  # Llama 4: same chunk of c tokens, and not in the future
+    return lambda i, j: (j <= i) & (i // c == j // c)
 
 
 def all_of(*preds):
@@ -52,6 +56,12 @@ CASES = {  # mask, its independent definition, whether it is causal
                             True),
     "and(full,window6)": (and_masks(full(), sliding_window(6)), window_sees(6), True),
     "or(full,window6)": (or_masks(full(), sliding_window(6)), full_sees, False),
+    "chunk8": (chunked(8), chunk_sees(8), True),
+    "chunk16": (chunked(16), chunk_sees(16), True),
+    "chunk128": (chunked(128), chunk_sees(128), True),
+    "and(chunk16,window5)": (and_masks(chunked(16), sliding_window(5)), all_of(chunk_sees(16), window_sees(5)),
+                             True),
+    "or(chunk8,window3)": (or_masks(chunked(8), sliding_window(3)), any_of(chunk_sees(8), window_sees(3)), True),
 }
 
 
@@ -87,6 +97,9 @@ def test_pairs_at_long_context_without_a_grid():
     assert sliding_window(W).pairs(1, S, S - 1) == W  # one decode step
     assert and_masks(causal(), sliding_window(W)).pairs(S, S) == sliding_window(W).pairs(S, S)  # row sums
     assert full().pairs(3, S) == 3 * S
+    C = 8192  # 16 whole chunks, each C(C+1)/2 pairs; a decode step at a chunk start sees only itself
+    assert chunked(C).pairs(S, S) == 16 * C * (C + 1) // 2
+    assert chunked(C).pairs(1, S + 1, S) == 1 and chunked(C).pairs(1, S, S - 1) == C
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -125,12 +138,15 @@ def test_retention_keeps_exactly_the_keys_decode_needs(name):
 def test_cache_sizes_of_the_patterns():
     assert causal().cache_slots(131072) == 131072
     assert sliding_window(128).cache_slots(131072) == 128 and sliding_window(128).cache_slots(5) == 5
+    assert chunked(8192).cache_slots(131072) == 8192 and chunked(8192).cache_slots(100) == 100
+    assert list(chunked(8).keep(17)) == [16, 17]  # the chunk that starts at 16
     with pytest.raises(ValueError, match="not causal"):
         full().keep(3)
 
 
 @pytest.mark.parametrize("name, message", [
-    ("chunky", "unknown mask 'chunky'; known patterns: causal, full, window"),
+    ("chunky", "unknown mask 'chunky'; known patterns: causal, full, window, chunk"),
+    ("chunk0", "positive"),
     ("window", "needs a number"),
     ("causal5", "takes no number"),
     ("window0", "positive"),

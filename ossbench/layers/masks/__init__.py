@@ -13,6 +13,7 @@ from typing import Callable
 
 from .base import Mask
 from .causal import Causal, causal
+from .chunked import Chunked, chunked
 from .combine import AndMasks, OrMasks, and_masks, or_masks
 from .full import Full, full
 from .window import SlidingWindow, sliding_window
@@ -22,6 +23,7 @@ PATTERNS: dict[str, Callable[..., Mask]] = {
     "causal": causal,
     "full": full,
     "window": sliding_window,
+    "chunk": chunked,
 }
 COMBINATORS: dict[str, Callable[..., Mask]] = {"and": and_masks, "or": or_masks}
 
@@ -78,6 +80,6 @@ def layer_mask(*, causal: bool = True, window: int | None = None, mask: Mask | N
 
 __all__ = [
     "Mask", "PATTERNS", "COMBINATORS", "parse", "layer_mask",
-    "Causal", "causal", "Full", "full", "SlidingWindow", "sliding_window",
+    "Causal", "causal", "Full", "full", "SlidingWindow", "sliding_window", "Chunked", "chunked",
     "AndMasks", "OrMasks", "and_masks", "or_masks",
 ]
