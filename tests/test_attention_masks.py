@@ -189,5 +189,21 @@ def test_bad_masks_name_the_field(overrides, message):
 
 
 def test_a_mask_that_is_plain_causal_here_skips_with_a_reason():
-    with pytest.raises(SkipCase, match="mask window40 allows every causal pair"):
+    with pytest.raises(SkipCase, match="mask window40 allows every causal pair at seq_len 40"):
         FAMILY.build(params(mode="prefill", backend="eager", mask="window40"), "cpu", torch.float32)
+
+
+# --- on a GPU (pytest -m gpu): chunked attention at gpt-oss shapes in bf16, sinks through flex's lse
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["prefill", "decode", "train"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
+def test_gpu_chunked_workloads_pass_their_checks(backend, mode):
+    # chunks of 256 over 1000 tokens: partial flex blocks; decode at 1000 reads 1000 % 256 + 1 = 233 keys
+    p = AttentionParams(**{**defaults(get_preset("gpt-oss-20b")), "mode": mode, "backend": backend,
+                           "mask": "chunk256", "sinks": backend != "sdpa", "seq_len": 1000, "kv_len": 1000})
+    w = FAMILY.build(p, "cuda", torch.bfloat16)
+    check = w.check()
+    assert check.ok, check
+    w.fn()
+    torch.cuda.synchronize()

@@ -313,7 +313,8 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     if reason:
         raise SkipCase(reason)
     if p.mask is not None and attention_pairs(p) == attention_pairs(p.model_copy(update={"mask": None})):
-        raise SkipCase(f"mask {p.mask} allows every causal pair at this length: the case would repeat plain "
+        length = f"kv_len {p.kv_len}" if p.mode == "decode" else f"seq_len {p.seq_len}"
+        raise SkipCase(f"mask {p.mask} allows every causal pair at {length}: the case would repeat plain "
                        f"causal attention")
     generator = torch.Generator(device=device).manual_seed(SEED)
     module = make_module(p, device, dtype, generator)
