@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ossbench.errors import SkipCase
 from ossbench.layers.attention import Attention
 from ossbench.layers.config import PRESETS, get_preset
+from ossbench.layers.masks import layer_mask
 from ossbench.workloads import attention as wl
 from ossbench.workloads.attention import (FAMILY, AttentionParams, attention_cost, attention_pairs, defaults,
                                           fill_decode_cache, forward_flops, kv_cache_bytes, layer_kv_cache_bytes,
@@ -217,7 +218,8 @@ def test_check_catches_a_backend_that_ignores_the_window(monkeypatch):
     p = params(mode="prefill", backend="sdpa", window=8, sinks=False)
     w = FAMILY.build(p, "cpu", torch.float32)
     real = Attention._sdpa
-    monkeypatch.setattr(Attention, "_sdpa", lambda self, q, k, v, masked, window: real(self, q, k, v, masked, None))
+    # the window dropped: plain causal attention instead of the layer's mask
+    monkeypatch.setattr(Attention, "_sdpa", lambda self, q, k, v, mask: real(self, q, k, v, layer_mask()))
     check = w.check()
     assert not check.ok and check.max_rel_err > 1e-2
 

@@ -14,7 +14,8 @@ import torch
 
 from ossbench.errors import SkipCase
 from ossbench.layers import attention as attention_module
-from ossbench.layers.attention import Attention, causal_window_block_mask, flex_block_mask
+from ossbench.layers.attention import Attention, causal_window_block_mask
+from ossbench.layers.masks import layer_mask
 from ossbench.layers.config import get_preset
 from ossbench.layers.rope import RopeSpec, RotaryEmbedding, inv_freq_and_concentration
 
@@ -58,8 +59,11 @@ def ref_rotate(x, positions, rope):
     return out
 
 
-def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, norm="rmsnorm", eps=1e-5):
-    """The block's update (no residual) for x [B, T, hidden] at positions 0..T-1, in float64."""
+def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, norm="rmsnorm", eps=1e-5,
+               sees=None):
+    """The block's update (no residual) for x [B, T, hidden] at positions 0..T-1, in float64.
+
+    `sees(i, j)`, when given, says whether query i sees key j (instead of causal/window)."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     Bx, T, _ = x.shape
@@ -83,7 +87,10 @@ def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, no
             k = ref_rotate(qkv[b, :, qw + hk * head_dim:qw + (hk + 1) * head_dim], positions, rope)
             v = qkv[b, :, qw + kw + hk * head_dim:qw + kw + (hk + 1) * head_dim]
             for i in range(T):
-                seen = [j for j in range(T) if not causal or (j <= i and (window is None or i - j < window))]
+                if sees is not None:
+                    seen = [j for j in range(T) if sees(i, j)]
+                else:
+                    seen = [j for j in range(T) if not causal or (j <= i and (window is None or i - j < window))]
                 logits = (k[seen] @ q[i]) / math.sqrt(head_dim)
                 if "sinks" in sd:
                     logits = torch.cat([logits, sd["sinks"][hq:hq + 1]])
@@ -93,9 +100,10 @@ def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, no
 
 
 # --- helpers
-def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal=True, norm="rmsnorm", seed=0):
+def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal=True, norm="rmsnorm", seed=0,
+               mask=None):
     torch.manual_seed(seed)
-    block = Attention(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, sinks=sinks, positions=positions,
+    block = Attention(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, mask=mask, sinks=sinks, positions=positions,
                       rope=RopeSpec(YARN["theta"], YARN["factor"], YARN["beta_slow"], YARN["beta_fast"],
                                     YARN["original_context"]),
                       bias=bias, causal=causal, norm=norm, dtype=torch.float32)
@@ -110,14 +118,14 @@ def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal
     return block.requires_grad_(False)
 
 
-def reference_for(block, x):
+def reference_for(block, x, sees=None):
     rope = None
     if block.positions == "yarn":
         rope = YARN
     elif block.positions == "rope":
         rope = dict(YARN, factor=1.0)
     return ref_update(block.state_dict(), x, n_heads=block.n_heads, n_kv_heads=block.n_kv_heads,
-                      head_dim=block.head_dim, window=block.window, causal=block.causal, rope=rope,
+                      head_dim=block.head_dim, window=block.window, causal=block.causal, rope=rope, sees=sees,
                       norm="none" if block.norm is None else (
                           "layernorm" if isinstance(block.norm, torch.nn.LayerNorm) else "rmsnorm"))
 
@@ -182,9 +190,9 @@ def test_backend_matches_reference(backend, window, heads, sinks, mode, monkeypa
     seen_keys = []
     real = getattr(block, f"_{backend}")
 
-    def spy(q, k, v, masked, w):
+    def spy(q, k, v, mask):
         seen_keys.append(k.shape[2])
-        return real(q, k, v, masked, w)
+        return real(q, k, v, mask)
 
     monkeypatch.setattr(block, f"_{backend}", spy)
     got = block.update(x[:, pos:pos + 1], cache=cache, start_pos=pos, backend=backend)  # [B, 1, hidden]
@@ -311,9 +319,9 @@ def test_flex_sink_correction_through_lse(monkeypatch):
     q, k, v = (torch.randn(B, n, S, HEAD_DIM, generator=g) for n in (HEADS, 2, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
-        for masked, window in ((True, WINDOW), (True, None), (False, None)):
-            got = block._flex(q, k, v, masked, window)
-            ref = block._eager(q, k, v, masked, window)
+        for mask in (layer_mask(window=WINDOW), layer_mask(), None):
+            got = block._flex(q, k, v, mask)
+            ref = block._eager(q, k, v, mask)
             assert rel_err(got, ref.double()) < REL_TOL
 
 
@@ -343,7 +351,7 @@ def test_padded_block_mask_matches_create_block_mask(q_len, kv_len, valid, causa
     def mask(b, h, q, k):
         return (k < valid) & (((k <= q) & (q - k < w)) if causal else True)
 
-    ours = flex_block_mask(q_len, kv_len, valid_keys=valid, causal=causal, window=window, device="cpu")
+    ours = layer_mask(causal=causal, window=window).block_mask(q_len, kv_len, valid_keys=valid, device="cpu")
     theirs = create_block_mask(mask, None, None, q_len, kv_len, device="cpu")
     assert torch.equal(ours.to_dense(), theirs.to_dense())
     assert torch.equal(ours.kv_num_blocks, theirs.kv_num_blocks)

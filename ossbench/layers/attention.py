@@ -1,18 +1,22 @@
 """gpt-oss attention block (and its MHA/MQA/full/no-sink/GPT-2 relatives) with three backends.
 
-One `Attention` module covers: query and KV head counts (MHA, GQA, MQA), head_dim, an optional causal
-sliding window, learned attention sinks, RoPE/YaRN or no positions, projection biases and the pre-norm.
+One `Attention` module covers: query and KV head counts (MHA, GQA, MQA), head_dim, an attention mask
+(causal, sliding window, ... from ossbench.layers.masks), learned attention sinks, RoPE/YaRN or no
+positions, projection biases and the pre-norm.
 Parameter names follow gpt-oss's checkpoint (`norm.scale`, `qkv.weight/bias`, `sinks`, `out.weight/bias`)
 so a block's `attn.*` tensors load with `load_state_dict`.
 
 Like gpt-oss's AttentionBlock, `forward(x)` returns `x + out(attend(rope(qkv(norm(x)))))`: the residual
 add is part of the block. `update(x)` is the same without the residual add.
 
+The mask object decides which keys each query sees everywhere: the dense grid for eager and SDPA, the
+block mask for flex, and which cached keys a decode step reads (its retention rule sizes the KV cache).
+
 Backends (all compute the same function; `unsupported_reason` says when one cannot):
 - "eager": explicit matmul, mask, fp32 softmax with the sink column, matmul: the reference math.
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention. It cannot express sinks (no extra softmax
            column, no log-sum-exp returned), so sinks are refused rather than dropped.
-- "flex":  torch.compile'd flex_attention with a block mask, so blocks outside the causal window cost
+- "flex":  torch.compile'd flex_attention with a block mask, so blocks outside the mask cost
            nothing; sinks through the log-sum-exp it returns (not available on CPU in torch 2.13). On CPU
            the keys are padded to whole 128-token blocks (masked out) to avoid a torch 2.13 CPU kernel bug.
 """
@@ -29,13 +33,14 @@ from torch import nn
 
 from ..errors import SkipCase
 from .config import ModelConfig
+from .masks import Mask, full, layer_mask
+from .masks.blocks import FLEX_BLOCK
 from .norm import RMSNorm
 from .rope import RopeSpec, RotaryEmbedding
 
 BACKENDS = ("eager", "sdpa", "flex")
 NORMS = ("rmsnorm", "layernorm", "none")
 POSITIONS = ("none", "rope", "yarn")
-FLEX_BLOCK = 128  # flex_attention's default sparse block size
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
@@ -63,15 +68,15 @@ def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool
 
 @dataclass
 class KVCache:
-    """Keys (after RoPE) and values of one layer.
+    """Keys (after RoPE) and values of one layer in a ring of C slots: position p lives in slot p % C.
 
-    Full layers keep one slot per position (slot = position). Windowed layers keep a ring of `window`
-    slots (slot = position % window), so memory and decode reads stay bounded by the window.
+    The layer's mask sizes it (`Mask.cache_slots`: a full layer one slot per position, a window W a ring of
+    W, a chunk C a ring of C) and decides which slots a decode step reads (`Mask.keep`), whatever the
+    number of slots: a cache with spare slots never widens what a query sees.
     """
 
     k: torch.Tensor  # [B, Hkv, C, D]
     v: torch.Tensor  # [B, Hkv, C, D]
-    window: int | None
 
     @property
     def capacity(self) -> int:
@@ -84,10 +89,10 @@ class KVCache:
 
 class Attention(nn.Module):
     def __init__(self, hidden: int = 2880, n_heads: int = 64, n_kv_heads: int = 8, head_dim: int = 64, *,
-                 window: int | None = None, sinks: bool = True, positions: str = "yarn",
-                 rope: RopeSpec | None = None, bias: bool = True, causal: bool = True, norm: str = "rmsnorm",
-                 norm_eps: float = 1e-5, backend: str = "eager", attn_dropout: float = 0.0, device: Any = None,
-                 dtype: Any = None) -> None:
+                 window: int | None = None, mask: Mask | None = None, sinks: bool = True,
+                 positions: str = "yarn", rope: RopeSpec | None = None, bias: bool = True, causal: bool = True,
+                 norm: str = "rmsnorm", norm_eps: float = 1e-5, backend: str = "eager", attn_dropout: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         if not 0.0 <= attn_dropout < 1.0:
             raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
@@ -95,16 +100,14 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
-        if window is not None and window <= 0:
-            raise ValueError(f"window must be None or > 0, got {window}")
-        if window is not None and not causal:
-            raise ValueError("a sliding window is defined here only for causal attention")
+        # `window=W` is a convenience for mask=sliding_window(W); without either: causal (or full) attention
+        self.mask = layer_mask(causal=causal, window=window, mask=mask)
         for name, value, allowed in (("positions", positions, POSITIONS), ("norm", norm, NORMS),
                                      ("backend", backend, BACKENDS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.hidden, self.n_heads, self.n_kv_heads, self.head_dim = hidden, n_heads, n_kv_heads, head_dim
-        self.window, self.causal, self.backend = window, causal, backend
+        self.causal, self.backend = self.mask.causal, backend
         self.scale = 1.0 / math.sqrt(head_dim)  # 1/8 for head_dim 64
         q_width, kv_width = n_heads * head_dim, n_kv_heads * head_dim
         self.split = (q_width, kv_width, kv_width)
@@ -122,7 +125,8 @@ class Attention(nn.Module):
         if positions == "none":
             self.rope = None
         else:
-            spec = rope or RopeSpec()
+            # gpt-oss's YaRN (factor 32, ...) unless told otherwise; RopeSpec() alone is plain RoPE
+            spec = rope if rope is not None else rope_spec(ModelConfig())
             if positions == "rope":
                 spec = RopeSpec(theta=spec.theta)  # plain RoPE: no YaRN scaling
             self.rope = RotaryEmbedding(head_dim, spec)
@@ -136,12 +140,16 @@ class Attention(nn.Module):
             hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
             window=cfg.layer_window(layer_idx), sinks=cfg.sinks,
             positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",
-            rope=RopeSpec(cfg.rope_theta, cfg.yarn_factor, cfg.yarn_beta_slow, cfg.yarn_beta_fast,
-                          cfg.yarn_original_context),
+            rope=rope_spec(cfg),
             bias=cfg.qkv_bias, norm=cfg.norm, norm_eps=cfg.norm_eps)
         if cfg.qkv_bias != cfg.out_bias:
             raise ValueError("Attention has one bias switch for qkv and out; the preset sets them differently")
         return cls(**{**kwargs, **overrides})
+
+    @property
+    def window(self) -> int | None:
+        """The window of a plain sliding-window mask (None for any other mask)."""
+        return getattr(self.mask, "window", None)
 
     @property
     def has_sinks(self) -> bool:
@@ -156,46 +164,45 @@ class Attention(nn.Module):
 
     # --- caches
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
-        """An empty cache for up to `max_tokens` positions (a windowed layer keeps only `window` of them)."""
+        """An empty cache for positions 0..max_tokens-1, with as many slots as the mask needs (a window or
+        a chunk: at most that many)."""
         device = device if device is not None else self.qkv.weight.device
         dtype = dtype if dtype is not None else self.qkv.weight.dtype
-        slots = max_tokens if self.window is None else min(max_tokens, self.window)
-        shape = (batch, self.n_kv_heads, slots, self.head_dim)  # [B, Hkv, C, D]
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype),
-                       torch.zeros(shape, device=device, dtype=dtype), self.window)
+        shape = (batch, self.n_kv_heads, self.mask.cache_slots(max_tokens), self.head_dim)  # [B, Hkv, C, D]
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def _cache_write_read(self, cache: KVCache, k: torch.Tensor, v: torch.Tensor,
                           start_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, Hkv, S, D] of positions start_pos.. and return the keys/values to attend to."""
-        if cache.window != self.window:
-            raise ValueError(f"cache built for window {cache.window}, layer has window {self.window}")
         S, C = k.shape[2], cache.capacity
-        # A ring only when the cache holds exactly one window; a shorter cache is indexed by position.
-        ring = cache.window is not None and C == cache.window
-        if S == 1:  # decode: one new token against everything the cache holds
-            if ring:
-                slot, n_valid = start_pos % C, min(start_pos + 1, C)
-            elif start_pos < C:
-                slot, n_valid = start_pos, start_pos + 1
-            else:
-                raise ValueError(f"position {start_pos} does not fit a cache of {C} slots")
+        if S == 1:  # decode: one new token against the keys its mask keeps
+            keep = self.mask.keep(start_pos)  # positions keep.start..start_pos
+            if keep.start <= start_pos - C:
+                raise ValueError(f"position {start_pos} does not fit a cache of {C} slots: mask {self.mask} "
+                                 f"needs the keys from position {keep.start}")
+            slot = start_pos % C
             cache.k[:, :, slot:slot + 1].copy_(k)
             cache.v[:, :, slot:slot + 1].copy_(v)
-            # Ring slots are out of position order; that is fine: RoPE is already applied and a decode
-            # query sees every key the ring holds.
-            return cache.k[:, :, :n_valid], cache.v[:, :, :n_valid]  # [B, Hkv, n_valid, D]
+            # Slots may be out of position order; that is fine: RoPE is already applied and a decode query
+            # sees every key it is given.
+            first = keep.start % C
+            if len(keep) == C:
+                return cache.k, cache.v
+            if first <= slot:  # one run of slots
+                return cache.k[:, :, first:slot + 1], cache.v[:, :, first:slot + 1]  # [B, Hkv, len(keep), D]
+            idx = torch.arange(keep.start, start_pos + 1, device=k.device) % C  # the run wraps the ring
+            return cache.k.index_select(2, idx), cache.v.index_select(2, idx)
         if start_pos != 0:
             raise ValueError("a KV cache takes a prefill from position 0 or single-token decode steps")
-        if ring:  # keep the last C positions, each at slot position % C
-            keep = min(S, C)
-            slots = torch.arange(S - keep, S, device=k.device) % C
-            cache.k[:, :, slots] = k[:, :, S - keep:]
-            cache.v[:, :, slots] = v[:, :, S - keep:]
-        elif S <= C:
+        if self.mask.cache_slots(S) > C:
+            raise ValueError(f"{S} tokens do not fit a cache of {C} slots (mask {self.mask})")
+        if S <= C:
             cache.k[:, :, :S].copy_(k)
             cache.v[:, :, :S].copy_(v)
-        else:
-            raise ValueError(f"{S} tokens do not fit a cache of {C} slots")
+        else:  # keep the last C positions, each at slot position % C
+            slots = torch.arange(S - C, S, device=k.device) % C
+            cache.k[:, :, slots] = k[:, :, S - C:]
+            cache.v[:, :, slots] = v[:, :, S - C:]
         return k, v  # the prefill attends over its own tokens
 
     # --- forward
@@ -228,25 +235,34 @@ class Attention(nn.Module):
             k, v = self._cache_write_read(cache, k, v, start_pos)
         elif start_pos != 0 and S > 1:
             raise ValueError("without a cache, tokens start at position 0 (start_pos only shifts RoPE for S=1)")
-        # With more than one query the queries are the keys' own tokens, so the causal window is a mask
-        # over [S, S]; a single query (decode) sees every key it was given.
-        masked = self.causal and S > 1
-        window = self.window if masked and self.window is not None and self.window < S else None
+        # With more than one query the queries are the keys' own tokens, so the mask applies over [S, S];
+        # a single query (decode) sees every key it was given (the cache chose them by the mask).
+        mask = self.mask if S > 1 else None
         attend = {"eager": self._eager, "sdpa": self._sdpa, "flex": self._flex}[backend]
-        o = attend(q, k, v, masked, window)  # [B, Hq, S, D]
+        o = attend(q, k, v, mask)  # [B, Hq, S, D]
         return self.out(o.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
-    # --- backends: q [B, Hq, S, D], k/v [B, Hkv, T, D] -> [B, Hq, S, D]
-    def _allowed(self, S: int, window: int | None, device: torch.device) -> torch.Tensor:
-        """[S, S] bool: query i may see key j (j <= i and i - j < window)."""
-        key = ("allowed", S, window, device)
+    # --- backends: q [B, Hq, S, D], k/v [B, Hkv, T, D], mask over [S, T] or None -> [B, Hq, S, D]
+    def _mask_kind(self, mask: Mask | None, S: int, T: int) -> str:
+        """"none" (every pair allowed), "causal" (exactly the causal pairs) or "dense" (any other pattern)."""
+        if mask is None:
+            return "none"
+        key = ("kind", mask, S, T)
         if key not in self._masks:
-            i = torch.arange(S, device=device)
-            d = i[:, None] - i[None, :]  # [S, S] query position minus key position
-            self._masks[key] = (d >= 0) & (d < window) if window is not None else d >= 0
+            pairs = mask.pairs(S, T)
+            self._masks[key] = ("none" if pairs == S * T else
+                                "causal" if S == T and mask.causal and pairs == S * (S + 1) // 2 else "dense")
         return self._masks[key]
 
-    def _eager(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+    def _allowed(self, mask: Mask, S: int, device: torch.device) -> torch.Tensor:
+        """[S, S] bool: query i may see key j (the mask's dense grid), built once per shape."""
+        key = ("allowed", mask, S, device)
+        if key not in self._masks:
+            positions = torch.arange(S, device=device)
+            self._masks[key] = mask.allowed(positions, positions)
+        return self._masks[key]
+
+    def _eager(self, q, k, v, mask: Mask | None) -> torch.Tensor:
         B, Hq, S, D = q.shape
         Hkv, T = k.shape[1], k.shape[2]
         group = Hq // Hkv
@@ -255,8 +271,8 @@ class Attention(nn.Module):
         scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, Hkv, group, S, T)  # [B, Hkv, G, S, T]
         acc = torch.promote_types(scores.dtype, torch.float32)  # softmax in fp32 (fp64 stays fp64)
         scores = scores.to(acc) * self.scale
-        if masked:
-            scores = scores.masked_fill(~self._allowed(S, window, q.device), float("-inf"))
+        if self._mask_kind(mask, S, T) != "none":
+            scores = scores.masked_fill(~self._allowed(mask, S, q.device), float("-inf"))
         if self.sinks is not None:
             sink = self.sinks.to(acc).view(1, Hkv, group, 1, 1).expand(B, Hkv, group, S, 1)
             probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :T]  # drop the sink column
@@ -267,21 +283,20 @@ class Attention(nn.Module):
         o = torch.matmul(probs.to(v.dtype).view(B, Hkv, group * S, T), v)  # [B, Hkv, G*S, D]
         return o.view(B, Hq, S, D)
 
-    def _sdpa(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+    def _sdpa(self, q, k, v, mask: Mask | None) -> torch.Tensor:
         Hq, Hkv, S = q.shape[1], k.shape[1], q.shape[2]
-        mask = None
-        if masked and window is not None:
-            key = ("sdpa", S, window, q.device, q.dtype)
+        kind = self._mask_kind(mask, S, k.shape[2])
+        is_causal, attn_mask = kind == "causal", None
+        if kind == "dense":
+            key = ("sdpa", mask, S, q.device, q.dtype)
             if key not in self._masks:  # additive mask in the compute dtype: no per-call conversion
-                allowed = self._allowed(S, window, q.device)
                 self._masks[key] = torch.zeros(S, S, device=q.device, dtype=q.dtype).masked_fill(
-                    ~allowed, float("-inf"))
-            mask = self._masks[key]
-        is_causal = masked and mask is None
-        if Hq != Hkv and (not _SDPA_HAS_GQA or self._sdpa_expand_kv(q, k, mask, is_causal)):
+                    ~self._allowed(mask, S, q.device), float("-inf"))
+            attn_mask = self._masks[key]
+        if Hq != Hkv and (not _SDPA_HAS_GQA or self._sdpa_expand_kv(q, k, attn_mask, is_causal)):
             k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
         gqa = {"enable_gqa": True} if _SDPA_HAS_GQA and k.shape[1] != Hq else {}
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
                                               dropout_p=self.attn_dropout if self.training else 0.0, **gqa)
 
     def _sdpa_expand_kv(self, q, k, mask, is_causal: bool) -> bool:
@@ -303,14 +318,16 @@ class Attention(nn.Module):
             self._masks[key] = expand
         return self._masks[key]
 
-    def _flex(self, q, k, v, masked: bool, window: int | None) -> torch.Tensor:
+    def _flex(self, q, k, v, mask: Mask | None) -> torch.Tensor:
         S, T = q.shape[2], k.shape[2]
         # torch 2.13's compiled CPU kernel reads past a partial last key block (wrong outputs or NaNs at
         # lengths such as 40 on AVX2 machines); whole key blocks, the padding masked out, avoid it.
         pad = -T % FLEX_BLOCK if q.device.type == "cpu" else 0
         if pad:
             k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))  # [B, Hkv, T + pad, D]
-        block_mask = self._flex_block_mask(S, T, pad, masked, window, q.device) if masked or pad else None
+        if self._mask_kind(mask, S, T) == "none":
+            mask = full() if pad else None  # decode or full attention: only the padding is masked
+        block_mask = self._flex_block_mask(mask, S, T, pad, q.device) if mask is not None else None
         kwargs: dict[str, Any] = dict(block_mask=block_mask, scale=self.scale,
                                       enable_gqa=q.shape[1] != k.shape[1])
         if self.sinks is None:
@@ -318,17 +335,15 @@ class Attention(nn.Module):
         o, lse = _flex_with_lse(q, k, v, kwargs)  # lse [B, Hq, S], natural log, float32
         return apply_sinks_from_lse(o, lse, self.sinks)
 
-    def _flex_block_mask(self, S: int, T: int, pad: int, causal: bool, window: int | None,
-                         device: torch.device):
-        key = ("flex", S, T, pad, causal, window, device)
+    def _flex_block_mask(self, mask: Mask, S: int, T: int, pad: int, device: torch.device):
+        key = ("flex", mask, S, T, pad, device)
         if key not in self._masks:
-            self._masks[key] = flex_block_mask(S, T + pad, valid_keys=T, causal=causal, window=window,
-                                               device=device)
+            self._masks[key] = mask.block_mask(S, T + pad, valid_keys=T, device=device)
         return self._masks[key]
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, window={self.window}, sinks={self.has_sinks}, "
+                f"head_dim={self.head_dim}, mask={self.mask}, sinks={self.has_sinks}, "
                 f"positions={self.positions}, causal={self.causal}, backend={self.backend}")
 
 
@@ -376,54 +391,10 @@ def _flex_with_lse(q, k, v, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch
 
 def causal_window_block_mask(S: int, window: int | None, device: Any, block: int = FLEX_BLOCK):
     """A flex BlockMask for causal attention over S tokens with an optional window."""
-    return flex_block_mask(S, S, causal=True, window=window, device=device, block=block)
+    return layer_mask(window=window).block_mask(S, S, device=device, block=block)
 
 
-def flex_block_mask(q_len: int, kv_len: int, *, valid_keys: int | None = None, causal: bool = True,
-                    window: int | None = None, device: Any, block: int = FLEX_BLOCK):
-    """A flex BlockMask, built per block, for queries 0..q_len-1 over keys 0..kv_len-1.
-
-    Key j is allowed for query i iff j < valid_keys (keys past it are padding) and, when causal,
-    0 <= i - j < window. create_block_mask would evaluate the mask on all q_len*kv_len pairs (17 GB of
-    booleans at 131072 tokens); whether a block is empty, full or partial follows from its corner positions.
-    The window and the valid length are tensors captured by the mask function, so masks of one shape share
-    one compiled kernel.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-    valid = kv_len if valid_keys is None else valid_keys
-    w = window if window is not None else max(q_len, kv_len)  # a window that long is plain causal attention
-
-    def bounds(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        start = torch.arange(-(-n // block), device=device) * block
-        end = torch.clamp(start + block, max=n) - 1  # last index in each block
-        return start, end, (end - start + 1) == block  # a truncated last block is never "full"
-
-    qs, qe, q_whole = bounds(q_len)
-    ks, ke, k_whole = bounds(kv_len)
-    q0, q1, k0, k1 = qs[:, None], qe[:, None], ks[None, :], ke[None, :]  # [nq, 1] / [1, nk]
-    any_allowed = k0 < valid  # [nq, nk]
-    all_allowed = (k1 < valid) & q_whole[:, None] & k_whole[None, :]
-    if causal:  # over a block pair, d = i - j takes every value in [q0 - k1, q1 - k0]; allowed iff 0 <= d < w
-        any_allowed = any_allowed & (q1 - k0 >= 0) & (q0 - k1 <= w - 1)
-        all_allowed = all_allowed & (q0 - k1 >= 0) & (q1 - k0 <= w - 1)
-    partial = any_allowed & ~all_allowed
-
-    window_t, valid_t = torch.tensor(w, device=device), torch.tensor(valid, device=device)
-
-    def causal_window(b, h, q_idx, kv_idx):
-        return (kv_idx < valid_t) & (kv_idx <= q_idx) & (q_idx - kv_idx < window_t)
-
-    def valid_only(b, h, q_idx, kv_idx):
-        return kv_idx < valid_t
-
-    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[nq, nk] bool -> per-row count and the indices of the set blocks first, as [1, 1, ...] int32."""
-        counts = blocks.sum(dim=-1, dtype=torch.int32)
-        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return counts[None, None].contiguous(), indices[None, None].contiguous()
-
-    kv_num, kv_idx = ordered(partial)
-    full_num, full_idx = ordered(all_allowed)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
-                                    mask_mod=causal_window if causal else valid_only,
-                                    seq_lengths=(q_len, kv_len))
+def rope_spec(cfg: ModelConfig) -> RopeSpec:
+    """The rotary (YaRN) settings of a preset."""
+    return RopeSpec(cfg.rope_theta, cfg.yarn_factor, cfg.yarn_beta_slow, cfg.yarn_beta_fast,
+                    cfg.yarn_original_context)

@@ -7,15 +7,17 @@ Modes:
 - train:   forward + backward (gradients of the input and all parameters via autograd.grad).
 
 Cost model (per call of `fn`; see docs/attention.md):
-- pairs P: query/key pairs computed per sequence per head. Prefill/train causal: S(S+1)/2, or with a
-  window W: W(W+1)/2 + (S-W)W; non-causal: S^2. Decode: min(kv_len+1, W).
+- pairs P: query/key pairs computed per sequence per head, counted by the layer's mask (Mask.pairs).
+  Prefill/train causal: S(S+1)/2, or with a window W: W(W+1)/2 + (S-W)W; non-causal: S^2. Decode: the
+  keys the mask keeps for position kv_len (min(kv_len+1, W) for a window).
 - FLOPs = matmuls only, 2 per multiply-add: projections 2*T*hidden*(qkv_width + q_width) for T query
   tokens, attention 2 matmuls (QK^T, PV) = 4*B*n_heads*P*head_dim. Train = 3x forward (each matmul's
   backward is two matmuls of the same size; no recomputation counted). Softmax, RoPE, norm, bias and
   the residual add are not counted.
-- bytes = the minimum that must move: weights once, input read, output written; decode adds the KV
-  cache it attends over (P tokens of K and V: P-1 read, 1 written); train adds weight gradients written,
+- bytes = the minimum that must move: weights once, input read, output written; decode adds the keys and
+  values it attends over (P tokens of K and V: P-1 read, 1 written); train adds weight gradients written,
   output gradient read and input gradient written.
+- kv_cache_bytes: what the layer's cache holds, Mask.cache_slots tokens (a ring of W for a window).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
     model_validator
 
 from ..errors import SkipCase
+from ..layers import masks
 from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
-from ..layers.rope import RopeSpec, apply_rotary, rotary_cos_sin
+from ..layers.rope import RopeSpec
 from .base import Check, Cost, Family, Workload
 from .building import randn, timed_call
+from .attention_reference import reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
 from .fields import cross_field_error, fits_memory, yarn_ramp_fits
 
@@ -42,8 +46,6 @@ WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual s
 # (bf16 2^-8, fp16 2^-11): 2e-2 and 2e-3 are ~5u. fp32 leaves room for accumulation over 2880-long
 # dot products (sqrt(2880) * 2^-24 ~ 3e-6) at 1e-5.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-FULL_REFERENCE_SCORES = 1 << 24  # up to this many scores, the reference covers every query row
-REFERENCE_CHUNK_SCORES = 1 << 25  # scores per reference chunk (256 MB in float64)
 
 
 class AttentionParams(BaseModel):
@@ -73,6 +75,9 @@ class AttentionParams(BaseModel):
     yarn_original_context: PositiveInt
     norm: Literal["rmsnorm", "layernorm", "none"] = Field(description="pre-norm inside the block")
     norm_eps: PositiveFloat
+    mask: str | None = Field(None, description="an attention mask by name (ossbench.layers.masks), e.g. "
+                                               "window128 or and(chunk8192,window128); null: causal, or "
+                                               "`window` when set (window and mask are exclusive)")
 
     @field_validator("n_kv_heads")
     @classmethod
@@ -130,6 +135,21 @@ class AttentionParams(BaseModel):
     _yarn = field_validator("yarn_original_context")(yarn_ramp_fits)
     _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: attention_cost(p, dtype_bytes).bytes))
 
+    @field_validator("mask")
+    @classmethod
+    def _mask_known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        mask = masks.parse(v)
+        masks.layer_mask(causal=info.data.get("causal", True), window=info.data.get("window"), mask=mask)
+        return mask.name  # the canonical spelling
+
+    @property
+    def layer_mask(self) -> masks.Mask:
+        """The mask object the layer, the cost model and the reference all use."""
+        return masks.layer_mask(causal=self.causal, window=self.window,
+                                mask=masks.parse(self.mask) if self.mask is not None else None)
+
     @property
     def rope(self) -> RopeSpec:
         return RopeSpec(self.rope_theta, self.yarn_factor, self.yarn_beta_slow, self.yarn_beta_fast,
@@ -166,15 +186,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # --- cost model
 def attention_pairs(p: AttentionParams) -> int:
     """Query/key pairs computed per sequence and head."""
-    if p.mode == "decode":
-        return min(p.kv_len + 1, p.window) if p.window is not None else p.kv_len + 1
-    S = p.seq_len
-    if not p.causal:
-        return S * S
-    if p.window is None:
-        return S * (S + 1) // 2
-    W = p.window
-    return W * (W + 1) // 2 + (S - W) * W  # the first W rows see 1..W keys, every later row sees W
+    if p.mode == "decode":  # the token at position kv_len over the cached keys and its own
+        return p.layer_mask.pairs(1, p.kv_len + 1, q_offset=p.kv_len)
+    return p.layer_mask.pairs(p.seq_len, p.seq_len)
+
+
+def cache_tokens(p: AttentionParams) -> int:
+    """Tokens (slots) the layer's KV cache holds in this case; prefill: what a cache of its tokens holds."""
+    return p.layer_mask.cache_slots(p.kv_len + 1 if p.mode == "decode" else p.seq_len)
 
 
 def query_tokens(p: AttentionParams) -> int:
@@ -201,10 +220,16 @@ def param_count(p: AttentionParams) -> int:
 
 
 def layer_kv_cache_bytes(n_tokens: int, n_kv_heads: int, head_dim: int, window: int | None = None,
-                         batch: int = 1, dtype_bytes: int = 2) -> int:
-    """K and V of one layer after `n_tokens` tokens; a windowed layer keeps only `window` of them."""
-    kept = n_tokens if window is None else min(n_tokens, window)
-    return batch * kept * 2 * n_kv_heads * head_dim * dtype_bytes
+                         batch: int = 1, dtype_bytes: int = 2, *, mask: masks.Mask | None = None) -> int:
+    """K and V of one layer's cache for positions 0..n_tokens-1: the slots its mask needs (a window W:
+    min(n_tokens, W)). `window` is a convenience for mask=sliding_window(window)."""
+    kept = masks.layer_mask(window=window, mask=mask).cache_slots(n_tokens)
+    return kv_bytes(kept, n_kv_heads, head_dim, batch, dtype_bytes)
+
+
+def kv_bytes(tokens: int, n_kv_heads: int, head_dim: int, batch: int = 1, dtype_bytes: int = 2) -> int:
+    """K and V of `tokens` tokens (2 KiB per token for 8 KV heads of 64 in bf16)."""
+    return batch * tokens * 2 * n_kv_heads * head_dim * dtype_bytes
 
 
 def kv_cache_bytes(cfg: ModelConfig, n_tokens: int, *, batch: int = 1, dtype_bytes: int = 2,
@@ -229,15 +254,14 @@ def attention_cost(p: AttentionParams, dtype_bytes: int) -> Cost:
     fp32_params = p.hidden if p.norm == "rmsnorm" else 0  # gpt-oss keeps the RMSNorm scale in fp32
     weight_bytes = (n_params - fp32_params) * dtype_bytes + fp32_params * 4
     activation_bytes = tokens * p.hidden * dtype_bytes  # one [tokens, hidden] tensor
-    if p.mode == "decode":
-        kept = pairs  # keys the new token attends to, including its own
-    else:
-        kept = p.seq_len if p.window is None else min(p.seq_len, p.window)
-    cache_bytes = layer_kv_cache_bytes(kept, p.n_kv_heads, p.head_dim, None, p.batch, dtype_bytes)
+    # the cache the layer holds (its mask's slots) and, in decode, the keys one step reads: the same for a
+    # full or windowed layer, not for a chunked one (a ring of C slots, of which position p reads p % C + 1)
+    cache_bytes = kv_bytes(cache_tokens(p), p.n_kv_heads, p.head_dim, p.batch, dtype_bytes)
+    attended_bytes = kv_bytes(pairs, p.n_kv_heads, p.head_dim, p.batch, dtype_bytes)
     if p.mode == "prefill":
         flops, nbytes = proj_flops + attn_flops, weight_bytes + 2 * activation_bytes
     elif p.mode == "decode":
-        flops, nbytes = proj_flops + attn_flops, weight_bytes + 2 * activation_bytes + cache_bytes
+        flops, nbytes = proj_flops + attn_flops, weight_bytes + 2 * activation_bytes + attended_bytes
     else:  # train: weights read + gradients written; x, y, dy, dx
         flops, nbytes = 3 * (proj_flops + attn_flops), 2 * weight_bytes + 4 * activation_bytes
     return Cost(flops=flops, bytes=float(nbytes), tokens=tokens, extra={
@@ -252,7 +276,7 @@ def attention_cost(p: AttentionParams, dtype_bytes: int) -> Cost:
 # --- building
 def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Attention:
     """The block with fresh random weights (never zeros: zero weights make kernels take shortcuts)."""
-    module = Attention(p.hidden, p.n_heads, p.n_kv_heads, p.head_dim, window=p.window, sinks=p.sinks,
+    module = Attention(p.hidden, p.n_heads, p.n_kv_heads, p.head_dim, mask=p.layer_mask, sinks=p.sinks,
                        positions=p.positions, rope=p.rope, bias=p.bias, causal=p.causal, norm=p.norm,
                        norm_eps=p.norm_eps, backend=p.backend, device=device, dtype=dtype)
     with torch.no_grad():
@@ -270,7 +294,7 @@ def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: 
 
 def fill_decode_cache(module: Attention, p: AttentionParams, generator: torch.Generator,
                       device: Any, dtype: torch.dtype) -> KVCache:
-    """A cache holding kv_len random tokens (slots for kv_len+1; a windowed layer holds `window`)."""
+    """A cache for positions 0..kv_len holding random keys/values (as many slots as the mask keeps)."""
     cache = module.new_cache(p.batch, p.kv_len + 1, device=device, dtype=dtype)
     cache.k.normal_(generator=generator)
     cache.v.normal_(generator=generator)
@@ -285,6 +309,10 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training)
     if reason:
         raise SkipCase(reason)
+    if p.mask is not None and attention_pairs(p) == attention_pairs(p.model_copy(update={"mask": None})):
+        length = f"kv_len {p.kv_len}" if p.mode == "decode" else f"seq_len {p.seq_len}"
+        raise SkipCase(f"mask {p.mask} allows every causal pair at {length}: the case would repeat plain "
+                       f"causal attention")
     generator = torch.Generator(device=device).manual_seed(SEED)
     module = make_module(p, device, dtype, generator)
     module.requires_grad_(training)
@@ -333,99 +361,6 @@ def check_against_reference(module: Attention, p: AttentionParams, x: torch.Tens
             errs.append(errors(dx.double(), dx_ref))
             what += " and the input gradient"
     return combined_check(errs, TOLERANCE[x.dtype], f"float64 einsum attention on {x.device.type}, {what}")
-
-
-def reference_rows(p: AttentionParams) -> list[int]:
-    """Every row when the score matrix is small; else the start, the window and flex block boundaries,
-    the middle, the end and a few seeded random rows."""
-    S = p.seq_len
-    if p.batch * p.n_heads * S * S <= FULL_REFERENCE_SCORES:
-        return list(range(S))
-    picks = {0, 1, 2, 127, 128, 129, S // 2 - 1, S // 2, S - 2, S - 1}
-    if p.window is not None:
-        picks |= {p.window - 2, p.window - 1, p.window, p.window + 1}
-    g = torch.Generator().manual_seed(SEED)
-    picks |= set(torch.randint(0, S, (16,), generator=g).tolist())
-    return sorted(r for r in picks if 0 <= r < S)
-
-
-def _reference_qkv(module: Attention, x: torch.Tensor, positions: torch.Tensor | None):
-    """float64 q, k, v [B, H, T, D] of the tokens x [B, T, hidden] at `positions` (RoPE applied)."""
-    x = x.double()
-    if isinstance(module.norm, torch.nn.LayerNorm):
-        h = torch.nn.functional.layer_norm(x, (module.hidden,), module.norm.weight.double(),
-                                           module.norm.bias.double(), module.norm.eps)
-    elif module.norm is not None:
-        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.norm.eps) * module.norm.scale.double()
-    else:
-        h = x
-    w = module.qkv.weight.double()
-    qkv = torch.einsum("btc,oc->bto", h, w)
-    if module.qkv.bias is not None:
-        qkv = qkv + module.qkv.bias.double()
-    q, k, v = qkv.split(module.split, dim=-1)
-    B, T, D = x.shape[0], x.shape[1], module.head_dim
-    q = q.reshape(B, T, module.n_heads, D).transpose(1, 2)
-    k = k.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
-    v = v.reshape(B, T, module.n_kv_heads, D).transpose(1, 2)
-    if module.rope is not None:
-        cos, sin = rotary_cos_sin(positions, D, module.rope.spec)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    return q, k, v
-
-
-def _reference_attend(module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      allowed: torch.Tensor | None) -> torch.Tensor:
-    """q [B, Hq, R, D], k/v [B, Hkv, T, D], allowed [R, T] -> out-projected update [B, R, hidden]."""
-    B, Hq, R, D = q.shape
-    group = Hq // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)  # [B, Hq, T, D]
-    v = v.repeat_interleave(group, dim=1)
-    scores = torch.einsum("bhrd,bhtd->bhrt", q, k) * module.scale
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    if module.sinks is not None:
-        sink = module.sinks.double().view(1, Hq, 1, 1).expand(B, Hq, R, 1)
-        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    else:
-        weights = torch.softmax(scores, dim=-1)
-    o = torch.einsum("bhrt,bhtd->brhd", weights, v).reshape(B, R, Hq * D)
-    y = torch.einsum("brc,oc->bro", o, module.out.weight.double())
-    return y + module.out.bias.double() if module.out.bias is not None else y
-
-
-def reference_prefill(module: Attention, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """float64 block update at query `rows` of x [B, S, hidden] -> [B, len(rows), hidden]."""
-    S = x.shape[1]
-    last = max(rows) + 1 if module.causal else S  # keys beyond the last row are never seen causally
-    positions = torch.arange(last, device=x.device)
-    _, k, v = _reference_qkv(module, x[:, :last], positions)
-    row_t = torch.tensor(rows, device=x.device)
-    chunk = max(1, REFERENCE_CHUNK_SCORES // (x.shape[0] * module.n_heads * last))
-    outs = []
-    for start in range(0, len(rows), chunk):
-        r = row_t[start:start + chunk]
-        q, _, _ = _reference_qkv(module, x[:, r], r)
-        allowed = None
-        if module.causal:
-            d = r[:, None] - positions[None, :]  # [R, T] query position minus key position
-            allowed = (d >= 0) & (d < module.window) if module.window is not None else d >= 0
-        outs.append(_reference_attend(module, q, k, v, allowed))
-    return torch.cat(outs, dim=1)
-
-
-def reference_decode(module: Attention, x: torch.Tensor, cache: KVCache, position: int) -> torch.Tensor:
-    """float64 update of one token x [B, 1, hidden] at `position` against the cached keys before it."""
-    q, k_new, v_new = _reference_qkv(module, x, torch.tensor([position], device=x.device))
-    C = cache.capacity
-    slot = position % C if cache.window is not None and C == cache.window else position
-    n_valid = min(position + 1, C)
-    # every valid slot except the one this token writes holds an earlier position the token sees
-    keep = [s for s in range(n_valid) if s != slot]
-    idx = torch.tensor(keep, device=x.device, dtype=torch.long)
-    k = torch.cat([cache.k.index_select(2, idx).double(), k_new], dim=2)  # [B, Hkv, n_valid, D]
-    v = torch.cat([cache.v.index_select(2, idx).double(), v_new], dim=2)
-    return _reference_attend(module, q, k, v, None)
 
 
 FAMILY = Family(
