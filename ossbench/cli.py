@@ -374,10 +374,12 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
 def export_(results_file: Path, fmt: str, output: Path | None) -> None:
     """Export RESULTS_FILE as CSV, Parquet or a pytest-benchmark saved run (times in seconds)."""
     from .export import default_path, export
+    from .outdir import check_output_file
     from .results import load_results
 
+    target = check_output_file(output or default_path(results_file, fmt), "-o")  # type: ignore[arg-type]
     run_result = load_results(results_file)
-    click.echo(str(export(run_result, fmt, output or default_path(results_file, fmt))))  # type: ignore[arg-type]
+    click.echo(str(export(run_result, fmt, target)))
 
 
 @main.command()

@@ -60,8 +60,9 @@ def test_output_file_checks(tmp_path):
     ["compare", "{results}", "{results}", "-o", "{out}"],
     ["gate", "--baseline", "{results}", "{results}", "--junit", "{out}"],
     ["gate", "--baseline", "{results}", "{results}", "--markdown", "{out}"],
+    ["export", "{results}", "--format", "csv", "-o", "{out}"],
 ])
-def test_unwritable_outputs_of_report_compare_gate_exit_2_before_reading(tmp_path, command):
+def test_unwritable_outputs_of_report_compare_gate_export_exit_2_before_reading(tmp_path, command):
     (tmp_path / "a-file").write_text("x")
     # The results file does not exist: a message about it would mean the output was checked too late.
     paths = {"results": str(tmp_path / "missing.json"), "out": str(tmp_path / "a-file" / "out.txt")}
