@@ -143,6 +143,9 @@ class Environment(_Model):
     nvml: dict[str, Any] | None = None  # {"available": bool, "device" or "reason"}
     measure: dict[str, Any] | None = None  # what was asked for: profile, ncu, strict_clocks
     isolated: bool | None = None  # each case ran in its own child process (docs/isolation.md)
+    # what else the machine was doing when the run was planned: loadavg, cpu_count, threads (CPU runs),
+    # gpu_other_processes (CUDA runs)
+    load: dict[str, Any] | None = None
 
 
 class RunOptions(_Model):

@@ -124,13 +124,20 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
 
 
 def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
-    """NVML's availability, the roofline ceilings (calibrated or datasheet) and the depth asked for."""
+    """NVML's availability, the roofline ceilings (calibrated or datasheet), the machine's load and the depth
+    asked for."""
+    import torch
+
     from .measure import nvml
     from .measure.calibrate import load_calibration
+    from .measure.calibration_checks import machine_load
     from .measure.roofline import resolve_ceilings
 
     calibration = load_calibration(env["device_name"], env["device_type"])
-    return {"nvml": nvml.status(device), "ceilings": resolve_ceilings(env.get("peak"), calibration),
+    load = machine_load(device)
+    if device == "cpu":
+        load["threads"] = torch.get_num_threads()
+    return {"nvml": nvml.status(device), "ceilings": resolve_ceilings(env.get("peak"), calibration), "load": load,
             "measure": {"profile": measure.profile, "ncu": measure.ncu, "strict_clocks": measure.strict_clocks}}
 
 

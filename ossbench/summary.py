@@ -148,9 +148,28 @@ def calibration_table(record: dict) -> Table:
     return t
 
 
-def measure_notices(plan) -> list[str]:
-    """One line each for what the run cannot measure here (NVML, ceilings, ncu), said once per run."""
+def load_notices(load: dict | None) -> list[str]:
+    """Why the timings of a run planned on a machine this busy will read high (empty when it was quiet).
+
+    CPU: a 1-minute load average at least one task above the cores the run's torch threads leave free. Each
+    torch parallel region then waits for a descheduled thread: on 2 cores at a load of 5-6 a ~1 ms case
+    took 80-180 ms. GPU: another process holding a compute context.
+    """
+    load = load or {}
+    avg, cpus, threads = (load.get("loadavg") or [None])[0], load.get("cpu_count"), load.get("threads")
     lines = []
+    if avg is not None and cpus and threads and avg >= max(cpus - threads, 0) + 1:
+        lines.append(f"1-minute load average {avg:.1f} on {cpus} CPUs, with {threads} torch thread(s) for the run: "
+                     f"other work competes for the cores and CPU timings will read high")
+    if load.get("gpu_other_processes"):
+        lines.append(f"{load['gpu_other_processes']} other process(es) hold a compute context on the GPU")
+    return lines
+
+
+def measure_notices(plan) -> list[str]:
+    """One line each for what the run cannot measure here (NVML, ceilings, ncu) or measures under load,
+    said once per run."""
+    lines = [f"[yellow]machine loaded: {term_text(why)}.[/]" for why in load_notices(plan.environment.get("load"))]
     nvml = plan.environment.get("nvml") or {}
     if not nvml.get("available"):
         lines.append(f"[dim]NVML unavailable ({term_text(nvml.get('reason', 'unknown'))}): no power, energy, "
