@@ -10,7 +10,9 @@ and clock-event reasons seen while it ran.
 
 Without NVML (no `pynvml`, no driver, a CPU run) `open_device` raises `NvmlUnavailable` with one readable
 reason; callers record it and go on. pynvml is imported inside functions (and can be injected as `nvml=`
-for tests), so importing this module costs nothing.
+for tests), so importing this module costs nothing. Every NVML user in ossbench (the sampler, `status`,
+`driver_info` for `ossbench env`, calibration's process count) opens and closes NVML through `_init` and
+`_shutdown` here, and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ..hardware import Device
 
 DEFAULT_PERIOD_S = 0.015
 RING_CAPACITY = 4096  # ~60 s of readings at 15 ms; older ones drop off, the running totals keep counting
@@ -78,6 +85,43 @@ def _import_nvml(nvml: Any | None):
 
 def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
+
+
+def _init(n: Any) -> None:
+    try:
+        n.nvmlInit()
+    except Exception as e:  # noqa: BLE001 - LibraryNotFound, DriverNotLoaded, ... depending on the machine
+        raise NvmlUnavailable(f"nvmlInit failed: {_describe(e)}") from None
+
+
+def _shutdown(n: Any) -> None:
+    try:
+        n.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - nothing useful to do about a failed shutdown
+        pass
+
+
+@contextmanager
+def session(*, nvml: Any | None = None) -> Iterator[Any]:
+    """NVML initialised for the block and shut down after it; yields the bindings module."""
+    n = _import_nvml(nvml)
+    _init(n)
+    try:
+        yield n
+    finally:
+        _shutdown(n)
+
+
+def driver_info(*, nvml: Any | None = None) -> tuple[str, int]:
+    """(driver version, GPU count) as NVML reports them; raises NvmlUnavailable with the reason."""
+    with session(nvml=nvml) as n:
+        try:
+            driver, count = n.nvmlSystemGetDriverVersion(), n.nvmlDeviceGetCount()
+        except Exception as e:  # noqa: BLE001
+            raise NvmlUnavailable(_describe(e)) from None
+    if isinstance(driver, bytes):  # older bindings return bytes
+        driver = driver.decode()
+    return str(driver), int(count)
 
 
 def _torch_identity(torch_index: int) -> tuple[str | None, str | None]:
@@ -223,27 +267,18 @@ class NvmlDevice:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self.nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001 - nothing useful to do about a failed shutdown
-                pass
+            _shutdown(self.nvml)
 
 
 def open_device(torch_index: int = 0, *, nvml: Any | None = None) -> NvmlDevice:
     """NVML's view of torch's cuda:`torch_index`; raises NvmlUnavailable with the reason."""
     n = _import_nvml(nvml)
-    try:
-        n.nvmlInit()
-    except Exception as e:  # noqa: BLE001 - LibraryNotFound, DriverNotLoaded, ... depending on the machine
-        raise NvmlUnavailable(f"nvmlInit failed: {_describe(e)}") from None
+    _init(n)
     try:
         handle = _handle_for(n, torch_index)
         name = n.nvmlDeviceGetName(handle) if hasattr(n, "nvmlDeviceGetName") else "unknown GPU"
     except Exception as e:  # noqa: BLE001
-        try:
-            n.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        _shutdown(n)
         raise NvmlUnavailable(f"no NVML handle for cuda:{torch_index}: {_describe(e)}") from None
     if isinstance(name, bytes):  # older bindings return bytes
         name = name.decode()
@@ -262,23 +297,18 @@ def _handle_for(n: Any, torch_index: int):
     return n.nvmlDeviceGetHandleByIndex(_visible_index(torch_index))
 
 
-def status(device: str, *, nvml: Any | None = None) -> dict[str, Any]:
+def status(device: Device, *, nvml: Any | None = None) -> dict[str, Any]:
     """NVML's availability for a run on `device`: {"available": True, "device": name} or {..False, "reason"}."""
-    if not device.startswith("cuda"):
+    if not device.is_cuda:
         return {"available": False, "reason": "CPU run: no GPU to sample"}
     try:
-        dev = open_device(_index_of(device), nvml=nvml)
+        dev = open_device(device.index, nvml=nvml)
     except NvmlUnavailable as e:
         return {"available": False, "reason": str(e)}
     try:
         return {"available": True, "device": dev.name}
     finally:
         dev.close()
-
-
-def _index_of(device: str) -> int:
-    _, _, index = device.partition(":")
-    return int(index) if index else 0
 
 
 # ------------------------------------------------------------------------------------------- the sampler

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..hardware import Device
 from .stats import (
     DEFAULT_TARGET_REL_CI,
     MAX_TIME_S,
@@ -423,7 +424,7 @@ class _CpuSampler:
         return out
 
 
-def cache_flusher(device: str | torch.device | None, flush_bytes: int | None = None) -> Callable[[], None]:
+def cache_flusher(device: str | torch.device | Device | None, flush_bytes: int | None = None) -> Callable[[], None]:
     """The cold-cache flush bench runs before each sample, for tools that must reproduce its conditions
     (the profiler). Same default size as bench; on CPU the process-wide buffer bench uses is shared."""
     dev = _resolve_device(device)
@@ -471,7 +472,9 @@ def _parse_cache_size(text: str) -> int:
 # --------------------------------------------------------------------------------------- argument checks
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def _resolve_device(device: str | torch.device | Device | None) -> torch.device:
+    if isinstance(device, Device):  # resolved and checked once per run (ossbench.hardware)
+        return device.torch_device
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
