@@ -227,7 +227,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
     import torch
 
     from .measure.memory import MemoryWatch
-    from .measure.nvml import NvmlSampler
+    from .measure.nvml_sampler import NvmlSampler
     from .measure.timer import bench, cache_flusher
     from .workloads import get_family
 

@@ -12,7 +12,8 @@ import torch
 
 from ossbench.hardware import Device
 from ossbench.measure import nvml
-from ossbench.measure.nvml import NvmlSampler, NvmlUnavailable, driver_info, energy_delta_mj, open_device
+from ossbench.measure.nvml import NvmlUnavailable, driver_info, open_device
+from ossbench.measure.nvml_sampler import NvmlSampler, energy_delta_mj
 from ossbench.measure.timer import MAX_DISCARDED_BATCHES, bench
 
 GPU0 = Device(type="cuda", index=0, name="NVIDIA H100 80GB HBM3", peak_row="H100 SXM")

@@ -176,7 +176,7 @@ def bench(
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
     A min_time_s above max_time_s is lowered to max_time_s.
 
-    ``monitor`` (e.g. an ``ossbench.measure.nvml.NvmlSampler``) is told when sampling starts and ends and
+    ``monitor`` (e.g. an ``ossbench.measure.nvml_sampler.NvmlSampler``) is told when sampling starts and ends and
     reports the SM clock and clock-event reasons of each batch (batches then last at most ~0.1 s). With
     ``strict_clocks=True`` a batch taken while the monitor saw power/thermal throttling is discarded and
     re-taken, at most 20 times; the time budget still applies. Without a monitor strict_clocks does nothing.
