@@ -1,5 +1,7 @@
 """Environment capture: what ran the benchmark (device, driver, CUDA, torch, triton, host, ossbench revision).
 
+The device itself (name, SM count, L2, CPU model, datasheet row) comes from the `hardware.Device` the run
+resolved; NVML's driver query goes through `measure.nvml`, the one place that opens and closes NVML.
 torch, triton and pynvml are imported inside functions: importing this module must stay cheap, because the
 CLI imports it and `ossbench --help` has to start fast.
 """
@@ -15,22 +17,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .measure.roofline import peak_for
+from .hardware import Device, cpu_model, resolve_device  # noqa: F401 - cpu_model: callers import it from here
+from .measure.nvml import NvmlUnavailable, driver_info
 
 _GIT_TIMEOUT_S = 3.0  # a hung git (network filesystem, lock) must not hold up a run
 
 
-def capture(device: str) -> dict[str, Any]:
-    """The fields of `ossbench.results.Environment` for a run on `device` ("cpu", "cuda", "cuda:N", "auto")."""
+def capture(device: str | Device) -> dict[str, Any]:
+    """The fields of `ossbench.results.Environment` for a run on `device` (a Device, or a spec for
+    `hardware.resolve_device`: "auto", "cpu", "cuda", "cuda:N")."""
     start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
     import torch
 
-    dev = _resolve_device(device)
-    cpu = cpu_model()
-    env: dict[str, Any] = {
+    dev = resolve_device(device)
+    return {
         "device_type": dev.type,
-        "device_name": cpu,
+        "device_name": dev.name,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "driver": _nvml_driver(),
         "cuda": torch.version.cuda,
@@ -39,55 +41,14 @@ def capture(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "cpu": f"{cpu} ({os.cpu_count()} logical cores)",
+        "cpu": f"{dev.cpu_model} ({os.cpu_count()} logical cores)",
         "ossbench_version": ossbench_version(),
         "git_revision": git_revision(),
         "start_time": start_time,
-        "l2_cache_bytes": None,
-        "sm_count": None,
+        "l2_cache_bytes": dev.l2_cache_bytes,
+        "sm_count": dev.sm_count,
+        "peak": dev.peak,
     }
-    if dev.type == "cuda":
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        env["device_name"] = torch.cuda.get_device_name(index)
-        env["l2_cache_bytes"] = props.L2_cache_size
-        env["sm_count"] = props.multi_processor_count
-    env["peak"] = peak_for(env["device_name"]) if dev.type == "cuda" else None
-    return env
-
-
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"unknown device {device!r}: {e}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} requested but CUDA is not available "
-                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) visible")
-    elif dev.type != "cpu":
-        raise UserError(f"unsupported device type {dev.type!r} (use cpu, cuda or cuda:N)")
-    return dev
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, e.g. "AMD EPYC 7763 64-Core Processor"."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                # x86 says "model name"; some ARM kernels only give "Hardware" or "Model".
-                if key.strip() in ("model name", "Hardware", "Model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def triton_version() -> str | None:
@@ -134,43 +95,18 @@ def _git(cwd: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _nvml_query() -> tuple[str, int]:
-    """(driver version, GPU count) from NVML; raises RuntimeError with a readable reason when unavailable."""
-    try:
-        import pynvml
-    except ImportError:
-        raise RuntimeError("pynvml not installed (pip install nvidia-ml-py)") from None
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ... depending on the machine
-        raise RuntimeError(str(e) or type(e).__name__) from None
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        count = pynvml.nvmlDeviceGetCount()
-    except Exception as e:
-        raise RuntimeError(str(e) or type(e).__name__) from None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    if isinstance(driver, bytes):  # older bindings return bytes
-        driver = driver.decode()
-    return driver, count
-
-
 def _nvml_driver() -> str | None:
     try:
-        return _nvml_query()[0]
-    except RuntimeError:
+        return driver_info()[0]
+    except NvmlUnavailable:
         return None
 
 
 def nvml_status() -> str:
     """NVML's state in one line: 'available: driver X, N GPUs' or 'unavailable: <reason>'."""
     try:
-        driver, count = _nvml_query()
-    except RuntimeError as e:
+        driver, count = driver_info()
+    except NvmlUnavailable as e:
         return f"unavailable: {e}"
     return f"available: driver {driver}, {count} GPU{'s' if count != 1 else ''}"
 

@@ -30,10 +30,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .hardware import Device, resolve_device
 from .results import CaseResult
 from .suite import Case, Timing
 
-RunCase = Callable[[Case, str, Timing, Any], CaseResult]  # run_case(case, device, timing, measure)
+RunCase = Callable[[Case, Device, Timing, Any], CaseResult]  # run_case(case, device, timing, measure)
 
 COMPILE_ALLOWANCE_S = 120.0  # default timeout = 10 x max_time_s + this (warm-up, torch.compile, autotuning)
 STARTUP_TIMEOUT_S = 300.0  # spawn + `import torch` on a cold, loaded machine; not charged to any case
@@ -45,9 +46,9 @@ _EXIT_WAIT_S = 5.0  # a child whose pipe closed gets this long to finish exiting
 _POLL_S = 0.25  # how often a wait checks that the worker is still alive (a forked grandchild can hold its pipe)
 
 
-def default_isolation(device: str, n_cases: int) -> bool:
+def default_isolation(device: Device, n_cases: int) -> bool:
     """Isolation is on by default where a crash is likeliest to poison later cases: CUDA, several cases."""
-    return device.startswith("cuda") and n_cases > 1
+    return device.is_cuda and n_cases > 1
 
 
 def case_timeout(timing: Timing) -> float:
@@ -61,11 +62,12 @@ class IsolatedRunner:
     """Runs cases one at a time in a child process. Use as a context manager: the last worker is stopped
     on exit (also on Ctrl-C, which reaches only this process since the worker has its own session)."""
 
-    def __init__(self, run_case: RunCase, device: str, timing: Timing, measure: Any) -> None:
+    def __init__(self, run_case: RunCase, device: Device | str, timing: Timing, measure: Any) -> None:
         self.timeout_s = case_timeout(timing)
-        # An open NVML handle cannot cross processes: the worker opens its own for the same GPU.
-        nvml_index = (int(device.partition(":")[2] or 0)
-                      if getattr(measure, "nvml_device", None) is not None else None)
+        # An open NVML handle cannot cross processes: the worker opens its own for the same GPU. The Device
+        # itself is plain data and travels to the worker as it is.
+        device = resolve_device(device)
+        nvml_index = device.index if getattr(measure, "nvml_device", None) is not None else None
         if measure is not None:
             measure = replace(measure, nvml_device=None)
         self._args = (run_case, device, timing, measure, nvml_index)

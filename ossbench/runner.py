@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .depth import counters_in_process, counters_ncu, memory_detail, profile_record, roofline_record
 from .errors import SkipCase, UserError
 from .failures import NumericsMismatch, context_lost, describe, is_oom
+from .hardware import Device, resolve_device  # resolve_device: re-exported for the CLI and Python callers
 from .journal import JOURNAL, Journal
 from .outdir import OutputError, claim_out_dir
 from .results import SCHEMA, CaseResult, Environment, RunOptions, RunResult, SuiteInfo
@@ -37,28 +38,8 @@ QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.
 NOT_RUN = "not run:"  # how the error of a case left unrun after a lost CUDA context begins
 
 
-def resolve_device(spec: str) -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; checks that an explicit CUDA device exists."""
-    import torch
-
-    if spec == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
-    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if not m:
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N (got {spec!r})")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: no CUDA device is available to torch "
-                        f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
-    index = int(m.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return f"cuda:{index}"
-
-
-def default_out_dir(suite: Suite, device_name: str, device: str) -> Path:
-    label = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name.lower().replace("nvidia", ""))
+def default_out_dir(suite: Suite, device: Device) -> Path:
+    label = "cpu" if not device.is_cuda else re.sub(r"[^a-z0-9]+", "-", device.name.lower().replace("nvidia", ""))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", suite.name)
     return Path("reports") / f"{name}-{label.strip('-')}-{stamp}"
@@ -84,7 +65,7 @@ class RunPlan:
     """Everything decided before the first case runs."""
 
     suite: Suite
-    device: str
+    device: Device  # resolved once, passed to every case, NVML and the environment
     profile: str  # "full" or "cpu"
     cases: list[Case]
     timing: Timing
@@ -95,14 +76,14 @@ class RunPlan:
     isolate: bool = False  # each case in a child process with a timeout (ossbench/isolate.py)
 
 
-def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None = None,
+def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
              strict_clocks: bool = False, isolate: bool | None = None) -> RunPlan:
     from .env import capture
     from .suite import filter_cases
 
     dev = resolve_device(device)
-    suite_profile = suite.profile_for("cpu" if dev == "cpu" else "cuda")
+    suite_profile = suite.profile_for(dev.type)
     cases = filter_cases(suite.cases(suite_profile), filter_text)
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
@@ -111,19 +92,19 @@ def plan_run(suite: Suite, *, device: str = "auto", out_dir: str | Path | None =
         quick_timing = {**QUICK_TIMING, "min_samples": min(QUICK_TIMING["min_samples"], timing.max_samples)}
         timing = Timing.model_validate({**timing.model_dump(), **quick_timing})
     env = capture(dev)
-    out = Path(out_dir) if out_dir else default_out_dir(suite, env["device_name"], dev)
+    out = Path(out_dir) if out_dir else default_out_dir(suite, dev)
     measure = MeasureOptions(profile=profile or suite.spec.profile, ncu=ncu, strict_clocks=strict_clocks,
                              out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
-    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=dev, filter=filter_text, quick=quick,
+    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text, quick=quick,
                          profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate)
     isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
                    environment=env, measure=measure, options=options, isolate=isolate)
 
 
-def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dict:
+def _measure_environment(device: Device, env: dict, measure: MeasureOptions) -> dict:
     """NVML's availability, the roofline ceilings (calibrated or datasheet), the machine's load and the depth
     asked for."""
     import torch
@@ -135,7 +116,7 @@ def _measure_environment(device: str, env: dict, measure: MeasureOptions) -> dic
 
     calibration = load_calibration(env["device_name"], env["device_type"])
     load = machine_load(device)
-    if device == "cpu":
+    if not device.is_cuda:
         load["threads"] = torch.get_num_threads()
     return {"nvml": nvml.status(device), "ceilings": resolve_ceilings(env.get("peak"), calibration), "load": load,
             "measure": {"profile": measure.profile, "ncu": measure.ncu, "strict_clocks": measure.strict_clocks}}
@@ -236,7 +217,7 @@ def _open_nvml(plan: RunPlan):
     from .measure.nvml import NvmlUnavailable, open_device
 
     try:
-        return open_device(int(plan.device.partition(":")[2] or 0))
+        return open_device(plan.device.index)
     except NvmlUnavailable:
         return None
 
@@ -245,30 +226,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | None = None) -> CaseResult:
-    """Build, check, time and record one case. Never raises for a failure of the case itself."""
+def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureOptions | None = None) -> CaseResult:
+    """Build, check, time and record one case. Never raises for a failure of the case itself.
+
+    `device`: the run's Device; a spec string ("cpu", "cuda:0") is resolved here, for callers outside a run.
+    """
     import torch
 
     from .measure.memory import MemoryWatch
-    from .measure.nvml import NvmlSampler
+    from .measure.nvml_sampler import NvmlSampler
     from .measure.timer import bench, cache_flusher
     from .workloads import get_family
 
     measure = measure or MeasureOptions()
+    device = resolve_device(device)
 
     family = get_family(case.family)
     record = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
                         params=case.params_dict, dtype=case.dtype, status="ok")
     started = time.perf_counter()
     torch.manual_seed(zlib.crc32(case.id.encode()))  # fresh random data per case, reproducible per id
-    watch = MemoryWatch("cuda" if device.startswith("cuda") else "cpu")
+    watch = MemoryWatch(device.type)
     workload = None
     try:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
+        if device.is_cuda:
+            torch.cuda.set_device(device.torch_device)
         watch.start()
         params = family.params_model.model_validate(case.params_dict)
-        workload = family.build(params, torch.device(device), getattr(torch, case.dtype))
+        workload = family.build(params, device.torch_device, getattr(torch, case.dtype))
         watch.mark_built()
         record.flops, record.bytes, record.tokens = (workload.cost.flops, workload.cost.bytes,
                                                      workload.cost.tokens)
@@ -280,7 +265,7 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         if not check.ok:
             raise NumericsMismatch(f"output differs from the reference ({check.reference}): max relative "
                                    f"error {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
-        if timing.cache == "cold" and device == "cpu":
+        if timing.cache == "cold" and not device.is_cuda:
             cache_flusher(device)  # allocate bench's process-wide flush buffer now, outside the timed peak
         watch.mark_timing()
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
@@ -296,10 +281,10 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
         if sampler is not None:
             record.power = sampler.summary(tokens_per_call=record.tokens)
         _derive(record)
-        record.roofline = roofline_record(record, device, measure.ceilings)
+        record.roofline = roofline_record(record, str(device), measure.ceilings)
         if measure.profile:
-            record.profile = profile_record(case, workload, device, m, measure)
-        record.counters = counters_in_process(workload, device, record, measure)
+            record.profile = profile_record(case, workload, str(device), m, measure)
+        record.counters = counters_in_process(workload, str(device), record, measure)
     except SkipCase as e:
         record.status, record.error = "skipped", str(e)
     except Exception as e:  # noqa: BLE001 - one case's failure must not stop the run
@@ -308,11 +293,11 @@ def run_case(case: Case, device: str, timing: Timing, measure: MeasureOptions | 
     finally:
         workload = None
         gc.collect()
-        if device.startswith("cuda"):
+        if device.is_cuda:
             torch.cuda.empty_cache()
-    if (measure.ncu and device.startswith("cuda") and record.status == "ok" and record.counters
+    if (measure.ncu and device.is_cuda and record.status == "ok" and record.counters
             and not record.counters.get("available")):
-        record.counters = counters_ncu(case, device, record, measure)  # the workload is freed by now
+        record.counters = counters_ncu(case, str(device), record, measure)  # the workload is freed by now
     record.duration_s = time.perf_counter() - started
     return record
 

@@ -180,7 +180,7 @@ def measure_notices(plan) -> list[str]:
     if plan.measure.ncu:
         from .measure.counters import ncu_path
 
-        if plan.device == "cpu" or ncu_path() is None:
-            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if plan.device == "cpu"
+        if not plan.device.is_cuda or ncu_path() is None:
+            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if not plan.device.is_cuda
                                               else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
     return lines

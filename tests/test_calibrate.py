@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from ossbench.cli import main
+from ossbench.hardware import Device
 from ossbench.measure import calibration_checks as checks
 from ossbench.measure import timer
 from ossbench.measure.calibrate import (SCHEMA, CalibrationRefused, calibrate, calibration_dir, device_slug,
@@ -124,9 +125,9 @@ def test_force_saves_a_refused_calibration_and_records_it(monkeypatch, cal_dir):
 
 def test_implausible_against_the_datasheet_row_is_refused(monkeypatch, cal_dir):
     # A device named like an H100 (so the datasheet row exists) that measures 1 ms per call: far below it.
-    import ossbench.env
+    import ossbench.hardware
 
-    monkeypatch.setattr(ossbench.env, "cpu_model", lambda: H100)
+    monkeypatch.setattr(ossbench.hardware, "cpu_model", lambda: H100)
     fake_bench(monkeypatch, [1.0])  # no spread at all
     result = CliRunner().invoke(main, ["calibrate", "--device", "cpu", "--quick"], env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
@@ -208,14 +209,15 @@ def _nvml_with_processes(pids: list[int] | None):
 
 def test_other_gpu_processes_through_nvml():
     me = os.getpid()
-    assert other_gpu_processes("cuda:0", nvml=_nvml_with_processes([me, 4242])) == (1, "")
-    assert other_gpu_processes("cuda", nvml=_nvml_with_processes([me])) == (0, "")
+    gpu = Device(type="cuda", index=0, name=H100)
+    assert other_gpu_processes(gpu, nvml=_nvml_with_processes([me, 4242])) == (1, "")
+    assert other_gpu_processes(gpu, nvml=_nvml_with_processes([me])) == (0, "")
     # in a container NVML shows host PIDs: one of those listed is this process
-    count, note = other_gpu_processes("cuda:0", nvml=_nvml_with_processes([91, 92]))
+    count, note = other_gpu_processes(gpu, nvml=_nvml_with_processes([91, 92]))
     assert count == 1 and "container" in note
-    count, note = other_gpu_processes("cuda:0", nvml=_nvml_with_processes(None))
+    count, note = other_gpu_processes(gpu, nvml=_nvml_with_processes(None))
     assert count is None and "nvmlDeviceGetComputeRunningProcesses" in note
-    load = checks.machine_load("cuda:0", nvml=_nvml_with_processes([me, 1, 2]))
+    load = checks.machine_load(gpu, nvml=_nvml_with_processes([me, 1, 2]))
     assert load["gpu_other_processes"] == 2 and len(load["loadavg"]) == 3
 
 

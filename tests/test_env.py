@@ -12,7 +12,8 @@ import pytest
 
 from ossbench import env as ossenv
 from ossbench.errors import UserError
-from ossbench.measure.roofline import PEAK_TABLE, peak_for
+from ossbench.hardware import Device
+from ossbench.peaks import PEAK_TABLE, peak_for
 from ossbench.results import Environment
 
 
@@ -82,6 +83,23 @@ def test_capture_cpu_fills_the_environment_model() -> None:
     assert model.torch == torch.__version__ and model.cuda == torch.version.cuda
     assert datetime.fromisoformat(model.start_time).utcoffset().total_seconds() == 0
     assert model.ossbench_version
+
+
+def test_capture_takes_the_resolved_device_as_it_is(monkeypatch) -> None:
+    """The GPU fields come from the Device resolved once per run: capture asks torch nothing about it."""
+    import torch
+
+    def asked(*args):
+        raise AssertionError("capture re-queried the device")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", asked)
+    monkeypatch.setattr(torch.cuda, "get_device_name", asked)
+    gpu = Device(type="cuda", index=0, name="NVIDIA H100 80GB HBM3", cpu_model="Some CPU", sm_count=132,
+                 l2_cache_bytes=50 * 2**20, peak_row="H100 SXM")
+    env = Environment(**ossenv.capture(gpu))  # the same fields as ever: the results schema is unchanged
+    assert (env.device_type, env.device_name, env.sm_count, env.l2_cache_bytes) == \
+        ("cuda", "NVIDIA H100 80GB HBM3", 132, 50 * 2**20)
+    assert env.peak == peak_for("NVIDIA H100 80GB HBM3") and env.cpu.startswith("Some CPU (")
 
 
 def test_capture_rejects_cuda_without_cuda() -> None:

@@ -21,6 +21,7 @@ import ossbench.runner as runner
 import ossbench.workloads as workloads
 from ossbench.cli import main
 from ossbench.errors import SuiteError
+from ossbench.hardware import Device
 from ossbench.isolate import COMPILE_ALLOWANCE_S, IsolatedRunner, case_timeout, default_isolation
 from ossbench.results import load_results
 from ossbench.runner import plan_run, run_plan
@@ -172,9 +173,10 @@ def test_isolated_results_match_an_unisolated_run(tmp_path):
 
 
 def test_isolation_defaults_to_cuda_with_several_cases():
-    assert default_isolation("cuda:0", 2) and default_isolation("cuda:1", 10)
-    assert not default_isolation("cuda:0", 1)
-    assert not default_isolation("cpu", 5)
+    gpu0, gpu1 = Device(type="cuda", index=0), Device(type="cuda", index=1)
+    assert default_isolation(gpu0, 2) and default_isolation(gpu1, 10)
+    assert not default_isolation(gpu0, 1)
+    assert not default_isolation(Device(type="cpu"), 5)
     plan = plan_run(load_suite(TINY), device="cpu", out_dir="unused")
     assert plan.isolate is False
     assert plan_run(load_suite(TINY), device="cpu", out_dir="unused", isolate=True).isolate is True

@@ -10,9 +10,14 @@ import types
 import pytest
 import torch
 
+from ossbench.hardware import Device
 from ossbench.measure import nvml
-from ossbench.measure.nvml import NvmlSampler, NvmlUnavailable, energy_delta_mj, open_device
+from ossbench.measure.nvml import NvmlUnavailable, driver_info, open_device
+from ossbench.measure.nvml_sampler import NvmlSampler, energy_delta_mj
 from ossbench.measure.timer import MAX_DISCARDED_BATCHES, bench
+
+GPU0 = Device(type="cuda", index=0, name="NVIDIA H100 80GB HBM3", peak_row="H100 SXM")
+CPU = Device(type="cpu", name="some CPU", cpu_model="some CPU")
 
 
 class FakeClock:
@@ -194,17 +199,68 @@ def test_unavailable_nvml_is_one_reason_never_a_crash(monkeypatch):
     n.nvmlInit = broken_init
     with pytest.raises(NvmlUnavailable, match="Shared Library Not Found"):
         open_device(0, nvml=n)
-    assert nvml.status("cuda:0", nvml=n) == {"available": False,
-                                             "reason": "nvmlInit failed: NVML Shared Library Not Found"}
-    assert nvml.status("cpu") == {"available": False, "reason": "CPU run: no GPU to sample"}
+    assert nvml.status(GPU0, nvml=n) == {"available": False,
+                                         "reason": "nvmlInit failed: NVML Shared Library Not Found"}
+    assert nvml.status(CPU) == {"available": False, "reason": "CPU run: no GPU to sample"}
     monkeypatch.setitem(sys.modules, "pynvml", None)  # a container without the bindings
-    assert "pynvml not installed" in nvml.status("cuda:0")["reason"]
+    assert "pynvml not installed" in nvml.status(GPU0)["reason"]
 
 
 def test_status_closes_what_it_opens():
     n = fake_nvml(FakeClock())
-    assert nvml.status("cuda:0", nvml=n) == {"available": True, "device": "NVIDIA H100 80GB HBM3"}
+    assert nvml.status(GPU0, nvml=n) == {"available": True, "device": "NVIDIA H100 80GB HBM3"}
     assert n.state.inits == n.state.shutdowns == 1
+
+
+def test_driver_info_opens_and_closes_nvml_once():
+    n = fake_nvml(FakeClock())
+    n.nvmlSystemGetDriverVersion = lambda: b"550.54.15"  # older bindings return bytes
+    n.nvmlDeviceGetCount = lambda: 8
+    assert driver_info(nvml=n) == ("550.54.15", 8)
+    assert n.state.inits == n.state.shutdowns == 1
+
+
+def test_driver_info_shuts_down_after_a_failed_query_and_not_after_a_failed_init():
+    n = fake_nvml(FakeClock())
+
+    def refused():
+        raise NVMLError("Insufficient Permissions")
+
+    n.nvmlSystemGetDriverVersion = refused
+    n.nvmlDeviceGetCount = lambda: 1
+    with pytest.raises(NvmlUnavailable, match="Insufficient Permissions"):
+        driver_info(nvml=n)
+    assert n.state.inits == n.state.shutdowns == 1
+
+    def broken_init():
+        raise NVMLError("Driver Not Loaded")
+
+    n.nvmlInit = broken_init
+    with pytest.raises(NvmlUnavailable, match="nvmlInit failed: Driver Not Loaded"):
+        driver_info(nvml=n)
+    assert n.state.shutdowns == 1  # never initialised, so nothing to shut down
+
+
+def test_failed_handle_lookup_shuts_nvml_down():
+    n = fake_nvml(FakeClock())
+    del n.nvmlDeviceGetHandleByIndex
+    with pytest.raises(NvmlUnavailable, match="no NVML handle for cuda:0"):
+        open_device(0, nvml=n)
+    assert n.state.inits == n.state.shutdowns == 1
+
+
+def test_only_measure_nvml_calls_nvml_init_and_shutdown():
+    """One NVML open/close path: every other module goes through measure/nvml.py's functions."""
+    import ast
+    from pathlib import Path
+
+    package = Path(nvml.__file__).resolve().parent.parent
+    callers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("nvmlInit", "nvmlShutdown"):
+                callers.add(path.relative_to(package).as_posix())
+    assert callers == {"measure/nvml.py"}
 
 
 def test_background_thread_samples_with_bounded_memory():

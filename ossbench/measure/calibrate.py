@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..hardware import Device, resolve_device
 from ..results import write_atomic
 from .calibration_checks import (MAX_SPREAD, check_calibration, cpu_bf16_support, load_warnings, machine_load,
                                  spread)
@@ -92,12 +93,12 @@ class _Ceiling:
     skipped: str | None = None
     runs: list[Any] = field(default_factory=list)  # one bench Measurement per repeat
 
-    def measure(self, bench, torch, dev, timing: dict) -> None:
+    def measure(self, bench, torch, device: Device, timing: dict) -> None:
         if self.fn is None:
             return
         with _allow_tf32(torch, self.tf32):
             try:
-                self.runs.append(bench(self.fn, device=str(dev), **timing))
+                self.runs.append(bench(self.fn, device=device, **timing))
             except (RuntimeError, TypeError) as e:  # a dtype this device/torch cannot multiply
                 self.fn, self.skipped, self.runs = None, f"{type(e).__name__}: {e}", []
 
@@ -124,9 +125,10 @@ def _allow_tf32(torch, allow: bool):
         torch.backends.cuda.matmul.allow_tf32 = was
 
 
-def calibrate(device: str, *, quick: bool = False, repeats: int | None = None, matmul_n: int | None = None,
+def calibrate(device: str | Device, *, quick: bool = False, repeats: int | None = None, matmul_n: int | None = None,
               copy_bytes: int | None = None, max_spread: float = MAX_SPREAD) -> dict[str, Any]:
-    """Measure matmul TFLOP/s per dtype and copy GB/s (read + write bytes) on `device` ("cpu", "cuda:N").
+    """Measure matmul TFLOP/s per dtype and copy GB/s (read + write bytes) on `device` (a Device, or a spec
+    for `hardware.resolve_device`: "cpu", "cuda:N").
 
     Returns the calibration record with its `checks` and `load` (not saved; see `save_calibration`). On
     CUDA: bf16, fp16, tf32 and fp32 matmuls of n x n (default 8192) and a 1 GiB copy; on CPU: fp32 (and bf16
@@ -135,32 +137,30 @@ def calibrate(device: str, *, quick: bool = False, repeats: int | None = None, m
     """
     import torch
 
-    from ..env import cpu_model
     from .timer import bench
 
     k = repeats or (QUICK_REPEATS if quick else DEFAULT_REPEATS)
     if k < 2:
         raise ValueError(f"repeats must be at least 2 to measure a spread, got {k}")
-    dev = torch.device(device)
-    is_cuda = dev.type == "cuda"
+    device = resolve_device(device)
+    dev, is_cuda = device.torch_device, device.is_cuda
     if is_cuda:
         torch.cuda.set_device(dev)
-    name = torch.cuda.get_device_name(dev) if is_cuda else cpu_model()
     threads = None if is_cuda else torch.get_num_threads()
     n = matmul_n or (CUDA_MATMUL_N if is_cuda else CPU_MATMUL_N)
     timing = _timing(quick)
     matmuls = {key: _matmul(torch, dev, getattr(torch, dtype_name), tf32, n)
                for key, (dtype_name, tf32) in (CUDA_MATMULS if is_cuda else CPU_MATMULS).items()}
     copy = _copy(torch, dev, copy_bytes or (CUDA_COPY_BYTES if is_cuda else CPU_COPY_BYTES))
-    before = machine_load(str(dev))  # after the buffers: on a GPU this process now holds its context
+    before = machine_load(device)  # after the buffers: on a GPU this process now holds its context
     for _ in range(k):
         for ceiling in (*matmuls.values(), copy):
-            ceiling.measure(bench, torch, dev, timing)
-    after = machine_load(str(dev))
+            ceiling.measure(bench, torch, device, timing)
+    after = machine_load(device)
     record: dict[str, Any] = {
         "schema": SCHEMA,
-        "device_type": dev.type,
-        "device_name": name,
+        "device_type": device.type,
+        "device_name": device.name,
         "threads": threads,
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .roofline import peak_for
+from ..peaks import peak_for
+
+if TYPE_CHECKING:
+    from ..hardware import Device
 
 # Spread of one ceiling's repeats: max / min - 1. Not an IQR: a burst of other work shows up in one or two
 # repeats, i.e. in the extremes, which an IQR over five values ignores.
@@ -110,26 +113,26 @@ def _cpu_consistency(record: dict[str, Any], bf16_support: str | None) -> list[d
 # ------------------------------------------------------------------------------------------ machine load
 
 
-def machine_load(device: str, *, nvml: Any | None = None) -> dict[str, Any]:
+def machine_load(device: Device, *, nvml: Any | None = None) -> dict[str, Any]:
     """What else the machine was doing: the load average (1, 5, 15 min) and CPU count; on a GPU, the number
     of other processes holding a compute context on it (NVML), or why that count is unknown."""
     out: dict[str, Any] = {"loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                            "cpu_count": os.cpu_count()}
-    if device.startswith("cuda"):
+    if device.is_cuda:
         out["gpu_other_processes"], out["gpu_processes_note"] = other_gpu_processes(device, nvml=nvml)
     return out
 
 
-def other_gpu_processes(device: str, *, nvml: Any | None = None) -> tuple[int | None, str]:
+def other_gpu_processes(device: Device, *, nvml: Any | None = None) -> tuple[int | None, str]:
     """(count, note) of compute processes on the GPU other than this one; (None, why) when NVML cannot say.
 
     Called while this process holds a context on the GPU. NVML reports PIDs of the host's namespace: inside a
     container this process's PID is not among them, and one of the processes listed is taken to be it.
     """
-    from .nvml import NvmlUnavailable, _index_of, open_device
+    from .nvml import NvmlUnavailable, open_device
 
     try:
-        dev = open_device(_index_of(device), nvml=nvml)
+        dev = open_device(device.index, nvml=nvml)
     except NvmlUnavailable as e:
         return None, str(e)
     try:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..hardware import Device
 from .stats import (
     DEFAULT_TARGET_REL_CI,
     MAX_TIME_S,
@@ -175,7 +176,7 @@ def bench(
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
     A min_time_s above max_time_s is lowered to max_time_s.
 
-    ``monitor`` (e.g. an ``ossbench.measure.nvml.NvmlSampler``) is told when sampling starts and ends and
+    ``monitor`` (e.g. an ``ossbench.measure.nvml_sampler.NvmlSampler``) is told when sampling starts and ends and
     reports the SM clock and clock-event reasons of each batch (batches then last at most ~0.1 s). With
     ``strict_clocks=True`` a batch taken while the monitor saw power/thermal throttling is discarded and
     re-taken, at most 20 times; the time budget still applies. Without a monitor strict_clocks does nothing.
@@ -423,7 +424,7 @@ class _CpuSampler:
         return out
 
 
-def cache_flusher(device: str | torch.device | None, flush_bytes: int | None = None) -> Callable[[], None]:
+def cache_flusher(device: str | torch.device | Device | None, flush_bytes: int | None = None) -> Callable[[], None]:
     """The cold-cache flush bench runs before each sample, for tools that must reproduce its conditions
     (the profiler). Same default size as bench; on CPU the process-wide buffer bench uses is shared."""
     dev = _resolve_device(device)
@@ -471,7 +472,9 @@ def _parse_cache_size(text: str) -> int:
 # --------------------------------------------------------------------------------------- argument checks
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def _resolve_device(device: str | torch.device | Device | None) -> torch.device:
+    if isinstance(device, Device):  # resolved and checked once per run (ossbench.hardware)
+        return device.torch_device
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -12,11 +12,12 @@ shape and pattern share one compiled kernel.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import Mask
+if TYPE_CHECKING:  # only for annotations: base.py imports this module when a block mask is asked for
+    from .base import Mask
 
 FLEX_BLOCK = 128  # flex_attention's default sparse block size
 
