@@ -30,7 +30,7 @@ def one_thread():
 
 
 def test_min_samples_honoured_even_when_ci_is_met_at_once():
-    # ±99%, the loosest target a BenchSpec takes: met by the first batch of no-op samples
+    # ±99% (a BenchSpec allows targets below ±100%): met by the first batch of no-op samples
     m = bench(lambda: None, device="cpu", cache="hot", min_samples=37, target_rel_ci=0.99, warmup_s=0.0,
               min_time_s=0.0)
     assert m.n >= 37
