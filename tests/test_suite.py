@@ -193,7 +193,8 @@ def test_timing_is_the_timers_bench_spec_plus_the_case_limit():
     assert list(Timing.model_fields) == [*BenchSpec.model_fields, "case_timeout_s"]
     assert Timing().to_dict() == BenchSpec().to_dict()  # the same defaults, declared once
     timing = load_suite(HERE / "suites" / "tiny.yaml").timing()
-    assert isinstance(timing, BenchSpec) and (timing.cache, timing.min_samples, timing.max_samples) == ("hot", 5, 20_000)
+    assert isinstance(timing, BenchSpec)
+    assert (timing.cache, timing.min_samples, timing.max_samples) == ("hot", 5, 20_000)
 
 
 def test_a_suite_may_set_every_bench_setting_and_a_bad_one_names_its_line(tmp_path):
