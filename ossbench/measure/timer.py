@@ -79,7 +79,7 @@ def _spec_of(spec: BenchSpec | None, settings: dict[str, Any]) -> BenchSpec:
         # converge). A BenchSpec is built field by field, so there both are the caller's and must agree.
         budget = settings.get("max_time_s")
         if "min_time_s" not in settings and isinstance(budget, (int, float)) and not isinstance(budget, bool):
-            settings["min_time_s"] = min(BenchSpec.model_fields["min_time_s"].default, budget)
+            settings["min_time_s"] = min(BenchSpec().min_time_s, budget)
         return BenchSpec(**settings)
     if not isinstance(spec, BenchSpec):
         raise TypeError(f"spec must be an ossbench BenchSpec, got {type(spec).__name__}")
