@@ -88,7 +88,7 @@ class CaseResult(_Model):
     error: str | None = None
     samples_ms: list[float] = Field(default_factory=list)
     stats: Stats | None = None
-    timing: dict[str, Any] = Field(default_factory=dict)  # settings the timer used
+    timing: dict[str, Any] = Field(default_factory=dict)  # Measurement.settings(): the BenchSpec used and its end
     flops: float | None = None
     bytes: float | None = None
     tokens: int | None = None
@@ -165,7 +165,7 @@ class RunResult(_Model):
     schema_: str = Field(SCHEMA, alias="schema")
     suite: SuiteInfo
     environment: Environment
-    timing: dict[str, Any] = Field(default_factory=dict)  # the timer settings the run asked for
+    timing: dict[str, Any] = Field(default_factory=dict)  # the suite's Timing the run asked for (a BenchSpec)
     cases: list[CaseResult] = Field(default_factory=list)
     options: RunOptions | None = None  # absent in files written before `--resume` existed
 

@@ -33,8 +33,6 @@ from .suite import Case, Suite, Timing
 if TYPE_CHECKING:
     from .resume import Resumed
 
-# `--quick`: a smoke run, not a measurement to quote (each case's CI target is loose and its budget short).
-QUICK_TIMING = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0, target_rel_ci=0.05)
 NOT_RUN = "not run:"  # how the error of a case left unrun after a lost CUDA context begins
 
 
@@ -88,9 +86,8 @@ def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
     timing = suite.timing(suite_profile)
-    if quick:  # validated again: quick's min_samples must not pass the suite's own max_samples
-        quick_timing = {**QUICK_TIMING, "min_samples": min(QUICK_TIMING["min_samples"], timing.max_samples)}
-        timing = Timing.model_validate({**timing.model_dump(), **quick_timing})
+    if quick:  # a smoke run, not a measurement to quote (BenchSpec.quick)
+        timing = timing.quick()
     env = capture(dev)
     out = Path(out_dir) if out_dir else default_out_dir(suite, dev)
     measure = MeasureOptions(profile=profile or suite.spec.profile, ncu=ncu, strict_clocks=strict_clocks,
@@ -270,8 +267,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         watch.mark_timing()
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
         with sampler or nullcontext():
-            m = bench(workload.fn, device=device, monitor=sampler, strict_clocks=measure.strict_clocks,
-                      **timing.model_dump(exclude={"case_timeout_s"}))  # the runner's limit, not bench's
+            m = bench(workload.fn, spec=timing, device=device, monitor=sampler, strict_clocks=measure.strict_clocks)
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()

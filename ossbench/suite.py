@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      TypeAdapter, ValidationError, ValidationInfo, WithJsonSchema, field_validator)
-from pydantic_core import PydanticCustomError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter,
+                      ValidationError, WithJsonSchema, field_validator)
 
 from .errors import SuiteError
+from .measure.spec import BenchSpec
 from .suite_cases import (DTYPE_BYTES, Case, Scalar, case_identifier, check_case_count, expand, family_of,
                           filter_cases, preset_of)
 from .suite_errors import did_you_mean, first_error, got, message
@@ -39,35 +39,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _not_below(low: str, what: str):
-    """A rule for a field that must be at least the earlier field `low` (reported with both names)."""
-    def check(cls: type, v: float, info: ValidationInfo) -> float:
-        floor = info.data.get(low)
-        if floor is not None and v < floor:
-            raise PydanticCustomError("order", f"{info.field_name} ({v}) must be at least {low} ({floor}): {what}",
-                                      {"fields": (low, info.field_name)})
-        return v
-    return check
+class Timing(BenchSpec):
+    """A suite's `timing:` block: the `ossbench.bench` settings of every case (`BenchSpec`, whose fields,
+    defaults and rules it inherits: docs/bench.md, docs/suites.md), plus the runner's per-case time limit."""
 
-
-class Timing(_Strict):
-    """Settings handed to `ossbench.bench` for every case (see docs/bench.md). Every number finite, counts
-    strict integers; max_time_s >= min_time_s and max_samples >= min_samples (docs/suites.md)."""
-
-    cache: Literal["cold", "hot"] = "cold"
-    warmup_s: NonNegativeFloat = 0.1
-    min_samples: PositiveInt = 10
-    min_time_s: NonNegativeFloat = 0.5
-    max_time_s: PositiveFloat = 15.0
-    target_rel_ci: float = Field(0.01, gt=0, lt=1)
-    max_samples: PositiveInt = 20_000
-    cuda_graph: bool = False
     # Wall-clock limit of one case when cases run isolated (docs/isolation.md); None: 10 x max_time_s + 120 s.
     # Strict: a quoted "30" or `true` is a mistake in the suite, not a number of seconds.
     case_timeout_s: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = None
-
-    _max_time = field_validator("max_time_s")(_not_below("min_time_s", "the sampling budget must cover the minimum"))
-    _max_samples = field_validator("max_samples")(_not_below("min_samples", "the cap must allow the minimum"))
 
 
 class Expect(_Strict):

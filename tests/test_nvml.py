@@ -306,7 +306,7 @@ class ScriptedMonitor:
 
 
 QUICK = dict(device="cpu", cache="hot", warmup_s=0.0, min_samples=20, min_time_s=0.0, max_time_s=2.0,
-             target_rel_ci=10.0)
+             target_rel_ci=0.99)  # as loose as a BenchSpec allows (below ±100%)
 
 
 def test_bench_records_clocks_per_batch_and_flags_throttling():

@@ -180,3 +180,38 @@ def test_editor_schema_rejects_an_unknown_parameter():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "x", "family": "attention", "variants": {"v": {"windw": 128}}},
                             suite_json_schema())
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def test_timing_is_the_timers_bench_spec_plus_the_case_limit():
+    from ossbench.measure.spec import BenchSpec
+    from ossbench.suite import Timing
+
+    assert issubclass(Timing, BenchSpec)
+    assert list(Timing.model_fields) == [*BenchSpec.model_fields, "case_timeout_s"]
+    assert Timing().to_dict() == BenchSpec().to_dict()  # the same defaults, declared once
+    timing = load_suite(HERE / "suites" / "tiny.yaml").timing()
+    assert isinstance(timing, BenchSpec)
+    assert (timing.cache, timing.min_samples, timing.max_samples) == ("hot", 5, 20_000)
+
+
+def test_a_suite_may_set_every_bench_setting_and_a_bad_one_names_its_line(tmp_path):
+    base = (HERE / "suites" / "tiny.yaml").read_text().replace("target_rel_ci: 0.2}",
+                                                               "target_rel_ci: 0.2, flush_bytes: 1048576}")
+    assert parse_suite(base, "t.yaml").timing().flush_bytes == 2**20
+    with pytest.raises(SuiteError) as e:
+        parse_suite(base.replace("flush_bytes: 1048576", "graph_calls: 0"), "t.yaml")
+    assert (e.value.field, e.value.line) == ("timing.graph_calls", 15) and "greater than 0" in str(e.value)
+
+
+def test_quick_is_the_suite_timings_quick_delta(tmp_path):
+    from ossbench.runner import plan_run
+
+    text = (HERE / "suites" / "tiny.yaml").read_text().replace("target_rel_ci: 0.2}",
+                                                               "target_rel_ci: 0.2, case_timeout_s: 30}")
+    suite = parse_suite(text, str(tmp_path / "t.yaml"))
+    plan = plan_run(suite, device="cpu", out_dir=tmp_path / "out", quick=True)
+    assert plan.timing == suite.timing(suite.profile_for("cpu")).quick()
+    assert (plan.timing.max_time_s, plan.timing.cache, plan.timing.case_timeout_s) == (1.0, "hot", 30)

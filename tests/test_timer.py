@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from ossbench.measure.spec import QUICK_CHANGES, BenchSpec
 from ossbench.measure.timer import Measurement, bench, cpu_last_level_cache_bytes
 from ossbench.results import Stats
 
@@ -29,7 +30,8 @@ def one_thread():
 
 
 def test_min_samples_honoured_even_when_ci_is_met_at_once():
-    m = bench(lambda: None, device="cpu", cache="hot", min_samples=37, target_rel_ci=10.0, warmup_s=0.0,
+    # ±99% (a BenchSpec allows targets below ±100%): met by the first batch of no-op samples
+    m = bench(lambda: None, device="cpu", cache="hot", min_samples=37, target_rel_ci=0.99, warmup_s=0.0,
               min_time_s=0.0)
     assert m.n >= 37
     assert m.converged and m.stop_reason == "target reached"
@@ -125,6 +127,97 @@ def test_measurement_api():
     text = str(m)
     assert text.endswith("(median, CI95, n=%d, hot, cpu)" % m.n) and " ms ± " in text
     assert repr(m) == text
+
+
+# ----------------------------------------------------------------------------------------- the settings
+
+BENCH_DEFAULTS = dict(cache="cold", warmup_s=0.1, min_samples=10, min_time_s=0.5, max_time_s=15.0,
+                      target_rel_ci=0.01, cuda_graph=False, graph_calls=None, flush_bytes=None, max_samples=20_000)
+
+
+def test_bench_spec_defaults_are_the_documented_ones():
+    assert BenchSpec().to_dict() == BENCH_DEFAULTS  # docs/bench.md's table; nvbench-like (see BenchSpec)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(cache="lukewarm"), "cache"), (dict(warmup_s=-1), "warmup_s"), (dict(warmup_s=float("inf")), "warmup_s"),
+    (dict(min_samples=0), "min_samples"), (dict(min_samples=True), "min_samples"),
+    (dict(min_samples=2.0), "min_samples"), (dict(min_time_s=float("nan")), "min_time_s"),
+    (dict(max_time_s=0), "max_time_s"), (dict(target_rel_ci=0), "target_rel_ci"),
+    (dict(target_rel_ci=1), "target_rel_ci"), (dict(cuda_graph=1), "cuda_graph"), (dict(graph_calls=0), "graph_calls"),
+    (dict(flush_bytes=3), "flush_bytes"), (dict(max_samples=5), "max_samples"),  # below min_samples (10)
+    (dict(min_time_s=2, max_time_s=1), "max_time_s"), (dict(max_tiem_s=1), "max_tiem_s"),
+])
+def test_bench_spec_refuses_bad_values_naming_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        BenchSpec(**bad)
+    with pytest.raises(ValueError, match=field):  # the keyword arguments build the same spec
+        bench(lambda: None, device="cpu", **bad)
+
+
+def test_bench_spec_is_frozen_and_hashable():
+    spec = BenchSpec(cache="hot", max_samples=100)
+    with pytest.raises(ValueError, match="frozen"):
+        spec.max_samples = 5
+    assert spec == BenchSpec(cache="hot", max_samples=100) and spec != BenchSpec()
+    assert len({spec, BenchSpec(cache="hot", max_samples=100), BenchSpec()}) == 2
+
+
+def test_bench_spec_round_trips_through_a_dict_and_json():
+    import json
+
+    spec = BenchSpec(cache="hot", warmup_s=0, min_samples=3, min_time_s=0.1, max_time_s=2, target_rel_ci=0.2,
+                     cuda_graph=True, graph_calls=50, flush_bytes=2**20, max_samples=7)
+    assert BenchSpec.from_dict(spec.to_dict()) == spec
+    assert BenchSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert BenchSpec.from_dict({"cache": "hot"}) == BenchSpec(cache="hot")  # missing keys: the defaults
+    with pytest.raises(ValueError, match="stop_reason"):  # a case's timing record has more than the spec
+        BenchSpec.from_dict({**spec.to_dict(), "stop_reason": "target reached"})
+
+
+def test_replace_validates_and_leaves_the_original_alone():
+    spec = BenchSpec()
+    assert spec.replace(cache="hot").cache == "hot" and spec.cache == "cold"
+    with pytest.raises(ValueError, match="max_samples"):
+        spec.replace(max_samples=3)
+
+
+def test_quick_is_a_delta_over_any_spec():
+    spec = BenchSpec(cache="hot", cuda_graph=True, flush_bytes=2**20, max_samples=50)
+    quick = spec.quick()
+    assert {k: getattr(quick, k) for k in QUICK_CHANGES} == QUICK_CHANGES
+    assert (quick.cache, quick.cuda_graph, quick.flush_bytes, quick.max_samples) == ("hot", True, 2**20, 50)
+    # quick's 5 samples never pass a tighter cap (the spec would be invalid)
+    assert BenchSpec(min_samples=2, max_samples=3).quick().min_samples == 3
+
+
+def test_bench_takes_a_spec_or_keywords_not_both():
+    spec = BenchSpec(cache="hot", warmup_s=0.0, min_samples=12, min_time_s=0.0, max_time_s=1.0, target_rel_ci=0.5)
+    by_spec = bench(lambda: None, spec=spec, device="cpu")
+    by_keywords = bench(lambda: None, device="cpu", **spec.to_dict())
+    positional = bench(lambda: None, spec, device="cpu")
+    assert by_spec.spec == by_keywords.spec == positional.spec == spec
+    assert by_spec.n >= 12
+    with pytest.raises(ValueError, match="not both"):
+        bench(lambda: None, spec=spec, device="cpu", min_samples=3)
+    with pytest.raises(TypeError, match="BenchSpec"):
+        bench(lambda: None, spec=spec.to_dict(), device="cpu")
+
+
+def test_a_budget_given_alone_lowers_the_default_minimum_time_but_not_an_explicit_one():
+    m = bench(lambda: None, device="cpu", cache="hot", warmup_s=0.0, max_time_s=0.05)
+    assert (m.spec.min_time_s, m.spec.max_time_s) == (0.05, 0.05)
+    with pytest.raises(ValueError, match="must be at least min_time_s"):
+        bench(lambda: None, device="cpu", min_time_s=0.2, max_time_s=0.1)
+
+
+def test_measurement_settings_are_its_spec_with_bench_choices_filled_in():
+    spec = BenchSpec(cache="cold", warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_rel_ci=0.5)
+    m = bench(lambda: None, spec=spec, device="cpu")
+    assert m.spec == spec.replace(flush_bytes=2 * cpu_last_level_cache_bytes())  # the size bench chose
+    assert m.settings() == {**m.spec.to_dict(), "stop_reason": m.stop_reason, "device": "cpu",
+                            "warmup_calls": m.warmup_calls}
+    assert BenchSpec.from_dict({k: m.settings()[k] for k in BenchSpec.model_fields}) == m.spec
 
 
 # -------------------------------------------------------------------------------------------- timer truth

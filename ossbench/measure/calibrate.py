@@ -30,6 +30,7 @@ from ..hardware import Device, resolve_device
 from ..results import write_atomic
 from .calibration_checks import (MAX_SPREAD, check_calibration, cpu_bf16_support, load_warnings, machine_load,
                                  spread)
+from .spec import BenchSpec
 
 SCHEMA = "ossbench.calibration/1"
 # name -> (torch dtype name, allow TF32 in matmuls)
@@ -43,6 +44,10 @@ CPU_COPY_BYTES = 64 * 2**20  # well beyond a CPU's last-level cache
 CPU_SLOW_CALL_S = 0.25  # a CPU dtype whose one call takes longer than this has no fast path: not a ceiling
 DEFAULT_REPEATS = 5  # measurements of each ceiling; enough for a spread, ~5x one measurement's time
 QUICK_REPEATS = 3
+# Ceilings are hot-cache figures: the copy and the matmuls are far larger than any cache anyway. Otherwise
+# the timer's defaults, with a longer warm-up and a shorter budget (each ceiling is measured `repeats` times).
+TIMING = BenchSpec(cache="hot", warmup_s=0.3, max_time_s=5.0)
+QUICK_TIMING = TIMING.replace(warmup_s=0.05, min_samples=5, min_time_s=0.1, max_time_s=0.6, target_rel_ci=0.05)
 
 
 def calibration_dir() -> Path:
@@ -66,13 +71,6 @@ def calibration_path(device_name: str, device_type: str, threads: int | None = N
     return (directory or calibration_dir()) / f"{device_slug(device_name, device_type, threads)}.json"
 
 
-def _timing(quick: bool) -> dict[str, Any]:
-    # Ceilings are hot-cache figures: the copy and the matmuls are far larger than any cache anyway.
-    if quick:
-        return dict(cache="hot", warmup_s=0.05, min_samples=5, min_time_s=0.1, max_time_s=0.6, target_rel_ci=0.05)
-    return dict(cache="hot", warmup_s=0.3, min_samples=10, min_time_s=0.5, max_time_s=5.0, target_rel_ci=0.01)
-
-
 class CalibrationRefused(Exception):
     """A calibration whose checks failed (noisy or implausible): not saved unless forced."""
 
@@ -93,12 +91,12 @@ class _Ceiling:
     skipped: str | None = None
     runs: list[Any] = field(default_factory=list)  # one bench Measurement per repeat
 
-    def measure(self, bench, torch, device: Device, timing: dict) -> None:
+    def measure(self, bench, torch, device: Device, timing: BenchSpec) -> None:
         if self.fn is None:
             return
         with _allow_tf32(torch, self.tf32):
             try:
-                self.runs.append(bench(self.fn, device=device, **timing))
+                self.runs.append(bench(self.fn, spec=timing, device=device))
             except (RuntimeError, TypeError) as e:  # a dtype this device/torch cannot multiply
                 self.fn, self.skipped, self.runs = None, f"{type(e).__name__}: {e}", []
 
@@ -148,7 +146,7 @@ def calibrate(device: str | Device, *, quick: bool = False, repeats: int | None 
         torch.cuda.set_device(dev)
     threads = None if is_cuda else torch.get_num_threads()
     n = matmul_n or (CUDA_MATMUL_N if is_cuda else CPU_MATMUL_N)
-    timing = _timing(quick)
+    timing = QUICK_TIMING if quick else TIMING
     matmuls = {key: _matmul(torch, dev, getattr(torch, dtype_name), tf32, n)
                for key, (dtype_name, tf32) in (CUDA_MATMULS if is_cuda else CPU_MATMULS).items()}
     copy = _copy(torch, dev, copy_bytes or (CUDA_COPY_BYTES if is_cuda else CPU_COPY_BYTES))

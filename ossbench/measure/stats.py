@@ -12,13 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import binom
 
-# Defaults of the adaptive stopping rule, close to nvbench's (which uses 0.5% noise; 1% keeps a suite's
-# run time sane on noisy machines while still being well below the effects ossbench sets out to show).
-DEFAULT_TARGET_REL_CI = 0.01  # stop when the CI95 of the median is within ±1% of it
-MIN_SAMPLES = 10
-MIN_TIME_S = 0.5  # samples must span at least this much wall-clock time
-MAX_TIME_S = 15.0  # sampling budget per bench() call
-WARMUP_S = 0.1
+from .spec import BenchSpec  # the stopping rule's defaults live there
 
 CI_LEVEL = 0.95
 # With n samples, (min, max) covers the median with probability 1 - 2 * 0.5**n: below 95% for n <= 5,
@@ -57,7 +51,7 @@ def relative_half_width(ci: tuple[float, float], median: float) -> float:
     return 0.0 if hi == lo else float("inf")
 
 
-def summarize(samples_ms: Sequence[float] | np.ndarray, target_rel_ci: float = DEFAULT_TARGET_REL_CI) -> dict:
+def summarize(samples_ms: Sequence[float] | np.ndarray, target_rel_ci: float = BenchSpec().target_rel_ci) -> dict:
     """The statistics stored in a results file (the fields of ``ossbench.results.Stats``), in ms.
 
     ``converged`` here only says whether the CI reached the target; the timer also requires its minimum

@@ -11,204 +11,96 @@ torch-free).
 from __future__ import annotations
 
 import gc
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..hardware import Device
-from .stats import (
-    DEFAULT_TARGET_REL_CI,
-    MAX_TIME_S,
-    MIN_SAMPLES,
-    MIN_TIME_S,
-    WARMUP_S,
-    median_ci95,
-    relative_half_width,
-    summarize,
-)
+from .measurement import Measurement
+from .spec import BenchSpec, Cache
+from .stats import median_ci95, relative_half_width, summarize
 
-Cache = Literal["cold", "hot"]
+__all__ = ["BenchSpec", "Measurement", "bench", "cache_flusher", "cpu_last_level_cache_bytes"]
 
 MIN_CUDA_FLUSH_BYTES = 64 * 2**20
 CPU_LLC_FALLBACK_BYTES = 32 * 2**20
 GRAPH_TARGET_MS = 1.0  # default graph_calls: enough back-to-back calls to fill about this much GPU time
 MAX_GRAPH_CALLS = 1000  # a capture of more calls costs memory and capture time for no better figure
-MAX_SAMPLES = 20_000  # keeps results files small: a 1 µs kernel would give ~500k samples in 0.5 s
 MAX_BATCH = 8192  # samples recorded between two synchronisations / stopping checks
 MONITOR_BATCH_S = 0.1  # with a clock monitor, batches last at most ~this long: clocks are known per batch
 MAX_DISCARDED_BATCHES = 20  # strict_clocks: after this many throttled batches, keep samples (and say so)
 
 
-@dataclass
-class Measurement:
-    """The result of ``bench``: every sample (ms, in order), its statistics, and the settings used."""
-
-    samples_ms: list[float]
-    median_ms: float
-    mean_ms: float
-    stdev_ms: float
-    min_ms: float
-    max_ms: float
-    p10_ms: float
-    p90_ms: float
-    ci95_ms: tuple[float, float]  # distribution-free CI95 of the median
-    n: int
-    rel_ci: float  # (ci95 high - low) / 2 / median
-    converged: bool  # min_samples, min_time_s and target_rel_ci all met before max_time_s ran out
-    target_rel_ci: float
-    device: str  # "cpu" or "cuda:N"
-    cache: Cache
-    cuda_graph: bool
-    graph_calls: int | None  # calls captured per graph replay (each sample is a replay / graph_calls)
-    warmup_calls: int
-    total_time_s: float  # wall time of the whole bench() call: warm-up, capture and sampling
-    stop_reason: str = ""
-    warmup_s: float = WARMUP_S
-    min_samples: int = MIN_SAMPLES
-    min_time_s: float = MIN_TIME_S
-    max_time_s: float = MAX_TIME_S
-    flush_bytes: int | None = None  # size of the buffer overwritten before each sample (None when hot)
-    max_samples: int = MAX_SAMPLES
-    # With a clock monitor (NVML): one record per batch of kept samples, in order, each with `first_sample`,
-    # `n`, `sm_clock_mhz_min/max`, `clock_events` (bitmask) and `throttled`; discarded batches have
-    # `discarded: True` and no `first_sample`.
-    clock_batches: list[dict] = field(default_factory=list)
-    strict_clocks: bool = False
-    discarded_samples: int = 0  # samples taken under throttling and re-taken (strict_clocks)
-
-    @property
-    def throttled(self) -> bool | None:
-        """Some kept sample was taken while NVML reported power/thermal throttling; None without a monitor."""
-        kept = [b for b in self.clock_batches if not b.get("discarded")]
-        if not kept:
-            return None
-        return any(b.get("throttled") for b in kept)
-
-    def sample_sm_clock_mhz(self) -> list[float | None]:
-        """The SM clock for each sample: the lowest NVML reading while its batch ran (None when unknown)."""
-        out: list[float | None] = [None] * self.n
-        for b in self.clock_batches:
-            if b.get("discarded") or b.get("first_sample") is None:
-                continue
-            out[b["first_sample"]:b["first_sample"] + b["n"]] = [b.get("sm_clock_mhz_min")] * b["n"]
-        return out
-
-    def clock_report(self) -> dict:
-        """Clock monitoring of this measurement (stored as a case's ``clocks`` in results files)."""
-        kept = [b for b in self.clock_batches if not b.get("discarded")]
-        clocks = [b["sm_clock_mhz_min"] for b in kept if b.get("sm_clock_mhz_min") is not None]
-        return {
-            "monitored": bool(self.clock_batches),
-            "strict_clocks": self.strict_clocks,
-            "discarded_samples": self.discarded_samples,
-            "throttled": self.throttled,
-            "throttled_samples": sum(b["n"] for b in kept if b.get("throttled")),
-            "sm_clock_mhz_min": min(clocks) if clocks else None,
-            "sm_clock_mhz_max": max(b["sm_clock_mhz_max"] for b in kept
-                                    if b.get("sm_clock_mhz_max") is not None) if clocks else None,
-            "batches": self.clock_batches,
-        }
-
-    def stats(self) -> dict:
-        """The ``ossbench.results.Stats`` fields; ``converged`` is the timer's full stopping verdict."""
-        s = summarize(self.samples_ms, self.target_rel_ci)
-        s["converged"] = self.converged
-        return s
-
-    def settings(self) -> dict:
-        """The knobs this measurement ran with (stored as a case's ``timing`` in results files)."""
-        return {
-            "cache": self.cache,
-            "warmup_s": self.warmup_s,
-            "min_samples": self.min_samples,
-            "min_time_s": self.min_time_s,
-            "max_time_s": self.max_time_s,
-            "target_rel_ci": self.target_rel_ci,
-            "cuda_graph": self.cuda_graph,
-            "graph_calls": self.graph_calls,
-            "flush_bytes": self.flush_bytes,
-            "max_samples": self.max_samples,
-            "stop_reason": self.stop_reason,
-            "device": self.device,
-            "warmup_calls": self.warmup_calls,
-        }
-
-    def __str__(self) -> str:
-        mode = f"{self.cache}, cuda-graph x{self.graph_calls}" if self.cuda_graph else self.cache
-        text = (f"{_fmt_ms(self.median_ms)} ms ± {self.rel_ci * 100:.2g}% "
-                f"(median, CI95, n={self.n}, {mode}, {self.device})")
-        if not self.converged:
-            text += f" [not converged: {self.stop_reason}]"
-        return text
-
-    __repr__ = __str__
-
-
 def bench(
     fn: Callable[[], object],
+    spec: BenchSpec | None = None,
     *,
     device: str | torch.device | None = None,
-    cache: Cache = "cold",
-    warmup_s: float = WARMUP_S,
-    min_samples: int = MIN_SAMPLES,
-    min_time_s: float = MIN_TIME_S,
-    max_time_s: float = MAX_TIME_S,
-    target_rel_ci: float = DEFAULT_TARGET_REL_CI,
-    cuda_graph: bool = False,
-    graph_calls: int | None = None,
-    flush_bytes: int | None = None,
-    max_samples: int = MAX_SAMPLES,
     monitor=None,
     strict_clocks: bool = False,
+    **settings: Any,
 ) -> Measurement:
     """Time ``fn()`` (no arguments; its result is ignored) and return a Measurement. See docs/bench.md.
+
+    The settings are a ``BenchSpec`` (``bench(fn, spec=BenchSpec(cache="hot"))``) or, as a convenience,
+    its fields as keyword arguments (``bench(fn, cache="hot")``), not both. A bad value raises ValueError
+    naming the field. Given alone, ``max_time_s`` below the default ``min_time_s`` lowers ``min_time_s`` to it.
 
     Stopping rule: sample until n >= min_samples, the samples span >= min_time_s of wall time and the CI95
     of the median is within ±target_rel_ci, or until max_time_s of sampling is spent (converged=False), or
     until max_samples samples are kept (converged when the CI target and min_samples are met).
     The budget covers sampling only (a slow first call or a long compile in warm-up does not eat it), and
     at least one sample is always taken: a call longer than the budget gives one warm-up call and one sample.
-    A min_time_s above max_time_s is lowered to max_time_s.
 
     ``monitor`` (e.g. an ``ossbench.measure.nvml_sampler.NvmlSampler``) is told when sampling starts and ends and
     reports the SM clock and clock-event reasons of each batch (batches then last at most ~0.1 s). With
     ``strict_clocks=True`` a batch taken while the monitor saw power/thermal throttling is discarded and
     re-taken, at most 20 times; the time budget still applies. Without a monitor strict_clocks does nothing.
     """
-    _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, graph_calls, flush_bytes)
-    if max_samples < max(1, min_samples):
-        raise ValueError(f"max_samples ({max_samples}) must be >= min_samples ({min_samples})")
-    # A short budget asked for explicitly wins over the default minimum time (else it could never converge).
-    min_time_s = min(min_time_s, max_time_s)
+    spec = _spec_of(spec, settings)
     dev = _resolve_device(device)
-    if cuda_graph and dev.type != "cuda":
+    if spec.cuda_graph and dev.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device, got {dev}")
     if dev.type == "cuda":
         with torch.cuda.device(dev):
-            sampler = _CudaSampler(fn, dev, cache, flush_bytes)
-            return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph,
-                        graph_calls, max_samples, monitor, strict_clocks)
-    sampler = _CpuSampler(fn, cache, flush_bytes)
-    return _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, False, None, max_samples,
-                monitor, strict_clocks)
+            sampler = _CudaSampler(fn, dev, spec.cache, spec.flush_bytes)
+            return _run(sampler, spec, monitor, strict_clocks)
+    sampler = _CpuSampler(fn, spec.cache, spec.flush_bytes)
+    return _run(sampler, spec, monitor, strict_clocks)
+
+
+def _spec_of(spec: BenchSpec | None, settings: dict[str, Any]) -> BenchSpec:
+    """bench's settings as one BenchSpec: the one given, or one built from the keyword arguments."""
+    if spec is None:
+        # A short budget asked for explicitly wins over the default minimum time (else it could never
+        # converge). A BenchSpec is built field by field, so there both are the caller's and must agree.
+        budget = settings.get("max_time_s")
+        if "min_time_s" not in settings and isinstance(budget, (int, float)) and not isinstance(budget, bool):
+            settings["min_time_s"] = min(BenchSpec().min_time_s, budget)
+        return BenchSpec(**settings)
+    if not isinstance(spec, BenchSpec):
+        raise TypeError(f"spec must be an ossbench BenchSpec, got {type(spec).__name__}")
+    if settings:
+        raise ValueError(f"bench takes spec= or settings as keyword arguments, not both "
+                         f"(got spec and {', '.join(sorted(settings))})")
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, cuda_graph, graph_calls,
-         max_samples, monitor=None, strict_clocks=False):
+def _run(sampler, spec: BenchSpec, monitor=None, strict_clocks: bool = False) -> Measurement:
+    min_samples, max_samples, target_rel_ci = spec.min_samples, spec.max_samples, spec.target_rel_ci
+    min_time_s, max_time_s, graph_calls = spec.min_time_s, spec.max_time_s, spec.graph_calls
     t_begin = time.perf_counter()
 
     # Warm-up by time, at least one call: compilation, autotuning and allocator growth happen here.
     warmup_calls, call_wall_s, call_ms = 0, [], []
-    while warmup_calls == 0 or time.perf_counter() - t_begin < warmup_s:
+    while warmup_calls == 0 or time.perf_counter() - t_begin < spec.warmup_s:
         wall_s, ms = sampler.warmup_call()
         call_wall_s.append(wall_s)
         call_ms.append(ms)
@@ -216,7 +108,7 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
     recent = slice(-5, None)  # the last calls are the warm ones
     per_sample_wall_s = float(np.median(call_wall_s[recent]))
 
-    if cuda_graph:
+    if spec.cuda_graph:
         if graph_calls is None:
             per_call_ms = max(float(np.median(call_ms[recent])), 1e-4)
             graph_calls = int(min(MAX_GRAPH_CALLS, max(1, round(GRAPH_TARGET_MS / per_call_ms))))
@@ -284,16 +176,15 @@ def _run(sampler, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, 
         if discarded_batches >= MAX_DISCARDED_BATCHES:
             stop_reason += f" (limit of {MAX_DISCARDED_BATCHES} batches reached: later throttled ones kept)"
     s = summarize(samples, target_rel_ci)
+    # The settings in effect: bench's own choices (calls per graph, flush size) filled in.
+    used = BenchSpec(**{**spec.to_dict(), "graph_calls": graph_calls if spec.cuda_graph else None,
+                        "flush_bytes": sampler.flush_bytes})
     return Measurement(
         samples_ms=samples, median_ms=s["median"], mean_ms=s["mean"], stdev_ms=s["stdev"], min_ms=s["min"],
         max_ms=s["max"], p10_ms=s["p10"], p90_ms=s["p90"], ci95_ms=(s["ci95_low"], s["ci95_high"]),
-        n=s["n"], rel_ci=s["rel_ci"], converged=converged, target_rel_ci=target_rel_ci,
-        device=sampler.device_name, cache=sampler.cache, cuda_graph=cuda_graph,
-        graph_calls=graph_calls if cuda_graph else None, warmup_calls=warmup_calls,
-        total_time_s=time.perf_counter() - t_begin, stop_reason=stop_reason, warmup_s=warmup_s,
-        min_samples=min_samples, min_time_s=min_time_s, max_time_s=max_time_s,
-        flush_bytes=sampler.flush_bytes, max_samples=max_samples, clock_batches=clock_batches,
-        strict_clocks=strict_clocks, discarded_samples=discarded,
+        n=s["n"], rel_ci=s["rel_ci"], converged=converged, device=sampler.device_name, spec=used,
+        warmup_calls=warmup_calls, total_time_s=time.perf_counter() - t_begin, stop_reason=stop_reason,
+        clock_batches=clock_batches, strict_clocks=strict_clocks, discarded_samples=discarded,
     )
 
 
@@ -492,24 +383,3 @@ def _resolve_device(device: str | torch.device | Device | None) -> torch.device:
         raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
 
-
-def _check_knobs(cache, warmup_s, min_samples, min_time_s, max_time_s, target_rel_ci, graph_calls,
-                 flush_bytes) -> None:
-    if cache not in ("cold", "hot"):
-        raise ValueError(f"cache must be 'cold' or 'hot', got {cache!r}")
-    if warmup_s < 0 or min_time_s < 0:
-        raise ValueError("warmup_s and min_time_s must be >= 0")
-    if not (isinstance(min_samples, int) and min_samples >= 1):
-        raise ValueError(f"min_samples must be an int >= 1, got {min_samples!r}")
-    if not max_time_s > 0:
-        raise ValueError(f"max_time_s must be > 0, got {max_time_s!r}")
-    if not (target_rel_ci > 0 and math.isfinite(target_rel_ci)):
-        raise ValueError(f"target_rel_ci must be a positive number, got {target_rel_ci!r}")
-    if graph_calls is not None and not (isinstance(graph_calls, int) and graph_calls >= 1):
-        raise ValueError(f"graph_calls must be an int >= 1, got {graph_calls!r}")
-    if flush_bytes is not None and not (isinstance(flush_bytes, int) and flush_bytes >= 4):
-        raise ValueError(f"flush_bytes must be an int >= 4, got {flush_bytes!r}")
-
-
-def _fmt_ms(ms: float) -> str:
-    return f"{ms:.0f}" if ms >= 1000 else f"{ms:.4g}"
