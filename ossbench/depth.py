@@ -5,7 +5,6 @@ Each step records why it is unavailable instead of failing the case; `replay_cas
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,14 +104,15 @@ def replay_case(suite_path: str, case_id: str, suite_profile: str, device: str, 
     import torch
 
     from .suite import load_suite
-    from .workloads import get_family
+    from .workloads import case_seed, get_family
 
     case = next(c for c in load_suite(suite_path).cases(suite_profile) if c.id == case_id)  # type: ignore[arg-type]
-    torch.manual_seed(zlib.crc32(case.id.encode()))
+    seed = case_seed(case.id)  # the same data as the case's own run (runner.run_case)
+    torch.manual_seed(seed)
     torch.cuda.set_device(torch.device(device))
     family = get_family(case.family)
     workload = family.build(family.params_model.model_validate(case.params_dict), torch.device(device),
-                            getattr(torch, case.dtype))
+                            getattr(torch, case.dtype), seed=seed)
     for _ in range(2):  # compilation and autotuning stay outside the profiled range
         workload.fn()
     torch.cuda.synchronize()

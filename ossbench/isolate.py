@@ -33,6 +33,7 @@ from typing import Any, Callable
 from .hardware import Device, resolve_device
 from .results import CaseResult
 from .suite import Case, Timing
+from .workloads import case_seed
 
 RunCase = Callable[[Case, Device, Timing, Any], CaseResult]  # run_case(case, device, timing, measure)
 
@@ -129,8 +130,8 @@ class IsolatedRunner:
                 error += "\n--- the child's Python stacks when it was killed ---\n" + "\n".join(where)
             self._worker = None
         return CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
-                          params=case.params_dict, dtype=case.dtype, status=status, error=error,
-                          duration_s=time.perf_counter() - started)
+                          params=case.params_dict, dtype=case.dtype, seed=case_seed(case.id), status=status,
+                          error=error, duration_s=time.perf_counter() - started)  # the seed the child used
 
     def _retire(self) -> None:
         if self._worker is not None:

@@ -84,6 +84,9 @@ class CaseResult(_Model):
     axes: dict[str, Any] = Field(default_factory=dict)  # this case's point in the sweep
     params: dict[str, Any] = Field(default_factory=dict)  # every effective parameter
     dtype: str
+    # the data seed the workload was built with (weights, inputs, caches): `family.build(..., seed=seed)`
+    # rebuilds the same tensors; derived from the id (`ossbench.workloads.case_seed`). Absent in older files.
+    seed: int | None = None
     status: Status
     error: str | None = None
     samples_ms: list[float] = Field(default_factory=list)
@@ -191,7 +194,7 @@ class RunResult(_Model):
         rows = []
         for c in self.cases:
             row: dict[str, Any] = {"id": c.id, "family": c.family, "variant": c.variant,
-                                   "status": c.status, "dtype": c.dtype, "error": c.error}
+                                   "status": c.status, "dtype": c.dtype, "seed": c.seed, "error": c.error}
             row.update({f"param.{k}": v for k, v in c.params.items()})
             row.update(c.axes)
             stats = c.stats.model_dump() if c.stats else {}

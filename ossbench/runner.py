@@ -12,7 +12,6 @@ import gc
 import json
 import re
 import time
-import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -233,16 +232,17 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
     from .measure.memory import MemoryWatch
     from .measure.nvml_sampler import NvmlSampler
     from .measure.timer import bench, cache_flusher
-    from .workloads import get_family
+    from .workloads import case_seed, get_family
 
     measure = measure or MeasureOptions()
     device = resolve_device(device)
 
     family = get_family(case.family)
+    seed = case_seed(case.id)  # fresh random data per case, the same whenever this case runs
     record = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
-                        params=case.params_dict, dtype=case.dtype, status="ok")
+                        params=case.params_dict, dtype=case.dtype, status="ok", seed=seed)
     started = time.perf_counter()
-    torch.manual_seed(zlib.crc32(case.id.encode()))  # fresh random data per case, reproducible per id
+    torch.manual_seed(seed)  # torch's global generator too: what draws outside the workload's (dropout masks)
     watch = MemoryWatch(device.type)
     workload = None
     try:
@@ -250,7 +250,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
             torch.cuda.set_device(device.torch_device)
         watch.start()
         params = family.params_model.model_validate(case.params_dict)
-        workload = family.build(params, device.torch_device, getattr(torch, case.dtype))
+        workload = family.build(params, device.torch_device, getattr(torch, case.dtype), seed=seed)
         watch.mark_built()
         record.flops, record.bytes, record.tokens = (workload.cost.flops, workload.cost.bytes,
                                                      workload.cost.tokens)

@@ -31,7 +31,7 @@ class ProbeParams(BaseModel):
     size: int = 16
 
 
-def build(params: ProbeParams, device, dtype) -> Workload:
+def build(params: ProbeParams, device, dtype, *, seed: int = 0) -> Workload:  # the probe's data never matters
     import torch
 
     print(f"probe: building {params.action}", file=sys.stderr, flush=True)

@@ -226,7 +226,7 @@ def test_check_catches_a_backend_that_ignores_the_window(monkeypatch):
 
 def test_reference_rows_cover_boundaries_at_long_context():
     p = AttentionParams(**{**GPT_OSS, "seq_len": 32768, "window": 128})
-    rows = wl.reference_rows(p)
+    rows = wl.reference_rows(p, seed=0)
     assert {0, 126, 127, 128, 129, 16383, 16384, 32766, 32767} <= set(rows)
     assert len(rows) < 40
-    assert wl.reference_rows(params()) == list(range(40))  # small: every row
+    assert wl.reference_rows(params(), seed=0) == list(range(40))  # small: every row

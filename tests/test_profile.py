@@ -116,7 +116,7 @@ class MatmulParams(BaseModel):
     backend: str = "eager"
 
 
-def build_matmul(p, device, dtype):
+def build_matmul(p, device, dtype, *, seed=0):
     a = torch.randn(p.n, p.n, device=device, dtype=dtype)
     b = torch.randn(p.n, p.n, device=device, dtype=dtype)
     c = torch.empty(p.n, p.n, device=device, dtype=dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,11 @@ TINY = Path(__file__).parent / "suites" / "tiny.yaml"
 
 
 def patch_build(monkeypatch, wrap):
-    """Route the attention family's build through `wrap(real_build, params, device, dtype)`."""
+    """Route the attention family's build through `wrap(real_build, params, device, dtype)` (real_build
+    already holds the case's seed)."""
     real = workloads.get_family("attention")
-    fake = dataclasses.replace(real, build=lambda p, d, t: wrap(real.build, p, d, t))
+    fake = dataclasses.replace(real, build=lambda p, d, t, seed: wrap(functools.partial(real.build, seed=seed),
+                                                                      p, d, t))
     monkeypatch.setattr(workloads, "get_family", lambda name: fake)
 
 

@@ -27,13 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from ..layers.activation import Activation, input_width
 from ..layers.config import ModelConfig
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .ffn import ACTIVATION_FLOPS
 from .fields import default_tokens, fits_memory
 
-SEED = 0
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
 # Allowed max|out - ref| / max|ref|. An elementwise function rounds its result once (torch's ops compute
 # 16-bit inputs in float32) or, op by op in eager SwiGLU, about four times: bf16 4 x 2^-9 ~ 8e-3 < 2e-2,
@@ -104,11 +103,11 @@ def activation_cost(mode: str, activation: str, tokens: int, width: int, dtype_b
 
 
 # --- building
-def build(params: ActivationParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: ActivationParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("activation", TOLERANCE, dtype)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     module = Activation(p.activation, p.backend, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit)
     training = p.mode == "train"
     x = (INPUT_STD * randn((p.tokens, input_width(p.activation, p.width)), generator, device, torch.float32)
@@ -117,7 +116,8 @@ def build(params: ActivationParams, device: Any, dtype: torch.dtype) -> Workload
     fn = timed_call(lambda: module(x), dy, [x], [x])
     held = x.numel() * x.element_size() * (2 if training else 1)  # the input, and its gradient in train
     return Workload(fn=fn, cost=activation_cost(p.mode, p.activation, p.tokens, p.width, torch.finfo(dtype).bits // 8),
-                    check=lambda: check_activation(module, p, x, dy), persistent_bytes=held)
+                    check=lambda: check_activation(module, p, x, dy), persistent_bytes=held,
+                    inputs={"x": x, "dy": dy} if training else {"x": x})
 
 
 # --- numerics check

@@ -33,13 +33,12 @@ from ..layers import masks
 from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.config import ModelConfig
 from ..layers.rope import RopeSpec
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .attention_reference import reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
 from .fields import cross_field_error, fits_memory, yarn_ramp_fits
 
-SEED = 0
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
 # Allowed max|out - ref| / max|ref| per dtype. A block chains about five roundings (input cast, qkv
 # output, scores/probabilities, attention output, out projection), each at most the unit roundoff u
@@ -301,7 +300,7 @@ def fill_decode_cache(module: Attention, p: AttentionParams, generator: torch.Ge
     return cache
 
 
-def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: AttentionParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("attention", TOLERANCE, dtype)
@@ -313,7 +312,7 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
         length = f"kv_len {p.kv_len}" if p.mode == "decode" else f"seq_len {p.seq_len}"
         raise SkipCase(f"mask {p.mask} allows every causal pair at {length}: the case would repeat plain "
                        f"causal attention")
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     module = make_module(p, device, dtype, generator)
     module.requires_grad_(training)
 
@@ -330,13 +329,17 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype) -> Workload:
     held = sum(t.numel() * t.element_size() for t in module.parameters()) + x.numel() * x.element_size()
     held += cache.nbytes if cache is not None else 0
     held += dy.numel() * dy.element_size() if training else 0
+    inputs = {"x": x, "cache.k": cache.k, "cache.v": cache.v} if cache is not None else {"x": x}
+    if dy is not None:
+        inputs["dy"] = dy
     return Workload(fn=fn, cost=attention_cost(p, torch.finfo(dtype).bits // 8),
-                    check=lambda: check_against_reference(module, p, x, cache, dy), persistent_bytes=held)
+                    check=lambda: check_against_reference(module, p, x, cache, dy, seed=seed),
+                    persistent_bytes=held, inputs=inputs)
 
 
 # --- numerics check
 def check_against_reference(module: Attention, p: AttentionParams, x: torch.Tensor, cache: KVCache | None,
-                            dy: torch.Tensor | None) -> Check:
+                            dy: torch.Tensor | None, *, seed: int) -> Check:
     """Compare the backend's block update (without the residual, which would hide attention errors
     behind x) with a float64 reference on a set of query rows."""
     # Run the backend in the same grad mode as `fn`: compiled flex guards on it, and a different mode
@@ -347,7 +350,7 @@ def check_against_reference(module: Attention, p: AttentionParams, x: torch.Tens
         errs = [errors(got, ref)]
         what = f"one token against {attention_pairs(p) - 1} cached keys"
     else:
-        rows = reference_rows(p)
+        rows = reference_rows(p, seed)
         got = module.update(x.detach())[:, rows].detach().double()  # [B, R, hidden]
         with torch.no_grad():
             ref = reference_prefill(module, x.detach(), rows)

@@ -1,12 +1,17 @@
 """What a layer family hands the runner: a timed function, its cost, and a numerics check.
 
 A *family* (attention, moe, ...) declares its parameters as a pydantic model and knows how to turn one
-validated parameter set into a `Workload` on a device. The runner never looks inside a workload: it
-checks it once, times `fn`, and derives throughput from `cost`.
+validated parameter set and a data seed into a `Workload` on a device. The runner never looks inside a
+workload: it checks it once, times `fn`, and derives throughput from `cost`.
+
+The seed decides every random value the workload holds (weights, inputs, caches, the reference's random
+rows): the same parameters, dtype, device and seed give the same tensors. The runner derives it from the
+case id (`case_seed`), so a case run alone, or rebuilt from its results record, sees the same data.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -49,6 +54,17 @@ class Workload:
     # facts about the built case that are not numbers per call: the kernel chosen automatically, the
     # routing's tokens per expert, ... (JSON-serialisable; recorded with the case)
     info: dict[str, Any] = field(default_factory=dict)
+    # The random tensors the timed call reads, by name (x, dy, the decode cache's k and v, ...): what the
+    # seed decided, for rebuilding a case and comparing its data. References only; nothing is copied.
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULT_SEED = 0  # what a Python caller of `build` gets without a seed; the runner always passes the case's
+
+
+def case_seed(case_id: str) -> int:
+    """The data seed of a case: a checksum of its id, so ids give stable seeds across runs and machines."""
+    return zlib.crc32(case_id.encode())
 
 
 @dataclass(frozen=True)
@@ -59,5 +75,5 @@ class Family:
     description: str
     params_model: type[BaseModel]  # pydantic model, extra="forbid"; includes `mode` and `backend`
     defaults: Callable[[Any], dict[str, Any]]  # ModelConfig -> default parameter values
-    build: Callable[[BaseModel, Any, Any], Workload]  # (params, torch.device, torch.dtype) -> Workload
+    build: Callable[..., Workload]  # (params, torch.device, torch.dtype, *, seed: int) -> Workload
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # ready-made overrides, shown by `list`

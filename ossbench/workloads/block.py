@@ -41,7 +41,7 @@ from ..layers.config import ModelConfig
 from ..layers.moe import MoE
 from .attention import AttentionParams, attention_cost, check_against_reference, fill_decode_cache, make_module
 from .attention import TOLERANCE as ATTENTION_TOLERANCE
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype
 from .fields import fits_memory, yarn_ramp_fits
@@ -49,7 +49,6 @@ from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
 
-SEED = 0
 # A block is an attention layer and an FFN/MoE layer, each checked against its own float64 reference:
 # the looser of the two families' tolerances per dtype.
 TOLERANCE = {d: max(ATTENTION_TOLERANCE[d], FFN_TOLERANCE[d]) for d in ATTENTION_TOLERANCE}
@@ -245,7 +244,7 @@ def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch
     return Block(attn, mlp, p.dropout)
 
 
-def build(params: BlockParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("block", TOLERANCE, dtype)
@@ -257,7 +256,7 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype) -> Workload:
     if isinstance(mp, MoEParams) and mp.backend == "gather" and (reason := gather_skip_reason(mp, device,
                                                                                                dtype_bytes)):
         raise SkipCase(reason)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     block = make_block(p, device, dtype, generator)
     block.train(training)  # dropout acts in train mode only
 
@@ -285,8 +284,12 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype) -> Workload:
     held = sum(t.numel() * t.element_size() for t in (*block.parameters(), *block.buffers()))
     held += x.numel() * x.element_size() * (2 if training else 1)
     held += cache.nbytes if cache is not None else 0
+    inputs = {"x": x, "cache.k": cache.k, "cache.v": cache.v} if cache is not None else {"x": x}
+    if dy is not None:
+        inputs["dy"] = dy
     return Workload(fn=fn, cost=block_cost(p, dtype_bytes, counts),
-                    check=lambda: check_block(block, p, x, cache, dy), persistent_bytes=held, info=info)
+                    check=lambda: check_block(block, p, x, cache, dy, seed), persistent_bytes=held, info=info,
+                    inputs=inputs)
 
 
 # --- numerics check
@@ -302,14 +305,15 @@ def dropout_off(block: Block) -> Iterator[None]:
 
 
 def check_block(block: Block, p: BlockParams, x: torch.Tensor, cache: KVCache | None,
-                dy: torch.Tensor | None) -> Check:
+                dy: torch.Tensor | None, seed: int) -> Check:
     """Each half against its own family's float64 reference, on the inputs it receives in the block (the
     attention on x, the MLP on the backend's h = x + attention), then the block's output against the sum
     of the two halves. Dropout is off for the check (its random mask is tested in tests/test_block.py);
     in train mode the halves' input gradients are compared too where their families do so (few tokens)."""
     start = p.kv_len if p.mode == "decode" else 0
     with dropout_off(block):
-        parts = [("attention", check_against_reference(block.attn, p.attention_params(), x, cache, dy))]
+        parts = [("attention", check_against_reference(block.attn, p.attention_params(), x, cache, dy,
+                                                           seed=seed))]
         with torch.no_grad():
             h = x.detach() + block.attn.update(x.detach(), cache, start)  # [B, S, hidden]
         h_tokens = h.reshape(-1, p.hidden)

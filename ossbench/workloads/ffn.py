@@ -28,12 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.params import fc1_width, ffn_params, norm_params
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import default_tokens, fits_memory, top_k_fits
 
-SEED = 0
 # Allowed max|out - ref| / max|ref| per dtype. An FFN rounds its input, fc1's output, the activation's
 # intermediate results (about five elementwise ops, each rounded in 16-bit dtypes), and fc2's output: with
 # the unit roundoff u (bf16 2^-9 ~ 2e-3, fp16 2^-11) a few u of independent roundings stay below 1e-2, and
@@ -153,11 +152,11 @@ def init_dense_ffn_(module: DenseFFN, generator: torch.Generator) -> None:
         init_norm_(module.norm, generator)
 
 
-def build(params: FFNParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: FFNParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("ffn", TOLERANCE, dtype)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     module = make_ffn(p, device, dtype, generator)
     workload = dense_workload(module, p.mode, p.tokens, device, dtype, generator)
     workload.info["intermediate"] = p.intermediate
@@ -177,7 +176,8 @@ def dense_workload(module: DenseFFN, mode: str, tokens: int, device: Any, dtype:
     cost = ffn_cost(mode, tokens, module.hidden, module.intermediate, module.activation,
                     module.fc1.bias is not None, norm, torch.finfo(dtype).bits // 8)
     held = sum(t.numel() * t.element_size() for t in module.parameters()) + 2 * x.numel() * x.element_size()
-    return Workload(fn=fn, cost=cost, check=lambda: check_ffn(module, x, dy), persistent_bytes=held)
+    return Workload(fn=fn, cost=cost, check=lambda: check_ffn(module, x, dy), persistent_bytes=held,
+                    inputs={"x": x, "dy": dy} if training else {"x": x})
 
 
 # --- numerics check

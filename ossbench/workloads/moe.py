@@ -40,13 +40,12 @@ from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.moe import MoE, grouped_mm_unsupported_reason, load_max_over_mean, zipf_router_bias
 from ..layers.mxfp4 import BLOCK, bytes_per_value
 from ..layers.params import moe_params
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
 from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
 from .fields import cross_field_error, default_tokens, fits_memory, top_k_fits
 
-SEED = 0
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
 # Two router logits closer than this (relative to the token's largest |logit|, in units of the dtype's
 # epsilon) may be ordered differently by the backend's rounded router and the float64 reference: for such
@@ -201,11 +200,11 @@ def gather_skip_reason(p: MoEParams, device: torch.device, dtype_bytes: int) -> 
     return None
 
 
-def build(params: MoEParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: MoEParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("moe", TOLERANCE, dtype)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     if p.dense != "none":
         return build_dense(p, device, dtype, generator)
     dtype_bytes = torch.finfo(dtype).bits // 8
@@ -232,7 +231,7 @@ def build(params: MoEParams, device: Any, dtype: torch.dtype) -> Workload:
     held = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
     held += x.numel() * x.element_size() * (2 if training else 1)
     return Workload(fn=fn, cost=moe_cost(p, dtype_bytes, counts), check=lambda: check_moe(module, x, dy),
-                    persistent_bytes=held, info=info)
+                    persistent_bytes=held, info=info, inputs={"x": x, "dy": dy} if training else {"x": x})
 
 
 def build_dense(p: MoEParams, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> Workload:

@@ -31,12 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import default_tokens, fits_memory
 
-SEED = 0
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
 # is the final rounding to the output dtype plus float32 sums over `hidden` values: bf16 2^-9 ~ 2e-3 per
 # rounding (2e-2 leaves room for the fused RMSNorm's bf16 scale, one more rounding), fp16 2^-11;
@@ -113,11 +112,11 @@ def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.G
     return module
 
 
-def build(params: NormParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: NormParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("norm", TOLERANCE, dtype)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     module = make_norm(p, device, dtype, generator)
     training = p.mode == "train"
     module.requires_grad_(training)
@@ -127,7 +126,8 @@ def build(params: NormParams, device: Any, dtype: torch.dtype) -> Workload:
     param_bytes = sum(t.numel() * t.element_size() for t in module.parameters())
     held = param_bytes + x.numel() * x.element_size() * (2 if training else 1)
     cost = norm_cost(p.mode, p.norm, p.tokens, p.hidden, torch.finfo(dtype).bits // 8, param_bytes)
-    return Workload(fn=fn, cost=cost, check=lambda: check_norm(module, x, dy), persistent_bytes=held)
+    return Workload(fn=fn, cost=cost, check=lambda: check_norm(module, x, dy), persistent_bytes=held,
+                    inputs={"x": x, "dy": dy} if training else {"x": x})
 
 
 # --- numerics check

@@ -36,12 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
-from .base import Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
 from .fields import check_yarn_ramp, cross_field_error, fits_memory, yarn_spec
 
-SEED = 0
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
 # 16-bit dtypes, plus the table's own rounding): a few unit roundoffs, bf16 2^-9, fp16 2^-11.
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -178,11 +177,11 @@ def positions_cost(p: PositionsParams, dtype_bytes: int) -> Cost:
 
 
 # --- building
-def build(params: PositionsParams, device: Any, dtype: torch.dtype) -> Workload:
+def build(params: PositionsParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("positions", TOLERANCE, dtype)
-    generator = torch.Generator(device=device).manual_seed(SEED)
+    generator = torch.Generator(device=device).manual_seed(seed)
     training = p.mode == "train"
     S, start = p.tokens_per_sequence, p.start_pos
     cost = positions_cost(p, torch.finfo(dtype).bits // 8)
@@ -208,7 +207,10 @@ def build(params: PositionsParams, device: Any, dtype: torch.dtype) -> Workload:
     dys = [randn(tuple(t.shape), generator, device, dtype) for t in inputs] if training else None
     fn = timed_call(call, dys, inputs, grads_of)
     held += sum(t.numel() * t.element_size() for t in inputs) * (2 if training else 1)
-    return Workload(fn=fn, cost=cost, check=lambda: check_positions(p, module, inputs, dys), persistent_bytes=held)
+    names = ["x"] if p.positions == "learned" else ["q", "k"]
+    named = dict(zip(names, inputs)) | dict(zip([f"d{n}" for n in names], dys or []))  # dys: the outputs' grads
+    return Workload(fn=fn, cost=cost, check=lambda: check_positions(p, module, inputs, dys), persistent_bytes=held,
+                    inputs=named)
 
 
 # --- numerics check
