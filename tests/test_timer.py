@@ -125,7 +125,9 @@ def test_measurement_api():
                                  "cuda_graph", "graph_calls", "flush_bytes", "device", "warmup_calls", "max_samples",
                                  "stop_reason"}
     text = str(m)
-    assert text.endswith("(median, CI95, n=%d, hot, cpu)" % m.n) and " ms ± " in text
+    # a no-op's samples are noise, so on a busy machine the CI target may be missed: a note then follows
+    assert "(median, CI95, n=%d, hot, cpu)" % m.n in text and " ms ± " in text
+    assert text.endswith("cpu)") == m.converged
     assert repr(m) == text
 
 
