@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from ossbench.cli import main
-from ossbench.compare import classify, compare_runs, comparison_table, ratio_of_medians_ci, unmatched_lines
+from ossbench.bootstrap import ratio_of_medians_ci
+from ossbench.compare import classify, compare_runs
+from ossbench.compare_table import comparison_table, unmatched_lines
 from ossbench.measure.stats import summarize
 from ossbench.results import CaseResult, Derived, Environment, RunResult, SuiteInfo
 
@@ -98,7 +100,7 @@ def test_ceiling_fractions_and_what_a_difference_follows():
     vs = c.cases[0].vs_reference[1]
     assert vs.compute_ratio == 2.0 and vs.bandwidth_ratio == 1.5
     cell = c.cases[0].runs[0]  # 1 TFLOP in ~4 ms = ~250 TFLOP/s of a 400 TFLOP/s peak
-    assert cell.compute_key == "bf16_tflops"
+    assert cell.compute_key == "bf16"
     assert cell.compute_fraction == pytest.approx(250 / 400, rel=0.05)
     assert cell.bandwidth_fraction == pytest.approx(250 / 1000, rel=0.05)
     # the same device on both sides, or one without a peak row
@@ -112,10 +114,10 @@ def test_float32_uses_fp32_peak_unless_tf32_is_on():
     runs = [make_run(rng, d, p, {"attention/a/s=1": 1.0}) for d, p in (("slow", SLOW_GPU), ("fast", FAST_GPU))]
     for run in runs:
         run.cases[0].dtype = "float32"
-    assert compare_runs(runs).cases[0].runs[0].compute_key == "fp32_tflops"
+    assert compare_runs(runs).cases[0].runs[0].compute_key == "fp32"
     for run in runs:
         run.cases[0].params = {"allow_tf32": True}
-    assert compare_runs(runs).cases[0].runs[0].compute_key == "tf32_tflops"
+    assert compare_runs(runs).cases[0].runs[0].compute_key == "tf32"
 
 
 def test_terminal_table_names_every_case_and_run():
@@ -227,7 +229,7 @@ def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
 def test_bootstrap_medians_have_the_distribution_of_real_resamples(n):
     """The order-statistic shortcut draws the same bootstrap distribution of the median as building the
     resamples (np.median of n draws with replacement), ties and even n included."""
-    from ossbench.compare import bootstrap_medians
+    from ossbench.bootstrap import bootstrap_medians
 
     rng = np.random.default_rng(n)
     x = rng.lognormal(0.0, 0.1, n)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
+from ossbench.analysis import analyze_run
 from ossbench.compare import compare_runs
 from ossbench.expectations import evaluate
 from ossbench.measure.roofline import peak_for
 from ossbench.measure.stats import summarize
 from ossbench.report import render_compare_report, render_report, write_compare_report, write_report
 from ossbench.report.html import report_charts
-from ossbench.report.run_charts import speedup_cis
 from ossbench.results import CaseResult, Derived, Environment, Memory, RunResult, Stats, SuiteInfo
 
 XSS_SUITE = "<script>alert(1)</script>"
@@ -83,8 +83,7 @@ def page(run: RunResult) -> str:
 
 
 def _charts(run: RunResult) -> dict:
-    pairs = evaluate(run)
-    return report_charts(run, pairs, speedup_cis(run, pairs))
+    return report_charts(run, analyze_run(run))
 
 
 def test_plotly_inlined_once_and_nothing_fetched(page: str) -> None:
