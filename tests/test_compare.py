@@ -254,3 +254,34 @@ def test_ratio_ci_of_two_million_samples_is_fast_and_tight():
     elapsed = time.perf_counter() - start
     assert lo < ratio < hi and lo == pytest.approx(1.1, rel=1e-3) and hi == pytest.approx(1.1, rel=1e-3)
     assert elapsed < 20  # two sorts of 2M values; resampling them 2000 times would take minutes
+
+
+def test_run_labels_name_the_devices_else_the_files():
+    from ossbench.compare import run_labels
+
+    rng = np.random.default_rng(40)
+    slow, fast, slow_again = (make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("slow", "fast", "slow"))
+    assert run_labels([slow, fast], ["a.json", "b.json"]) == ["slow", "fast"]
+    assert run_labels([slow, slow_again], ["a.json", "b.json"]) == ["a.json", "b.json"]
+    assert run_labels([slow, slow_again], ["a.json", "a.json"]) == ["a.json #1", "a.json #2"]
+    assert run_labels([slow, slow_again]) == ["slow #1", "slow #2"]  # no files: the repeated name, numbered
+    assert [r.label for r in compare_runs([slow, slow_again]).runs] == ["slow #1", "slow #2"]
+
+
+def test_compare_fractions_use_the_same_ceilings_as_the_report():
+    """A run with recorded ceilings and one with only a datasheet row: compare's fractions divide by
+    `analysis.run_ceilings`, the ceilings the report's roofline uses."""
+    from ossbench.analysis import compute_ceiling, run_ceilings
+    from ossbench.measure.roofline import resolve_ceilings
+
+    rng = np.random.default_rng(41)
+    runs = [make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("x", "y")]
+    runs[1].environment.ceilings = resolve_ceilings(SLOW_GPU, {"ceilings": {"bf16_tflops": 100.0, "copy_gbps": 500.0}})
+    c = compare_runs(runs)
+    for run, cell in zip(runs, c.cases[0].runs):
+        ceilings = run_ceilings(run.environment)
+        assert cell.compute_key == "bf16"
+        assert cell.compute_fraction == pytest.approx(run.cases[0].derived.tflops / compute_ceiling(ceilings, "bf16"))
+        assert cell.bandwidth_fraction == pytest.approx(run.cases[0].derived.gbps / ceilings["bandwidth_gbps"])
+    vs = c.cases[0].vs_reference[1]
+    assert vs.compute_ratio == pytest.approx(100.0 / 400.0) and vs.bandwidth_ratio == pytest.approx(500.0 / 1000.0)
