@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..analysis import Placement, RunAnalysis
+from ..analysis import Placement, RunAnalysis, bandwidth_ceiling, compute_ceiling
 from ..expectations import PairOutcome, PairReport
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, fraction_text
 from ..results import CaseResult, RunResult
@@ -169,13 +169,13 @@ def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: f
     if not ceilings:
         return ["No ceilings are recorded for this run (a CPU, or a GPU neither in the datasheet table nor "
                 "calibrated with `ossbench calibrate`): the roofs are omitted."]
-    bandwidth = ceilings.get("bandwidth_gbps")
+    bandwidth = bandwidth_ceiling(ceilings)
     sources = ceilings.get("sources", {})
     tb_per_s = bandwidth / 1e3 if bandwidth else None  # FLOP/B x TB/s = TFLOP/s
     notes = []
     drawn = False
     for key in keys:
-        compute = ceilings.get("compute_tflops", {}).get(key)
+        compute = compute_ceiling(ceilings, key)
         if compute is None:
             notes.append(f"No {key} compute ceiling for this device: that roof is omitted.")
             continue
