@@ -9,13 +9,11 @@ them looks up a ceiling or divides by one itself. The roofline arithmetic is `os
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .expectations import PairReport, evaluate
 from .measure.roofline import dtype_key, over_ceiling, resolve_ceilings, roofline
+from .records import Ceilings  # as `resolve_ceilings` shapes them: {"compute_tflops": {"bf16": ...}, ...}
 from .results import CaseResult, Environment, RunResult
-
-Ceilings = dict[str, Any]  # as `resolve_ceilings` shapes them: {"compute_tflops": {"bf16": ...}, "bandwidth_gbps": ...}
 
 
 def run_ceilings(env: Environment) -> Ceilings | None:

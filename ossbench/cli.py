@@ -133,7 +133,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
             progress.advance(task)
             progress.console.print(case_line(case, result), soft_wrap=True)
 
-        with stop_on_signals(lambda stop: progress.console.print(stopping_line(stop))) as stop:
+        with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
             result = run_plan(plan, on_case, stop=stop, resume=resumed)
         try:
             report_path = write_report(result, plan.out_dir / "report.html")
