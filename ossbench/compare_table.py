@@ -8,8 +8,9 @@ from rich.table import Table
 
 from .compare import Comparison
 from .measure.roofline import over_ceiling
-from .summary import STATUS_STYLE, beaten_ceiling_caption, beaten_ceiling_cell, fmt_ms
+from .summary import STATUS_STYLE, beaten_ceiling_caption, beaten_ceiling_cell
 from .text import printable, term_text
+from .units import fmt_ms
 
 
 def _pct(x: float | None) -> str:

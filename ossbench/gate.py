@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import UserError
 from .results import CaseResult, RunResult
-from .summary import fmt_ms as _ms
+from .units import fmt_ms as _ms
 
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_ALPHA = 0.01

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from .gate import TOO_FEW, CaseVerdict, GateResult
 from .results import write_atomic
-from .summary import fmt_ms as _ms
 from .text import printable, term_text
+from .units import fmt_ms as _ms
 
 _STYLE = {"regression": "bold red", "new failure": "bold red", "improvement": "green", "fixed": "green",
           "unchanged": "", "still failing": "yellow", "skipped": "yellow", "missing": "bold red", "new": "cyan"}

@@ -10,25 +10,9 @@ from .expectations import PairReport
 from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT
 from .results import RunResult
 from .text import term_text
+from .units import fmt_bytes, fmt_ms
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    # four significant figures: more would claim a precision the CI rarely supports
-    return f"{ms * 1e3:.4g} µs" if ms < 1 else f"{ms:.4g} ms"
 
 
 def _num(x: float | None, digits: int = 2) -> str:

@@ -285,3 +285,16 @@ def test_compare_fractions_use_the_same_ceilings_as_the_report():
         assert cell.bandwidth_fraction == pytest.approx(run.cases[0].derived.gbps / ceilings["bandwidth_gbps"])
     vs = c.cases[0].vs_reference[1]
     assert vs.compute_ratio == pytest.approx(100.0 / 400.0) and vs.bandwidth_ratio == pytest.approx(500.0 / 1000.0)
+
+
+def test_the_analysis_modules_import_no_renderer():
+    """compare, gate, analysis and the pairs compute; the terminal, markdown, JUnit and HTML views import
+    them, never the other way round (a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ossbench.analysis, ossbench.compare, ossbench.gate, ossbench.expectations; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
+            "('ossbench.summary', 'ossbench.compare_table', 'ossbench.gate_outputs', 'ossbench.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
