@@ -84,16 +84,16 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
     `--resume DIR` then runs the rest.
     """
-    from .text import term_text as escape  # markup escaped and control characters shown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .expectations import evaluate
     from .outdir import claim_out_dir
     from .report import write_report
+    from .run_console import (NOTHING_TO_RESUME, case_line, exit_code, notices, print_summary,
+                              report_failed_line, start_lines, stopped_line, stopping_line)
     from .runner import plan_run, run_plan
     from .stopping import stop_on_signals
     from .suite import load_suite
-    from .summary import STATUS_STYLE, cases_table, measure_notices, pairs_table
+    from .text import term_text
 
     out, err = _console(), _console(stderr=True)
     resumed = None
@@ -113,23 +113,13 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
                         quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
                         isolate=isolate)
-    suite = plan.suite
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
-    err.print(f"[bold]{escape(suite.name)}[/]: {len(todo)} case(s) on {plan.device}, "
-              f"dtype {suite.dtype(plan.profile)} -> {plan.out_dir}"
-              + (", each case in a child process (--isolate)" if plan.isolate else ""))
-    if resumed:
-        err.print(f"resuming: {len(resumed.kept)} finished case(s) kept from {resumed.source}"
-                  + (f"; {len(resumed.dropped)} dropped by the re-plan" if resumed.dropped else ""))
-        if resumed.nothing_to_do(plan):
-            err.print("nothing to resume: every case is in results.json already")
-            sys.exit(_exit_code(resumed.previous.cases, report_written=True))
-    if plan.profile == "cpu":
-        err.print("[yellow]Running the suite's reduced CPU profile (its `cpu:` section): smaller shapes, "
-                  "recorded as profile=cpu in the results. Use a GPU for the full suite.[/]")
-    if plan.options and plan.options.quick:
-        err.print("[yellow]--quick: short time budget and a 5% CI target; numbers are a smoke test.[/]")
-    for line in measure_notices(plan):
+    for line in start_lines(plan, len(todo), resumed):
+        err.print(line)
+    if resumed and resumed.nothing_to_do(plan):
+        err.print(NOTHING_TO_RESUME)
+        sys.exit(exit_code(resumed.previous.cases))
+    for line in notices(plan):
         err.print(line)
 
     with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -138,47 +128,22 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
 
         def on_case(case, result) -> None:
             if result is None:
-                progress.update(task, description=escape(case.id))
+                progress.update(task, description=term_text(case.id))
                 return
             progress.advance(task)
-            progress.console.print(f"  [{STATUS_STYLE[result.status]}]{result.status:>7}[/] {escape(case.id)}"
-                                   + (f"  {result.stats.median:.4g} ms" if result.stats else ""),
-                                   soft_wrap=True)
+            progress.console.print(case_line(case, result), soft_wrap=True)
 
-        def on_stop(request) -> None:
-            progress.console.print(f"[yellow]{request.name}: stopping after the case in flight (again: stop at "
-                                   f"once; finished cases stay in the journal)[/]")
-
-        with stop_on_signals(on_stop) as stop:
+        with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
             result = run_plan(plan, on_case, stop=stop, resume=resumed)
         try:
             report_path = write_report(result, plan.out_dir / "report.html")
         except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
             report_path = None
-            err.print(f"[red]could not write the report ({escape(type(e).__name__)}: {escape(str(e))}); "
-                      f"the results are saved, retry with `ossbench report`[/]", soft_wrap=True)
-    out.print(cases_table(result))
-    pairs = [r for r in evaluate(result) if r.outcomes]
-    if pairs:
-        out.print(pairs_table(pairs))
-    counts = {s: sum(c.status == s for c in result.cases) for s in STATUS_STYLE}
-    if plan.measure.profile or plan.measure.ncu:
-        reasons = sorted({c.counters["reason"] for c in result.cases if c.counters and not c.counters["available"]})
-        for reason in reasons:
-            out.print(f"DRAM counters unavailable: {escape(reason)}")
-    if plan.measure.profile:
-        out.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
-              f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path or 'not written'}")
+            err.print(report_failed_line(e), soft_wrap=True)
+    print_summary(result, plan, report_path, out)
     if stop.requested:
-        err.print(f"[yellow]{stop.name}: the cases not started are recorded as skipped; to run them: "
-                  f"ossbench run --resume {escape(str(plan.out_dir))}[/]", soft_wrap=True)
-        sys.exit(stop.exit_code)
-    sys.exit(_exit_code(result.cases, report_written=report_path is not None))
-
-
-def _exit_code(cases, *, report_written: bool) -> int:
-    return 1 if any(c.status in ("failed", "oom") for c in cases) or not report_written else 0
+        err.print(stopped_line(stop, plan.out_dir), soft_wrap=True)
+    sys.exit(exit_code(result.cases, report_written=report_path is not None, stop=stop))
 
 
 @main.command()
@@ -264,15 +229,6 @@ def report(results_file: Path, output: Path | None) -> None:
     click.echo(str(path))
 
 
-def _compare_labels(paths: tuple[Path, ...], runs) -> list[str]:
-    """Device names when they tell the runs apart, else the file paths as given (numbered if repeated)."""
-    names = [r.environment.device_name for r in runs]
-    if len(set(names)) == len(names):
-        return names
-    paths_ = [str(p) for p in paths]
-    return [p if paths_.count(p) == 1 else f"{p} #{k + 1}" for k, p in enumerate(paths_)]
-
-
 @main.command()
 @click.argument("results_files", nargs=-1, metavar="A.json B.json [C.json ...]",
                 type=click.Path(dir_okay=False, path_type=Path))
@@ -284,7 +240,8 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
     Per case: the speedup over the reference with a bootstrap CI95, and each run's fraction of its device's
     peak compute and HBM bandwidth, so you can see whether a difference follows compute, bandwidth or neither.
     """
-    from .compare import compare_runs, comparison_table, unmatched_lines
+    from .compare import compare_runs, run_labels
+    from .compare_table import print_comparison
     from .results import load_results
 
     if len(results_files) < 2:
@@ -294,11 +251,9 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
 
         check_output_file(output, "-o")
     runs = [load_results(p) for p in results_files]
-    comparison = compare_runs(runs, _compare_labels(results_files, runs), sources=[str(p) for p in results_files])
-    out = _console()
-    out.print(comparison_table(comparison))
-    for line in unmatched_lines(comparison):
-        out.print(line, markup=False)  # already printable
+    paths = [str(p) for p in results_files]
+    comparison = compare_runs(runs, run_labels(runs, paths), sources=paths)
+    print_comparison(comparison, _console())
     if output:
         from .report.compare_html import write_compare_report
 
@@ -341,10 +296,9 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     missing case, 2 bad input. See docs/gate.md.
     """
     from .gate import gate as run_gate
-    from .gate import gate_table, write_outputs
+    from .gate_outputs import print_gate, write_outputs
     from .outdir import check_output_file
     from .results import load_results
-    from .text import printable
 
     for option, path in (("--junit", junit), ("--markdown", markdown)):
         if path:
@@ -353,15 +307,7 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     result = run_gate(baseline, current, max_slowdown=max_slowdown, alpha=alpha,
                       allow_hardware_mismatch=allow_hardware_mismatch)
     write_outputs(result, markdown=markdown, junit=junit)
-    out = _console()
-    out.print(gate_table(result))
-    for note in result.notes:
-        out.print(f"note: {printable(note)}", markup=False)
-    style = "bold green" if result.passed else "bold red"
-    out.print(f"[{style}]{'PASSED' if result.passed else 'FAILED'}[/]")
-    for v in result.cases:
-        if v.failing:
-            out.print(f"  {v.verdict}: {printable(v.describe())}", markup=False)
+    print_gate(result, _console())
     sys.exit(0 if result.passed else 1)
 
 

@@ -1,11 +1,14 @@
-"""A suite's `compare` pairs evaluated on a run: speedup of candidate over baseline at each sweep point,
-next to the cost model's predicted ratio, and whether the pair's expectation is met."""
+"""A suite's `compare` pairs evaluated on a run: speedup of candidate over baseline at each sweep point with
+its bootstrap CI95, next to the cost model's predicted ratio, and whether the pair's expectation is met."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from .bootstrap import BOOTSTRAP_SEED, speedup_ci
 from .results import CaseResult, RunResult
 
 
@@ -19,6 +22,7 @@ class PairOutcome:
     bytes_ratio: float | None
     met: bool | None  # None: no expectation, or a case did not run
     bound: str  # the expectation in words, e.g. "speedup >= 0.5 x flops ratio"
+    speedup_ci95: tuple[float, float] | None = None  # percentile bootstrap CI95 of the speedup, from the samples
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,11 @@ class PairReport:
 
 
 def evaluate(run: RunResult) -> list[PairReport]:
-    return [_evaluate_pair(run, pair) for pair in run.suite.compare]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)  # one stream for the run: the same file gives the same CIs
+    return [_evaluate_pair(run, pair, rng) for pair in run.suite.compare]
 
 
-def _evaluate_pair(run: RunResult, pair: dict[str, Any]) -> PairReport:
+def _evaluate_pair(run: RunResult, pair: dict[str, Any], rng: np.random.Generator) -> PairReport:
     by_key = {(c.variant, _key(c.axes)): c for c in run.cases}
     where = pair.get("where") or {}
     expect = pair.get("expect") or {}
@@ -48,7 +53,7 @@ def _evaluate_pair(run: RunResult, pair: dict[str, Any]) -> PairReport:
             continue
         cand = by_key.get((pair["candidate"], _key(c.axes)))
         if cand is not None:
-            outcomes.append(_outcome(c, cand, expect))
+            outcomes.append(_outcome(c, cand, expect, rng))
     return PairReport(pair["baseline"], pair["candidate"], pair.get("claim", ""), outcomes)
 
 
@@ -60,9 +65,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any]) -> PairOutcome:
+def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any], rng: np.random.Generator) -> PairOutcome:
     ran = base.status == "ok" and cand.status == "ok" and base.stats and cand.stats
     speedup = base.stats.median / cand.stats.median if ran else None
+    ci = speedup_ci(base.samples_ms, cand.samples_ms, rng) if ran and base.samples_ms and cand.samples_ms else None
     flops_ratio, bytes_ratio = _ratio(base.flops, cand.flops), _ratio(base.bytes, cand.bytes)
     relative_to = expect.get("relative_to", "none")
     scale = {"none": 1.0, "flops": flops_ratio, "bytes": bytes_ratio}[relative_to]
@@ -73,4 +79,4 @@ def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any]) -> Pair
     met = None
     if bound and speedup is not None and scale:
         met = (lo is None or speedup >= lo * scale) and (hi is None or speedup <= hi * scale)
-    return PairOutcome(base.id, cand.id, dict(base.axes), speedup, flops_ratio, bytes_ratio, met, bound)
+    return PairOutcome(base.id, cand.id, dict(base.axes), speedup, flops_ratio, bytes_ratio, met, bound, ci)

@@ -1,42 +1,22 @@
-"""Terminal tables for a run: one row per case, and the suite's compare pairs."""
+"""Terminal tables for a run: one row per case, the suite's compare pairs, a calibration; the number
+formats the other terminal views share. Figures beyond the recorded ones come from `ossbench.analysis`."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+from .analysis import Ceilings, Placement, place, place_cases
 from .expectations import PairReport
-from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT, over_ceiling
+from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT
 from .results import RunResult
 from .text import term_text
+from .units import fmt_bytes, fmt_ms
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "red", "skipped": "yellow"}
 
 
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    # four significant figures: more would claim a precision the CI rarely supports
-    return f"{ms * 1e3:.4g} µs" if ms < 1 else f"{ms:.4g} ms"
-
-
 def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
-
-
-def ceiling_beaten(c) -> bool:
-    """The case ran faster than its ceiling allows (also for files written before `roofline.flags`)."""
-    r = c.roofline or {}
-    return bool(r.get("available")) and over_ceiling(r.get("speed_of_light"))
 
 
 def beaten_ceiling_cell(figure: str) -> str:
@@ -52,14 +32,18 @@ def beaten_ceiling_caption(count: int) -> str | None:
             "which no case can beat. Rerun `ossbench calibrate` on a quiet machine (docs/measure.md).")
 
 
-def speed_of_light(c) -> str:
+def sol_cell(p: Placement) -> str:
     """'43% mem' / '71% comp' (achieved fraction of the binding roofline ceiling), or '-'; above 100% the
     warning instead, with the figure in brackets (rich markup)."""
-    r = c.roofline or {}
-    if not r.get("available"):
+    if p.fraction is None:
         return "-"
-    figure = f"{r['speed_of_light'] * 100:.0f}% {'mem' if r['bound'] == 'memory' else 'comp'}"
-    return beaten_ceiling_cell(figure) if ceiling_beaten(c) else figure
+    figure = f"{p.fraction * 100:.0f}% {'mem' if p.bound == 'memory' else 'comp'}"
+    return beaten_ceiling_cell(figure) if p.over_ceiling else figure
+
+
+def speed_of_light(case, ceilings: Ceilings | None = None) -> str:
+    """`sol_cell` of a case: its recorded roofline, else computed against `ceilings` when given."""
+    return sol_cell(place(case, ceilings))
 
 
 def energy_per_token(c) -> str:
@@ -76,7 +60,8 @@ def measured_gbps(c) -> str:
 
 
 def cases_table(run: RunResult) -> Table:
-    beaten = sum(ceiling_beaten(c) for c in run.cases)
+    placements = place_cases(run)
+    beaten = sum(p.over_ceiling for p in placements)
     t = Table(title=term_text(f"{run.suite.name} on {run.environment.device_name}"), title_justify="left",
               caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
@@ -89,7 +74,7 @@ def cases_table(run: RunResult) -> Table:
         wraps = col in ("case", "status")
         t.add_column(col, justify=justify, overflow="fold", no_wrap=not wraps,
                      min_width=24 if col == "case" else None)
-    for c in run.cases:
+    for c, placement in zip(run.cases, placements):
         s = c.stats
         status = f"[{STATUS_STYLE[c.status]}]{c.status}[/]"
         if c.status == "ok" and s and not s.converged:
@@ -100,7 +85,7 @@ def cases_table(run: RunResult) -> Table:
             status += " [red](throttled)[/]"
         t.add_row(term_text(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
                   str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
-                  *([measured_gbps(c)] if with_dram else []), speed_of_light(c),
+                  *([measured_gbps(c)] if with_dram else []), sol_cell(placement),
                   *([energy_per_token(c)] if with_energy else []),
                   fmt_bytes(c.memory.peak_bytes if c.memory else None), status)
     return t
@@ -146,41 +131,3 @@ def calibration_table(record: dict) -> Table:
                   "-" if datasheet is None else f"{datasheet:g}",
                   red_if(f"{value / datasheet:.0%}", label, "datasheet") if value and datasheet else "-", detail)
     return t
-
-
-def load_notices(load: dict | None) -> list[str]:
-    """Why the timings of a run planned on a machine this busy will read high (empty when it was quiet).
-
-    CPU: a 1-minute load average at least one task above the cores the run's torch threads leave free. Each
-    torch parallel region then waits for a descheduled thread: on 2 cores at a load of 5-6 a ~1 ms case
-    took 80-180 ms. GPU: another process holding a compute context.
-    """
-    load = load or {}
-    avg, cpus, threads = (load.get("loadavg") or [None])[0], load.get("cpu_count"), load.get("threads")
-    lines = []
-    if avg is not None and cpus and threads and avg >= max(cpus - threads, 0) + 1:
-        lines.append(f"1-minute load average {avg:.1f} on {cpus} CPUs, with {threads} torch thread(s) for the run: "
-                     f"other work competes for the cores and CPU timings will read high")
-    if load.get("gpu_other_processes"):
-        lines.append(f"{load['gpu_other_processes']} other process(es) hold a compute context on the GPU")
-    return lines
-
-
-def measure_notices(plan) -> list[str]:
-    """One line each for what the run cannot measure here (NVML, ceilings, ncu) or measures under load,
-    said once per run."""
-    lines = [f"[yellow]machine loaded: {term_text(why)}.[/]" for why in load_notices(plan.environment.get("load"))]
-    nvml = plan.environment.get("nvml") or {}
-    if not nvml.get("available"):
-        lines.append(f"[dim]NVML unavailable ({term_text(nvml.get('reason', 'unknown'))}): no power, energy, "
-                     "clock or throttling readings.[/]")
-    if plan.environment.get("ceilings") is None:
-        lines.append("[dim]No roofline ceilings for this device (not in the datasheet table, not calibrated): "
-                     "`ossbench calibrate` measures them.[/]")
-    if plan.measure.ncu:
-        from .measure.counters import ncu_path
-
-        if not plan.device.is_cuda or ncu_path() is None:
-            lines.append("[yellow]--ncu: " + ("a CPU run has no DRAM counters" if not plan.device.is_cuda
-                                              else "ncu is not on the PATH") + "; counters will be unavailable.[/]")
-    return lines

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from ossbench.analysis import analyze_run
 from ossbench.compare import compare_runs
 from ossbench.expectations import evaluate
 from ossbench.report import write_compare_report, write_report
 from ossbench.report.html import report_charts
-from ossbench.report.run_charts import speedup_cis
 from ossbench.results import RunResult
 from ossbench.runner import plan_run, run_plan
 from ossbench.suite import load_suite
@@ -186,7 +186,7 @@ def _sorted_with_blanks_last(values: list[str], descending: bool) -> list[str]:
 def test_report_renders_offline_with_every_chart(tiny_runs, tiny_report, visit) -> None:
     run = tiny_runs[0]
     pairs = evaluate(run)
-    expected = {s: [c.id for c in charts] for s, charts in report_charts(run, pairs, speedup_cis(run, pairs)).items()}
+    expected = {s: [c.id for c in charts] for s, charts in report_charts(run, analyze_run(run)).items()}
     # The tiny suite has a numeric axis, a compare pair and a cost model: these sections must have charts.
     assert expected["latency"] and expected["speedup"] and expected["roofline"] and expected["memory"]
     v = visit(tiny_report)

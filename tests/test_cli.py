@@ -86,3 +86,23 @@ def test_list_and_env():
         assert word in listing.output
     env = runner.invoke(main, ["env", "--device", "cpu"])
     assert env.exit_code == 0 and "torch" in env.output
+
+
+def test_the_run_exit_decision_is_a_library_function():
+    """`ossbench run`'s exit status comes from `run_console.exit_code`, which a Python caller can use too."""
+    import signal
+
+    from ossbench.results import CaseResult
+    from ossbench.run_console import exit_code
+    from ossbench.stopping import StopRequest
+
+    def cases(*statuses):
+        return [CaseResult(id=f"f/v/{k}", family="f", variant="v", dtype="float32", status=s)
+                for k, s in enumerate(statuses)]
+
+    assert exit_code(cases("ok", "skipped")) == 0
+    assert exit_code(cases("ok", "failed")) == 1 and exit_code(cases("oom")) == 1
+    assert exit_code(cases("ok"), report_written=False) == 1
+    assert exit_code(cases("ok"), stop=StopRequest()) == 0  # a stop that was never requested
+    assert exit_code(cases("failed"), stop=StopRequest(signal.SIGINT)) == 130
+    assert exit_code(cases("ok"), stop=StopRequest(signal.SIGTERM)) == 143

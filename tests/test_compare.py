@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from ossbench.cli import main
-from ossbench.compare import classify, compare_runs, comparison_table, ratio_of_medians_ci, unmatched_lines
+from ossbench.bootstrap import ratio_of_medians_ci
+from ossbench.compare import classify, compare_runs
+from ossbench.compare_table import comparison_table, unmatched_lines
 from ossbench.measure.stats import summarize
 from ossbench.results import CaseResult, Derived, Environment, RunResult, SuiteInfo
 
@@ -98,7 +100,7 @@ def test_ceiling_fractions_and_what_a_difference_follows():
     vs = c.cases[0].vs_reference[1]
     assert vs.compute_ratio == 2.0 and vs.bandwidth_ratio == 1.5
     cell = c.cases[0].runs[0]  # 1 TFLOP in ~4 ms = ~250 TFLOP/s of a 400 TFLOP/s peak
-    assert cell.compute_key == "bf16_tflops"
+    assert cell.compute_key == "bf16"
     assert cell.compute_fraction == pytest.approx(250 / 400, rel=0.05)
     assert cell.bandwidth_fraction == pytest.approx(250 / 1000, rel=0.05)
     # the same device on both sides, or one without a peak row
@@ -112,10 +114,10 @@ def test_float32_uses_fp32_peak_unless_tf32_is_on():
     runs = [make_run(rng, d, p, {"attention/a/s=1": 1.0}) for d, p in (("slow", SLOW_GPU), ("fast", FAST_GPU))]
     for run in runs:
         run.cases[0].dtype = "float32"
-    assert compare_runs(runs).cases[0].runs[0].compute_key == "fp32_tflops"
+    assert compare_runs(runs).cases[0].runs[0].compute_key == "fp32"
     for run in runs:
         run.cases[0].params = {"allow_tf32": True}
-    assert compare_runs(runs).cases[0].runs[0].compute_key == "tf32_tflops"
+    assert compare_runs(runs).cases[0].runs[0].compute_key == "tf32"
 
 
 def test_terminal_table_names_every_case_and_run():
@@ -227,7 +229,7 @@ def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path):
 def test_bootstrap_medians_have_the_distribution_of_real_resamples(n):
     """The order-statistic shortcut draws the same bootstrap distribution of the median as building the
     resamples (np.median of n draws with replacement), ties and even n included."""
-    from ossbench.compare import bootstrap_medians
+    from ossbench.bootstrap import bootstrap_medians
 
     rng = np.random.default_rng(n)
     x = rng.lognormal(0.0, 0.1, n)
@@ -252,3 +254,47 @@ def test_ratio_ci_of_two_million_samples_is_fast_and_tight():
     elapsed = time.perf_counter() - start
     assert lo < ratio < hi and lo == pytest.approx(1.1, rel=1e-3) and hi == pytest.approx(1.1, rel=1e-3)
     assert elapsed < 20  # two sorts of 2M values; resampling them 2000 times would take minutes
+
+
+def test_run_labels_name_the_devices_else_the_files():
+    from ossbench.compare import run_labels
+
+    rng = np.random.default_rng(40)
+    slow, fast, slow_again = (make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("slow", "fast", "slow"))
+    assert run_labels([slow, fast], ["a.json", "b.json"]) == ["slow", "fast"]
+    assert run_labels([slow, slow_again], ["a.json", "b.json"]) == ["a.json", "b.json"]
+    assert run_labels([slow, slow_again], ["a.json", "a.json"]) == ["a.json #1", "a.json #2"]
+    assert run_labels([slow, slow_again]) == ["slow #1", "slow #2"]  # no files: the repeated name, numbered
+    assert [r.label for r in compare_runs([slow, slow_again]).runs] == ["slow #1", "slow #2"]
+
+
+def test_compare_fractions_use_the_same_ceilings_as_the_report():
+    """A run with recorded ceilings and one with only a datasheet row: compare's fractions divide by
+    `analysis.run_ceilings`, the ceilings the report's roofline uses."""
+    from ossbench.analysis import compute_ceiling, run_ceilings
+    from ossbench.measure.roofline import resolve_ceilings
+
+    rng = np.random.default_rng(41)
+    runs = [make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("x", "y")]
+    runs[1].environment.ceilings = resolve_ceilings(SLOW_GPU, {"ceilings": {"bf16_tflops": 100.0, "copy_gbps": 500.0}})
+    c = compare_runs(runs)
+    for run, cell in zip(runs, c.cases[0].runs):
+        ceilings = run_ceilings(run.environment)
+        assert cell.compute_key == "bf16"
+        assert cell.compute_fraction == pytest.approx(run.cases[0].derived.tflops / compute_ceiling(ceilings, "bf16"))
+        assert cell.bandwidth_fraction == pytest.approx(run.cases[0].derived.gbps / ceilings["bandwidth_gbps"])
+    vs = c.cases[0].vs_reference[1]
+    assert vs.compute_ratio == pytest.approx(100.0 / 400.0) and vs.bandwidth_ratio == pytest.approx(500.0 / 1000.0)
+
+
+def test_the_analysis_modules_import_no_renderer():
+    """compare, gate, analysis and the pairs compute; the terminal, markdown, JUnit and HTML views import
+    them, never the other way round (a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ossbench.analysis, ossbench.compare, ossbench.gate, ossbench.expectations; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m in "
+            "('ossbench.summary', 'ossbench.compare_table', 'ossbench.gate_outputs', 'ossbench.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

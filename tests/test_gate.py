@@ -13,7 +13,8 @@ from scipy.stats import mannwhitneyu
 
 from ossbench.cli import main
 from ossbench.errors import SuiteError, UserError
-from ossbench.gate import gate, gate_junit, gate_markdown, parse_fraction, threshold_for
+from ossbench.gate import gate, parse_fraction, threshold_for
+from ossbench.gate_outputs import gate_junit, gate_markdown
 from ossbench.measure.stats import summarize
 from ossbench.results import CaseResult, Environment, RunResult, SuiteInfo
 from ossbench.suite import parse_suite

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
+from ossbench.analysis import analyze_run
 from ossbench.compare import compare_runs
 from ossbench.expectations import evaluate
 from ossbench.measure.roofline import peak_for
 from ossbench.measure.stats import summarize
 from ossbench.report import render_compare_report, render_report, write_compare_report, write_report
 from ossbench.report.html import report_charts
-from ossbench.report.run_charts import speedup_cis
 from ossbench.results import CaseResult, Derived, Environment, Memory, RunResult, Stats, SuiteInfo
 
 XSS_SUITE = "<script>alert(1)</script>"
@@ -83,8 +83,7 @@ def page(run: RunResult) -> str:
 
 
 def _charts(run: RunResult) -> dict:
-    pairs = evaluate(run)
-    return report_charts(run, pairs, speedup_cis(run, pairs))
+    return report_charts(run, analyze_run(run))
 
 
 def test_plotly_inlined_once_and_nothing_fetched(page: str) -> None:
@@ -328,3 +327,42 @@ def test_ceiling_sources_and_names_are_text_in_every_chart() -> None:
     assert "&lt;i&gt;w&lt;/i&gt;\\\\x1b[31m" in figures  # the variant, escaped the same way in legends
     page = render_report(run)
     assert link not in page and style not in page and "&lt;a href=" in page
+
+
+def test_pair_speedup_cis_are_the_pairs_own_in_table_and_chart(run: RunResult, page: str) -> None:
+    """The CI95 of each compare-pair speedup is computed once, by `evaluate`, from the samples; the page's
+    table and the speedup chart's band show exactly those figures."""
+    from ossbench.bootstrap import speedup_ci
+
+    pairs = evaluate(run)
+    rng = np.random.default_rng(0)  # evaluate's seed and order: one stream over every outcome
+    for o in (o for p in pairs for o in p.outcomes):
+        expected = speedup_ci(run.case(o.baseline_id).samples_ms, run.case(o.candidate_id).samples_ms, rng)
+        assert o.speedup_ci95 == expected and expected[0] < o.speedup < expected[1]
+    section = page[page.index('id="expectations"'):page.index('id="latency"')]
+    for o in pairs[0].outcomes:
+        assert f"{o.speedup_ci95[0]:.3g}x to {o.speedup_ci95[1]:.3g}x" in section
+    band = next(t for t in _charts(run)["speedup"][0].figure["data"] if t.get("fill") == "toself")
+    highs, lows = band["y"][:3], band["y"][3:][::-1]
+    assert highs == pytest.approx([o.speedup_ci95[1] for o in pairs[0].outcomes])
+    assert lows == pytest.approx([o.speedup_ci95[0] for o in pairs[0].outcomes])
+
+
+def test_terminal_table_and_report_place_cases_alike(run: RunResult, page: str) -> None:
+    """A results file without recorded rooflines: the terminal table and the report both place each case
+    against the run's datasheet ceilings (one `analysis.place`), so their speed-of-light figures agree."""
+    from rich.console import Console
+
+    from ossbench.analysis import place_cases
+    from ossbench.summary import cases_table
+
+    assert all(c.roofline is None for c in run.cases)
+    console = Console(width=250, record=True)
+    console.print(cases_table(run))
+    text = console.export_text()
+    placed = [(c, p) for c, p in zip(run.cases, place_cases(run)) if p.fraction is not None]
+    assert len(placed) == 6 and all(p.bound == "memory" for _, p in placed)
+    for c, p in placed:
+        row = next(line for line in text.splitlines() if c.id in line)
+        assert f"{p.fraction * 100:.0f}% mem" in row
+        assert f"{p.fraction * 100:.1f}%" in page

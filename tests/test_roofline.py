@@ -178,7 +178,8 @@ def test_the_report_shows_the_warning_not_a_percentage():
 def test_compare_shows_the_warning_for_a_fraction_above_one():
     from rich.console import Console
 
-    from ossbench.compare import compare_runs, comparison_table
+    from ossbench.compare import compare_runs
+    from ossbench.compare_table import comparison_table
     from ossbench.report import render_compare_report
 
     runs = [_cpu_run([_beaten_case()]), _cpu_run([_beaten_case(median_ms=10.0)])]

@@ -148,14 +148,14 @@ def test_quick_respects_a_suite_max_samples_below_its_min_samples(tmp_path):
 def test_a_run_planned_on_a_loaded_machine_says_so_and_records_the_load(monkeypatch, tmp_path, extra, warned):
     import os
 
-    from ossbench.summary import measure_notices
+    from ossbench.run_console import notices
 
     loadavg = 0.0 if extra is None else os.cpu_count() + extra  # 8 more runnable tasks than cores, or none
     monkeypatch.setattr(os, "getloadavg", lambda: (loadavg, loadavg, loadavg))
     plan = plan_run(load_suite(Path(__file__).parent / "suites" / "tiny.yaml"), device="cpu", out_dir=tmp_path)
     load = plan.environment["load"]
     assert load["loadavg"][0] == loadavg and load["cpu_count"] == os.cpu_count() and load["threads"] >= 1
-    notices = [n for n in measure_notices(plan) if "machine loaded" in n]
-    assert bool(notices) == (loadavg >= os.cpu_count() - load["threads"] + 1) == warned
+    loaded = [n for n in notices(plan) if "machine loaded" in n]
+    assert bool(loaded) == (loadavg >= os.cpu_count() - load["threads"] + 1) == warned
     if warned:
-        assert f"load average {loadavg:.1f}" in notices[0] and "CPU timings will read high" in notices[0]
+        assert f"load average {loadavg:.1f}" in loaded[0] and "CPU timings will read high" in loaded[0]

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..expectations import PairReport, evaluate
+from ..analysis import Placement, RunAnalysis, analyze_run
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT
 from ..results import CaseResult, RunResult, gc_paused
 from . import extras
-from .ceilings import Placement, describe_ceilings, place, run_ceilings
+from .ceilings import describe_ceilings
 from .page import Chart, ChartIds, render_page, write_page
-from .run_charts import (SpeedupCIs, energy_charts, kv_cache_bytes, latency_charts, memory_charts,
-                         roofline_chart, speedup_charts, speedup_cis, variant_colours)
+from .run_charts import (energy_charts, kv_cache_bytes, latency_charts, memory_charts, roofline_chart,
+                         speedup_charts, variant_colours)
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class CaseRow:
     memory: dict[str, Any]  # the case's memory record as a dict ({} when not recorded)
 
 
-def report_charts(run: RunResult, pairs: list[PairReport], cis: SpeedupCIs) -> dict[str, list[Chart]]:
+def report_charts(run: RunResult, analysis: RunAnalysis) -> dict[str, list[Chart]]:
     """The charts of each section, in page order (a section without data has none)."""
     ids, colours = ChartIds(), variant_colours(run)
     return {
         "latency": latency_charts(run, ids, colours),
-        "speedup": speedup_charts(pairs, cis, ids),
-        "roofline": roofline_chart(run, ids, colours),
+        "speedup": speedup_charts(analysis.pairs, ids),
+        "roofline": roofline_chart(run, analysis, ids, colours),
         "memory": memory_charts(run, ids, colours),
         "energy": energy_charts(run, ids, colours),
     }
@@ -56,22 +56,19 @@ def render_report(run: RunResult, title: str | None = None) -> str:
 
 
 def _render(run: RunResult, title: str | None) -> str:
-    pairs = evaluate(run)
-    cis = speedup_cis(run, pairs)
-    sections = report_charts(run, pairs, cis)
-    ceilings = run_ceilings(run.environment)
-    rows = [CaseRow(c, place(c, ceilings), extras.energy_per_token_j(c), extras.mean_power_w(c),
-                    extras.throttled(c), extras.dram_over_model(c), kv_cache_bytes(c),
-                    c.memory.model_dump() if c.memory else {}) for c in run.cases]
+    analysis = analyze_run(run)
+    sections = report_charts(run, analysis)
+    rows = [CaseRow(c, p, extras.energy_per_token_j(c), extras.mean_power_w(c), extras.throttled(c),
+                    extras.dram_over_model(c), kv_cache_bytes(c), c.memory.model_dump() if c.memory else {})
+            for c, p in zip(run.cases, analysis.placements)]
     return render_page(
         "report.html.j2", [c for charts in sections.values() for c in charts],
         title=title or f"ossbench report: {run.suite.name}",
         suite=run.suite,
         env=run.environment,
-        ceilings=describe_ceilings(ceilings, run.environment.device_type),
+        ceilings=describe_ceilings(analysis.ceilings, run.environment.device_type),
         counts=dict(Counter(c.status for c in run.cases)),
-        pairs=pairs,
-        speedup_ci=lambda o: cis.get((o.baseline_id, o.candidate_id)),
+        pairs=analysis.pairs,
         sections=sections,
         rows=rows,
         has_memory=any(c.memory for c in run.cases) or any(r.kv_cache_bytes for r in rows),

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..compare import ratio_of_medians_ci
+from ..analysis import Placement, RunAnalysis, bandwidth_ceiling, compute_ceiling
 from ..expectations import PairOutcome, PairReport
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, fraction_text
 from ..results import CaseResult, RunResult
-from .ceilings import Placement, place, run_ceilings
 from .extras import energy_per_token_j
 from .page import Chart, ChartIds, chart, plot_text
 from .plots import add_band_line, axis_type, dash_for, layout, lines_along, numeric_axes, numeric_keys, palette
 
 ROOF_COLOUR = "#444444"
 REFERENCE_COLOUR = "#888888"
-SpeedupCIs = dict[tuple[str, str], tuple[float, float]]  # (baseline id, candidate id) -> CI95 of the speedup
 
 
 def variant_colours(run: RunResult) -> dict[str, str]:
@@ -76,7 +74,7 @@ def latency_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> li
         note="Filled bands: the 95% confidence interval of each median (distribution-free, from the samples).")
 
 
-def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) -> list[Chart]:
+def speedup_charts(reports: list[PairReport], ids: ChartIds) -> list[Chart]:
     """Per compare pair: measured speedup (baseline median / candidate median) and the cost model's FLOP
     ratio as a dashed reference, against each numeric axis of the pair's points (a bar chart when the
     points have no numeric axis)."""
@@ -96,7 +94,7 @@ def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) ->
             fig = go.Figure()
             labels = [plot_text(_at(o.axes) or o.baseline_id) for o in outcomes]
             fig.add_trace(go.Bar(x=labels, y=[o.speedup for o in outcomes], name="measured speedup",
-                                 error_y=_bar_errors(outcomes, cis)))
+                                 error_y=_bar_errors(outcomes)))
             fig.add_trace(go.Scatter(x=labels, y=[o.flops_ratio for o in outcomes], mode="markers",
                                      name="FLOP ratio", marker=dict(symbol="line-ew-open", size=30,
                                                                     color=REFERENCE_COLOUR)))
@@ -109,7 +107,7 @@ def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) ->
             fig = go.Figure()
             for line in lines:
                 x = [o.axes[axis] for o in line.points]
-                ci = [_ci_of(o, cis) for o in line.points]
+                ci = [_ci_of(o) for o in line.points]
                 add_band_line(fig, x=x, y=[o.speedup for o in line.points], low=[c[0] for c in ci],
                               high=[c[1] for c in ci], name=f"speedup ({line.others})" if line.others else "speedup",
                               colour="#1f77b4", dash=dashes[line.others],
@@ -129,17 +127,14 @@ def speedup_charts(reports: list[PairReport], cis: SpeedupCIs, ids: ChartIds) ->
     return charts
 
 
-def roofline_chart(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
+def roofline_chart(run: RunResult, analysis: RunAnalysis, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
     """Arithmetic intensity (cost-model FLOPs / minimum bytes) against achieved TFLOP/s, log-log, with the
     run's memory roof and the compute roof of each dtype in the run, when the run has ceilings."""
     import plotly.graph_objects as go
 
-    ceilings = run_ceilings(run.environment)
-    points = []
-    for c in measured(run):
-        p = place(c, ceilings)
-        if p.intensity and c.derived.tflops:
-            points.append((c, p))
+    ceilings = analysis.ceilings
+    points = [(c, p) for c, p in zip(run.cases, analysis.placements)
+              if c.status == "ok" and c.stats is not None and p.intensity and c.derived.tflops]
     if not points:
         return []
     fig = go.Figure()
@@ -174,13 +169,13 @@ def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: f
     if not ceilings:
         return ["No ceilings are recorded for this run (a CPU, or a GPU neither in the datasheet table nor "
                 "calibrated with `ossbench calibrate`): the roofs are omitted."]
-    bandwidth = ceilings.get("bandwidth_gbps")
+    bandwidth = bandwidth_ceiling(ceilings)
     sources = ceilings.get("sources", {})
     tb_per_s = bandwidth / 1e3 if bandwidth else None  # FLOP/B x TB/s = TFLOP/s
     notes = []
     drawn = False
     for key in keys:
-        compute = ceilings.get("compute_tflops", {}).get(key)
+        compute = compute_ceiling(ceilings, key)
         if compute is None:
             notes.append(f"No {key} compute ceiling for this device: that roof is omitted.")
             continue
@@ -241,31 +236,12 @@ def _mj(joules: float | None) -> float | None:
     return None if joules is None else joules * 1e3
 
 
-def speedup_cis(run: RunResult, reports: list[PairReport]) -> SpeedupCIs:
-    """(baseline id, candidate id) -> percentile bootstrap CI95 of baseline median / candidate median, from
-    the samples (the same estimator as `ossbench compare`), for every pair outcome where both cases ran."""
-    import numpy as np
-
-    by_id = {c.id: c for c in run.cases}
-    rng = np.random.default_rng(0)  # fixed: rendering the same results twice gives the same page
-    out: SpeedupCIs = {}
-    for report in reports:
-        for o in report.outcomes:
-            base, cand = by_id.get(o.baseline_id), by_id.get(o.candidate_id)
-            if o.speedup is None or not (base and cand and base.samples_ms and cand.samples_ms):
-                continue
-            # ratio_of_medians_ci(reference, other) is median(other) / median(reference): the speedup here.
-            _, ci = ratio_of_medians_ci(np.asarray(cand.samples_ms), np.asarray(base.samples_ms), rng)
-            out[(o.baseline_id, o.candidate_id)] = ci
-    return out
+def _ci_of(o: PairOutcome) -> tuple[float | None, float | None]:
+    return o.speedup_ci95 or (None, None)
 
 
-def _ci_of(o: PairOutcome, cis: SpeedupCIs) -> tuple[float | None, float | None]:
-    return cis.get((o.baseline_id, o.candidate_id), (None, None))
-
-
-def _bar_errors(outcomes: list[PairOutcome], cis: SpeedupCIs) -> dict[str, Any] | None:
-    ci = [_ci_of(o, cis) for o in outcomes]
+def _bar_errors(outcomes: list[PairOutcome]) -> dict[str, Any] | None:
+    ci = [_ci_of(o) for o in outcomes]
     if any(lo is None for lo, _ in ci):
         return None
     return dict(type="data", symmetric=False, array=[hi - o.speedup for o, (_, hi) in zip(outcomes, ci)],
