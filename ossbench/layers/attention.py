@@ -150,9 +150,12 @@ class Attention(nn.Module):
                            training: bool = False) -> str | None:
         """Why `backend` cannot compute this block on `device` (None when it can)."""
         device = device if device is not None else self.qkv.weight.device
-        return unsupported_reason(backend or self.backend, sinks=self.has_sinks, device=device, training=training,
-                                  attn_dropout=self.attn_dropout if self.training else 0.0,
-                                  dtype=self.qkv.weight.dtype, mask=self.mask)
+        backend, dropout = backend or self.backend, self.attn_dropout if self.training else 0.0
+        key = ("reason", backend, device, training, dropout)  # asked on every call: answered once
+        if key not in self._masks:
+            self._masks[key] = unsupported_reason(backend, sinks=self.has_sinks, device=device, training=training,
+                                                  attn_dropout=dropout, dtype=self.qkv.weight.dtype, mask=self.mask)
+        return self._masks[key]
 
     # --- caches
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
