@@ -115,7 +115,8 @@ class MoE(nn.Module):
         super().__init__()
         if not 0 < top_k <= n_experts:
             raise ValueError(f"top_k must be in 1..n_experts ({n_experts}), got {top_k}")
-        for name, value, allowed in (("grouped_impl", grouped_impl, GROUPED_IMPLS), ("weights", weights, WEIGHT_FORMATS)):
+        for name, value, allowed in (("grouped_impl", grouped_impl, GROUPED_IMPLS),
+                                     ("weights", weights, WEIGHT_FORMATS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         get_backend("moe", backend)  # ValueError naming the registered backends
@@ -320,8 +321,9 @@ class MoE(nn.Module):
 # --- the built-in backends: the layer calls build(layer, t [T, hidden], routing) -> [T, k, hidden], each
 # token slot's expert output before the weighted combine (see MoE._gather); the built-ins are the layer's
 # methods, looked up on the instance
-register_backend("moe", "gather", layer_method("_gather"), description="gather each token's k expert weights, contract per "
-                                                           "token (gpt-oss reference style)")
-register_backend("moe", "loop", layer_method("_loop"), description="slots sorted by expert, two matmuls per touched expert")
-register_backend("moe", "grouped", layer_method("_grouped"), description="slots sorted by expert, one grouped GEMM per "
-                                                             "projection (grouped_impl picks the kernel)")
+register_backend("moe", "gather", layer_method("_gather"),
+                 description="gather each token's k expert weights, contract per token (gpt-oss reference style)")
+register_backend("moe", "loop", layer_method("_loop"),
+                 description="slots sorted by expert, two matmuls per touched expert")
+register_backend("moe", "grouped", layer_method("_grouped"),
+                 description="slots sorted by expert, one grouped GEMM per projection (grouped_impl picks the kernel)")

@@ -115,7 +115,8 @@ def _fused(kind: str):
     return lambda x, scale, eps: F.rms_norm(x, x.shape[-1:], scale, eps)
 
 
-register_backend("norm", "eager", FORMULAS.__getitem__, description="the formulas op by op (gpt-oss's reference)")
+register_backend("norm", "eager", lambda kind: FORMULAS[kind],
+                 description="the formulas op by op (gpt-oss's reference)")
 register_backend("norm", "compile", lambda kind: compile_fn(FORMULAS[kind]),
                  description="the same formulas through torch.compile")
 register_backend("norm", "fused", _fused, description="torch's F.layer_norm / F.rms_norm")
