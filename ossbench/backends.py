@@ -72,6 +72,15 @@ class Supports:
     train: Where = True
     reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
 
+    def __post_init__(self) -> None:
+        # accept any iterable, and torch dtypes as well as their names: stored as frozensets of names
+        for key in ("devices", "dtypes"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, frozenset(str(v).removeprefix("torch.") for v in getattr(self, key)))
+        for key in ("dropout", "sinks", "masks", "train"):
+            if not isinstance(getattr(self, key), bool):
+                object.__setattr__(self, key, frozenset(getattr(self, key)))
+
     def unsupported_reason(self, request: Request, name: str = "this backend") -> str | None:
         """Why a backend with these capabilities cannot run `request` (None when it can). The features are
         checked in a fixed order, so that a case refused for several reasons always gets the same one."""

@@ -82,6 +82,10 @@ def test_supports_default_reasons_name_the_backend_and_device():
         "k has no backward pass on cpu"
     assert s.unsupported_reason(Request("cuda", dtype="bfloat16", train=True), "k") is None
     assert s.limits() == ["devices: cuda", "dtypes: bfloat16", "no masks", "train: cuda only"]
+    # torch dtypes and plain sets are accepted and stored as frozensets of names
+    given = Supports(dtypes=[torch.bfloat16, "float16"], train={"cuda"})
+    assert given.dtypes == frozenset({"bfloat16", "float16"}) and given.train == frozenset({"cuda"})
+    assert given.unsupported_reason(Request("cuda", dtype="bfloat16", train=True), "k") is None
     own = Supports(sinks=False, reasons={"sinks": "{name} on {device}: no sink column"})
     assert own.unsupported_reason(Request("cpu", sinks=True), "k") == "k on cpu: no sink column"
 
