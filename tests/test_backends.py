@@ -90,6 +90,23 @@ def test_supports_default_reasons_name_the_backend_and_device():
     assert own.unsupported_reason(Request("cpu", sinks=True), "k") == "k on cpu: no sink column"
 
 
+def test_availability_is_asked_before_the_features(registry):
+    seen = []
+
+    def available(device: str) -> str | None:
+        seen.append(device)
+        return "needs triton" if device == "cpu" else None
+
+    register_backend("moe", "needs-triton", lambda layer, t, r: None, available=available,
+                     supports=Supports(train=False))
+    assert backends.unsupported_reason("moe", "needs-triton", torch.device("cpu"), torch.float32, train=True) == \
+        "needs triton"
+    assert backends.unsupported_reason("moe", "needs-triton", "cuda:1", train=True) == \
+        "needs-triton has no backward pass"
+    assert backends.unsupported_reason("moe", "needs-triton", "cuda:1") is None
+    assert seen == ["cpu", "cuda", "cuda"]
+
+
 def test_a_name_is_registered_once_and_must_fit_a_case_id(registry):
     with pytest.raises(ValueError, match="attention backend 'sdpa' is already registered \\(by ossbench\\)"):
         register_backend("attention", "sdpa", lambda *a: None)
@@ -140,11 +157,17 @@ def test_a_plugin_backend_computes_the_family_and_is_skipped_where_it_says(regis
         "from ossbench.backends import Supports, register_backend\n"
         "def experts(layer, t, routing):\n"
         "    return layer._gather(t, routing)  # any correct computation of the slots' expert outputs\n"
+        "CALLS = 0\n"
         "def register():\n"
+        "    global CALLS\n"
+        "    CALLS += 1\n"
         "    register_backend('moe', 'fake-gather', experts, supports=Supports(train=False),\n"
         "                     description='a test plugin')\n"))
+    import sys
+
     from ossbench.layers.moe import MoE
 
+    assert "fake_moe_plugin" not in sys.modules  # nothing loaded before the first lookup
     assert backends.backend_names("moe") == ["gather", "loop", "grouped", "fake-gather"]
     assert backends.get_backend("moe", "fake-gather").origin == "fake_moe_plugin"
     torch.manual_seed(0)
@@ -158,6 +181,7 @@ def test_a_plugin_backend_computes_the_family_and_is_skipped_where_it_says(regis
     assert workload.check().ok
     with pytest.raises(SkipCase, match="^fake-gather has no backward pass$"):
         moe.build(_moe_params(backend="fake-gather", mode="train"), "cpu", torch.float32)
+    assert sys.modules["fake_moe_plugin"].CALLS == 1  # loaded once, whatever the number of lookups
 
 
 def test_an_attention_plugin_is_refused_with_its_own_reason_by_the_workload(registry):
