@@ -181,10 +181,11 @@ def schema() -> None:
 
 @main.command(name="list")
 def list_() -> None:
-    """Layer families, their parameters (with defaults for gpt-oss-20b), modes and backends."""
+    """Layer families, their parameters (with defaults for gpt-oss-20b), modes, and the registered backends
+    (plugins' included) with what each cannot express."""
     from rich.table import Table
 
-    from .workloads import describe_families
+    from .workloads import describe_backends, describe_families
 
     out = _console()
     for fam in describe_families():
@@ -196,6 +197,13 @@ def list_() -> None:
         out.print(t)
         if fam["variants"]:
             out.print("  ready-made variants: " + "; ".join(f"{k} = {v}" for k, v in fam["variants"].items()))
+    t = Table(title="backends (ossbench.backends; plugins from the `ossbench.backends` entry-point group)",
+              title_justify="left")
+    for col in ("family", "backend", "from", "limits", "what it is"):
+        t.add_column(col, overflow="fold")
+    for b in describe_backends():
+        t.add_row(b["family"], b["name"], b["origin"], b["limits"], b["description"])
+    out.print(t)
 
 
 @main.command()

@@ -9,7 +9,8 @@
 An activation's *width* is its output width: the FFN's intermediate size. SwiGLU reads twice that.
 
 `Activation(name, backend="eager"|"compile")`: "eager" runs torch's op (F.gelu, F.silu: one kernel each) or,
-for SwiGLU, gpt-oss's expression op by op; "compile" runs the same function through torch.compile.
+for SwiGLU, gpt-oss's expression op by op; "compile" runs the same function through torch.compile (both
+registered at the end of this file, ossbench.backends).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import get_backend, register_backend
+
 ACTIVATIONS = ("gelu_erf", "gelu_tanh", "silu", "swiglu")
-ACTIVATION_BACKENDS = ("eager", "compile")
 # A sweep compiles one kernel per shape; dynamo's default of 8 recompilations per function would silently
 # fall back to eager after the 8th, so the limits are raised when something is compiled here.
 RECOMPILE_LIMITS = (("recompile_limit", 512), ("accumulated_recompile_limit", 4096))
@@ -84,11 +86,9 @@ class Activation(nn.Module):
     def __init__(self, name: str, backend: str = "eager", *, swiglu_alpha: float = 1.702,
                  swiglu_limit: float = 7.0) -> None:
         super().__init__()
-        if backend not in ACTIVATION_BACKENDS:
-            raise ValueError(f"backend must be one of {ACTIVATION_BACKENDS}, got {backend!r}")
+        build = get_backend("activation", backend).build  # ValueError naming the registered backends
         self.name, self.backend = name, backend
-        fn = activation_fn(name, swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit)
-        self._fn = compile_fn(fn) if backend == "compile" else fn
+        self._fn = build(activation_fn(name, swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., input_width] -> [..., width]."""
@@ -96,3 +96,9 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.name}, backend={self.backend}"
+
+
+# --- the built-in backends: the layer calls build(fn) once with the activation function and runs what it
+# returns (same signature)
+register_backend("activation", "eager", lambda fn: fn, description="torch's op, or gpt-oss's expression op by op")
+register_backend("activation", "compile", compile_fn, description="the same function through torch.compile")

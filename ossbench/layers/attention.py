@@ -12,7 +12,8 @@ add is part of the block. `update(x)` is the same without the residual add.
 The mask object decides which keys each query sees everywhere: the dense grid for eager and SDPA, the
 block mask for flex, and which cached keys a decode step reads (its retention rule sizes the KV cache).
 
-Backends (all compute the same function; `unsupported_reason` says when one cannot):
+Backends (all compute the same function), registered at the end of this file with what each can express
+(ossbench.backends; `unsupported_reason` gives a backend's own refusal):
 - "eager": explicit matmul, mask, fp32 softmax with the sink column, matmul: the reference math.
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention. It cannot express sinks (no extra softmax
            column, no log-sum-exp returned), so sinks are refused rather than dropped.
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import Supports, get_backend, layer_method, register_backend
+from ..backends import unsupported_reason as backend_unsupported_reason
 from ..errors import SkipCase
 from .config import ModelConfig
 from .masks import Mask, full, layer_mask
@@ -38,7 +41,6 @@ from .masks.blocks import FLEX_BLOCK
 from .norm import RMSNorm
 from .rope import RopeSpec, RotaryEmbedding
 
-BACKENDS = ("eager", "sdpa", "flex")
 NORMS = ("rmsnorm", "layernorm", "none")
 POSITIONS = ("none", "rope", "yarn")
 
@@ -47,23 +49,12 @@ _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
 
 
 def unsupported_reason(backend: str, *, sinks: bool, device: Any, training: bool = False,
-                       attn_dropout: float = 0.0) -> str | None:
-    """Why `backend` cannot compute a block with/without sinks on `device` (None when it can)."""
-    device_type = torch.device(device).type
-    if backend == "flex" and training and attn_dropout > 0:
-        return "flex_attention cannot drop out attention probabilities (GPT-2's attn_pdrop); use eager or sdpa"
-    if backend == "sdpa" and sinks:
-        return ("sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
-                "column and does not return the log-sum-exp needed to add one exactly")
-    if backend == "flex":
-        if device_type not in ("cuda", "cpu"):
-            return f"flex_attention runs on CUDA or CPU, not {device_type}"
-        if device_type == "cpu" and sinks:
-            return (f"flex on CPU cannot express attention sinks: the sink correction needs the log-sum-exp, "
-                    f"which compiled flex_attention cannot return on CPU (torch {torch.__version__})")
-        if device_type == "cpu" and training:
-            return f"flex_attention has no backward pass on CPU (torch {torch.__version__})"
-    return None
+                       attn_dropout: float = 0.0, dtype: Any = None, mask: Mask | None = None) -> str | None:
+    """Why `backend` cannot compute a block with/without sinks (and with `mask`) on `device` (None when it
+    can): the backend's own reason, from what it registered (ossbench.backends)."""
+    return backend_unsupported_reason("attention", backend, torch.device(device), dtype, train=training,
+                                      sinks=sinks, dropout=training and attn_dropout > 0,
+                                      masked=mask is not None and mask.name not in ("causal", "full"))
 
 
 @dataclass
@@ -102,10 +93,10 @@ class Attention(nn.Module):
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         # `window=W` is a convenience for mask=sliding_window(W); without either: causal (or full) attention
         self.mask = layer_mask(causal=causal, window=window, mask=mask)
-        for name, value, allowed in (("positions", positions, POSITIONS), ("norm", norm, NORMS),
-                                     ("backend", backend, BACKENDS)):
+        for name, value, allowed in (("positions", positions, POSITIONS), ("norm", norm, NORMS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        get_backend("attention", backend)  # ValueError naming the registered backends
         self.hidden, self.n_heads, self.n_kv_heads, self.head_dim = hidden, n_heads, n_kv_heads, head_dim
         self.causal, self.backend = self.mask.causal, backend
         self.scale = 1.0 / math.sqrt(head_dim)  # 1/8 for head_dim 64
@@ -159,8 +150,12 @@ class Attention(nn.Module):
                            training: bool = False) -> str | None:
         """Why `backend` cannot compute this block on `device` (None when it can)."""
         device = device if device is not None else self.qkv.weight.device
-        return unsupported_reason(backend or self.backend, sinks=self.has_sinks, device=device, training=training,
-                                  attn_dropout=self.attn_dropout if self.training else 0.0)
+        backend, dropout = backend or self.backend, self.attn_dropout if self.training else 0.0
+        key = ("reason", backend, device, training, dropout)  # asked on every call: answered once
+        if key not in self._masks:
+            self._masks[key] = unsupported_reason(backend, sinks=self.has_sinks, device=device, training=training,
+                                                  attn_dropout=dropout, dtype=self.qkv.weight.dtype, mask=self.mask)
+        return self._masks[key]
 
     # --- caches
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:
@@ -215,8 +210,7 @@ class Attention(nn.Module):
                backend: str | None = None) -> torch.Tensor:
         """The block without its residual add: out(attend(rope(qkv(norm(x))))), [B, S, hidden]."""
         backend = backend or self.backend
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        attend = get_backend("attention", backend).build  # (layer, q, k, v, mask) -> o
         reason = self.unsupported_reason(backend, x.device, training=torch.is_grad_enabled() and (
             x.requires_grad or self.qkv.weight.requires_grad))
         if reason:
@@ -238,8 +232,7 @@ class Attention(nn.Module):
         # With more than one query the queries are the keys' own tokens, so the mask applies over [S, S];
         # a single query (decode) sees every key it was given (the cache chose them by the mask).
         mask = self.mask if S > 1 else None
-        attend = {"eager": self._eager, "sdpa": self._sdpa, "flex": self._flex}[backend]
-        o = attend(q, k, v, mask)  # [B, Hq, S, D]
+        o = attend(self, q, k, v, mask)  # [B, Hq, S, D]
         return self.out(o.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
     # --- backends: q [B, Hq, S, D], k/v [B, Hkv, T, D], mask over [S, T] or None -> [B, Hq, S, D]
@@ -387,6 +380,27 @@ def _flex_with_lse(q, k, v, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch
         o, aux = _compiled_flex()(q, k, v, return_aux=flex_module.AuxRequest(lse=True), **kwargs)
         return o, aux.lse
     return _compiled_flex()(q, k, v, return_lse=True, **kwargs)
+
+
+# --- the built-in backends: the layer calls build(layer, q, k, v, mask) -> o (see Attention._eager); the
+# built-ins are the layer's methods, looked up on the instance (a subclass or a test may override one)
+register_backend("attention", "eager", layer_method("_eager"),
+                 description="explicit matmuls, mask, fp32 softmax with the sink column: the reference math")
+register_backend("attention", "sdpa", layer_method("_sdpa"), description="torch scaled_dot_product_attention",
+                 supports=Supports(sinks=False, reasons={"sinks": (
+                     "sdpa cannot express attention sinks: scaled_dot_product_attention has no extra softmax "
+                     "column and does not return the log-sum-exp needed to add one exactly")}))
+register_backend("attention", "flex", layer_method("_flex"),
+                 description="torch.compile'd flex_attention with a block mask; sinks through its log-sum-exp",
+                 supports=Supports(devices=frozenset({"cuda", "cpu"}), dropout=False, sinks=frozenset({"cuda"}),
+                                   train=frozenset({"cuda"}), reasons={
+                     "dropout": "flex_attention cannot drop out attention probabilities (GPT-2's attn_pdrop); "
+                                "use eager or sdpa",
+                     "devices": "flex_attention runs on CUDA or CPU, not {device}",
+                     "sinks": f"flex on CPU cannot express attention sinks: the sink correction needs the "
+                              f"log-sum-exp, which compiled flex_attention cannot return on CPU (torch "
+                              f"{torch.__version__})",
+                     "train": f"flex_attention has no backward pass on CPU (torch {torch.__version__})"}))
 
 
 def causal_window_block_mask(S: int, window: int | None, device: Any, block: int = FLEX_BLOCK):

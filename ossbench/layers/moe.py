@@ -14,7 +14,7 @@ so a gpt-oss block's `mlp.*` tensors (decoded to a float dtype) load with `load_
 `weights="mxfp4"` the two expert weights are MXFP4 `blocks`/`scales` buffers instead (checkpoint names
 `mlp1_weight.blocks`, `mlp1_weight.scales`, ...), decoded on the fly in every forward.
 
-Backends (same function, different execution):
+Backends (same function, different execution), registered at the end of this file (ossbench.backends):
 - "gather":  gpt-oss reference style: gather each token's k expert weights ([T, k, 2I, hidden]) and
              contract per token. Simple; memory grows with tokens x k x expert size.
 - "loop":    sort token slots by expert, then per expert with tokens: two matmuls on its tokens. One host
@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import get_backend, layer_method, register_backend
 from .config import ModelConfig
 from .ffn import clamped_swiglu
 from .mxfp4 import MXFP4Weight, quantize
 from .norm import RMSNorm
 
-BACKENDS = ("gather", "loop", "grouped")
 GROUPED_IMPLS = ("auto", "grouped_mm", "padded_bmm")
 WEIGHT_FORMATS = ("dtype", "mxfp4")  # "dtype": expert weights in the module's dtype
 QUANTIZE_CHUNK = 1 << 26  # float32 values drawn and quantized at once when building MXFP4 weights
@@ -115,10 +115,11 @@ class MoE(nn.Module):
         super().__init__()
         if not 0 < top_k <= n_experts:
             raise ValueError(f"top_k must be in 1..n_experts ({n_experts}), got {top_k}")
-        for name, value, allowed in (("backend", backend, BACKENDS), ("grouped_impl", grouped_impl, GROUPED_IMPLS),
+        for name, value, allowed in (("grouped_impl", grouped_impl, GROUPED_IMPLS),
                                      ("weights", weights, WEIGHT_FORMATS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        get_backend("moe", backend)  # ValueError naming the registered backends
         self.hidden, self.intermediate, self.n_experts, self.top_k = hidden, intermediate, n_experts, top_k
         self.swiglu_alpha, self.swiglu_limit = swiglu_alpha, swiglu_limit
         self.backend, self.grouped_impl, self.weights = backend, grouped_impl, weights
@@ -226,15 +227,7 @@ class MoE(nn.Module):
 
     def experts(self, t: torch.Tensor, routing: Routing, backend: str | None = None) -> torch.Tensor:
         """Normed tokens t [T, hidden] and their routing -> combined expert outputs [T, hidden]."""
-        backend = backend or self.backend
-        if backend == "gather":
-            y = self._gather(t, routing)
-        elif backend == "loop":
-            y = self._loop(t, routing)
-        elif backend == "grouped":
-            y = self._grouped(t, routing)
-        else:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        y = get_backend("moe", backend or self.backend).build(self, t, routing)  # [T, k, hidden]
         # [T, 1, k] @ [T, k, hidden]: each token's weighted sum over its k slots
         return torch.bmm(routing.weights.unsqueeze(1), y).squeeze(1)  # [T, hidden]
 
@@ -323,3 +316,14 @@ class MoE(nn.Module):
         if self.mlp2_bias is not None:
             y = y + self.mlp2_bias[touched].unsqueeze(1)
         return y.view(G * width, self.hidden).index_select(0, flat_pos)  # [T*k, hidden], sorted rows
+
+
+# --- the built-in backends: the layer calls build(layer, t [T, hidden], routing) -> [T, k, hidden], each
+# token slot's expert output before the weighted combine (see MoE._gather); the built-ins are the layer's
+# methods, looked up on the instance
+register_backend("moe", "gather", layer_method("_gather"),
+                 description="gather each token's k expert weights, contract per token (gpt-oss reference style)")
+register_backend("moe", "loop", layer_method("_loop"),
+                 description="slots sorted by expert, two matmuls per touched expert")
+register_backend("moe", "grouped", layer_method("_grouped"),
+                 description="slots sorted by expert, one grouped GEMM per projection (grouped_impl picks the kernel)")

@@ -12,7 +12,7 @@ run is a float64 reference, not float32 in disguise). The result is cast back to
 `nn.LayerNorm` (parameters `weight`, `bias` in the model's dtype).
 
 `Norm(kind, dim, backend=...)` is the benchmarked layer of the norm family, with three backends that compute
-the same function:
+the same function (registered at the end of this file, ossbench.backends):
 - "eager":   the formulas above, op by op (what gpt-oss's reference RMSNorm runs);
 - "compile": the same formulas through torch.compile (one fused kernel per direction);
 - "fused":   torch's own F.layer_norm / F.rms_norm. torch's fused RMSNorm kernel takes its weight only in
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import get_backend, register_backend
 from .activation import compile_fn
 
 NORM_KINDS = ("rmsnorm", "layernorm")
-NORM_BACKENDS = ("eager", "compile", "fused")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,28 +82,41 @@ class Norm(nn.Module):
         super().__init__()
         if kind not in NORM_KINDS:
             raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
-        if backend not in NORM_BACKENDS:
-            raise ValueError(f"backend must be one of {NORM_BACKENDS}, got {backend!r}")
-        if backend == "fused" and kind == "rmsnorm" and not fused_rms_norm_available():
-            raise ValueError(f"torch {torch.__version__} has no F.rms_norm (added in torch 2.4)")
+        build = get_backend("norm", backend).build  # ValueError naming the registered backends
         self.kind, self.dim, self.eps, self.backend = kind, dim, eps, backend
         if kind == "rmsnorm":
+            # torch's fused kernel takes the scale only in the input's dtype (module docstring)
             scale_dtype = dtype if backend == "fused" else torch.float32
             self.scale = nn.Parameter(torch.ones(dim, device=device, dtype=scale_dtype))
         else:
             self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
             self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
-        formula = rms_norm if kind == "rmsnorm" else layer_norm
-        self._formula = compile_fn(formula) if backend == "compile" else formula
+        self._formula = build(kind)  # called as rms_norm(x, scale, eps) or layer_norm(x, weight, bias, eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "fused":
-            if self.kind == "rmsnorm":
-                return F.rms_norm(x, (self.dim,), self.scale, self.eps)
-            return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
         if self.kind == "rmsnorm":
             return self._formula(x, self.scale, self.eps)
         return self._formula(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, dim={self.dim}, eps={self.eps}, backend={self.backend}"
+
+
+# --- the built-in backends: the layer calls build(kind) once and gets the function it runs, with the
+# signature of rms_norm (x, scale, eps) or layer_norm (x, weight, bias, eps) for that kind
+FORMULAS = {"rmsnorm": rms_norm, "layernorm": layer_norm}
+
+
+def _fused(kind: str):
+    if kind == "layernorm":
+        return lambda x, weight, bias, eps: F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    if not fused_rms_norm_available():
+        raise ValueError(f"torch {torch.__version__} has no F.rms_norm (added in torch 2.4)")
+    return lambda x, scale, eps: F.rms_norm(x, x.shape[-1:], scale, eps)
+
+
+register_backend("norm", "eager", lambda kind: FORMULAS[kind],
+                 description="the formulas op by op (gpt-oss's reference)")
+register_backend("norm", "compile", lambda kind: compile_fn(FORMULAS[kind]),
+                 description="the same formulas through torch.compile")
+register_backend("norm", "fused", _fused, description="torch's F.layer_norm / F.rms_norm")

@@ -12,7 +12,8 @@
   an ulp of the position (~4e-3 rad at 131071); the cached table forms its angles in float64.
 
 Both modules take `backend="compile"` to run their arithmetic through torch.compile (eager RoPE is six
-elementwise ops and a concatenation per tensor; compiled, one kernel).
+elementwise ops and a concatenation per tensor; compiled, one kernel). The backends are registered at the
+end of this file (ossbench.backends).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backends import get_backend, register_backend
 from .activation import compile_fn
 from .rope import RopeSpec, RotaryEmbedding, apply_rotary, inv_freq_and_concentration
 
 POSITION_KINDS = ("learned", "rope", "yarn")
 TABLES = ("cached", "per_call")
-POSITION_BACKENDS = ("eager", "compile")
 
 
 def add_positions(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -65,11 +66,11 @@ class LearnedPositions(nn.Module):
     def __init__(self, max_position: int, hidden: int, *, backend: str = "eager", device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__()
-        _check_backend(backend)
+        build = get_backend("positions", backend).build  # ValueError naming the registered backends
         self.max_position, self.hidden, self.backend = max_position, hidden, backend
         self.weight = nn.Parameter(torch.empty(max_position, hidden, device=device, dtype=dtype))
         nn.init.normal_(self.weight, std=0.01)  # GPT-2's initial scale for wpe
-        self._add = compile_fn(add_positions) if backend == "compile" else add_positions
+        self._add = build(add_positions)
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         S = x.shape[-2]
@@ -83,13 +84,13 @@ class RotaryPositions(nn.Module):
 
     def __init__(self, head_dim: int, spec: RopeSpec, *, table: str = "cached", backend: str = "eager") -> None:
         super().__init__()
-        _check_backend(backend)
+        build = get_backend("positions", backend).build
         if table not in TABLES:
             raise ValueError(f"table must be one of {TABLES}, got {table!r}")
         self.head_dim, self.spec, self.table, self.backend = head_dim, spec, table, backend
         self.rotary = RotaryEmbedding(head_dim, spec)  # holds the cached table
         fn = rotate_qk if table == "cached" else rotate_qk_per_call
-        self._rotate = compile_fn(fn) if backend == "compile" else fn
+        self._rotate = build(fn)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         if self.table == "per_call":
@@ -98,6 +99,7 @@ class RotaryPositions(nn.Module):
         return self._rotate(q, k, cos, sin)
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in POSITION_BACKENDS:
-        raise ValueError(f"backend must be one of {POSITION_BACKENDS}, got {backend!r}")
+# --- the built-in backends: a module calls build(fn) once with its arithmetic (add_positions, rotate_qk or
+# rotate_qk_per_call) and runs what it returns (same signature)
+register_backend("positions", "eager", lambda fn: fn, description="op by op")
+register_backend("positions", "compile", compile_fn, description="through torch.compile")

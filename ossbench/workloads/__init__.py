@@ -18,7 +18,7 @@ _MODULES = {
 }
 
 __all__ = ["Cost", "Check", "Family", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",
-           "all_families", "describe_families"]
+           "all_families", "describe_families", "describe_backends"]
 
 
 def family_names() -> list[str]:
@@ -52,6 +52,19 @@ def describe_families(preset: str = "gpt-oss-20b") -> list[dict]:
         out.append({"name": fam.name, "description": fam.description, "params": params,
                     "variants": fam.variants})
     return out
+
+
+def describe_backends() -> list[dict]:
+    """For `ossbench list`: every registered backend (plugins' included), with where it comes from and
+    what it cannot express."""
+    from .. import backends
+
+    all_families()  # importing the families imports their layers, which register the built-in backends
+    registered = backends.families()
+    order = [f for f in _MODULES if f in registered] + [f for f in registered if f not in _MODULES]
+    return [{"family": b.family, "name": b.name, "origin": b.origin, "description": b.description,
+             "limits": "; ".join(b.supports.limits()) or "-"}
+            for family in order for b in backends.backends(family)]
 
 
 def _type_text(prop: dict) -> str:

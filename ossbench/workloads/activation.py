@@ -25,13 +25,15 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
+from ..backends import unsupported_reason
+from ..errors import SkipCase
 from ..layers.activation import Activation, input_width
 from ..layers.config import ModelConfig
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .ffn import ACTIVATION_FLOPS
-from .fields import default_tokens, fits_memory
+from .fields import backend_of, default_tokens, fits_memory
 
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
 # Allowed max|out - ref| / max|ref|. An elementwise function rounds its result once (torch's ops compute
@@ -57,7 +59,7 @@ class ActivationParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Mode
-    backend: Literal["eager", "compile"] = Field(description="torch's op (or gpt-oss's expression) as is, or "
+    backend: backend_of("activation") = Field(description="torch's op (or gpt-oss's expression) as is, or "
                                                              "through torch.compile")
     activation: Literal["gelu_erf", "gelu_tanh", "silu", "swiglu"] = Field(
         description="gelu_erf: exact GELU; gelu_tanh: GPT-2; silu: Swish; swiglu: gpt-oss's clamped SwiGLU")
@@ -106,6 +108,8 @@ def activation_cost(mode: str, activation: str, tokens: int, width: int, dtype_b
 def build(params: ActivationParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
+    if reason := unsupported_reason("activation", p.backend, device, dtype, train=p.mode == "train"):
+        raise SkipCase(reason)  # the backend's own reason (ossbench.backends)
     require_checked_dtype("activation", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     module = Activation(p.activation, p.backend, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit)

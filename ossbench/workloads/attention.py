@@ -37,7 +37,7 @@ from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .attention_reference import reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
-from .fields import cross_field_error, fits_memory, yarn_ramp_fits
+from .fields import backend_of, cross_field_error, fits_memory, yarn_ramp_fits
 
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
 # Allowed max|out - ref| / max|ref| per dtype. A block chains about five roundings (input cast, qkv
@@ -53,7 +53,7 @@ class AttentionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
-    backend: Literal["eager", "sdpa", "flex"]
+    backend: backend_of("attention")
     batch: PositiveInt
     seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
     kv_len: PositiveInt = Field(description="cached tokens before the decoded one (unused in prefill/train)")
@@ -305,7 +305,8 @@ def build(params: AttentionParams, device: Any, dtype: torch.dtype, *, seed: int
     device = torch.device(device)
     require_checked_dtype("attention", TOLERANCE, dtype)
     training = p.mode == "train"
-    reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training)
+    reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training, dtype=dtype,
+                                mask=p.layer_mask)
     if reason:
         raise SkipCase(reason)
     if p.mask is not None and attention_pairs(p) == attention_pairs(p.model_copy(update={"mask": None})):

@@ -34,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
     field_validator, model_validator
 
+from ..backends import unsupported_reason as backend_unsupported_reason
 from ..errors import SkipCase
 from ..layers.attention import KVCache, unsupported_reason
 from ..layers.block import Block
@@ -44,7 +45,7 @@ from .attention import TOLERANCE as ATTENTION_TOLERANCE
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype
-from .fields import fits_memory, yarn_ramp_fits
+from .fields import backend_of, fits_memory, yarn_ramp_fits
 from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
@@ -61,8 +62,8 @@ class BlockParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
-    attn_backend: Literal["eager", "sdpa", "flex"]
-    moe_backend: Literal["gather", "loop", "grouped"] = Field(description="mlp: moe only")
+    attn_backend: backend_of("attention")
+    moe_backend: backend_of("moe") = Field(description="mlp: moe only")
     batch: PositiveInt
     seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
     kv_len: PositiveInt = Field(description="cached tokens before the decoded one (unused in prefill/train)")
@@ -250,9 +251,13 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = D
     require_checked_dtype("block", TOLERANCE, dtype)
     training = p.mode == "train"
     dtype_bytes = torch.finfo(dtype).bits // 8
-    if reason := unsupported_reason(p.attn_backend, sinks=p.sinks, device=device, training=training):
+    if reason := unsupported_reason(p.attn_backend, sinks=p.sinks, device=device, training=training, dtype=dtype,
+                                    mask=p.attention_params().layer_mask):
         raise SkipCase(reason)
     mp = p.mlp_params()
+    if isinstance(mp, MoEParams) and (reason := backend_unsupported_reason("moe", mp.backend, device, dtype,
+                                                                           train=training)):
+        raise SkipCase(reason)
     if isinstance(mp, MoEParams) and mp.backend == "gather" and (reason := gather_skip_reason(mp, device,
                                                                                                dtype_bytes)):
         raise SkipCase(reason)

@@ -4,11 +4,12 @@ and reports the same thing in every family (used as `field_validator("name")(rul
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from pydantic import ValidationInfo
-from pydantic_core import PydanticCustomError
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationInfo
+from pydantic_core import PydanticCustomError, core_schema
 
+from ..backends import backend_names, unknown_backend_hint
 from ..layers.rope import RopeSpec, yarn_ramp_bounds
 
 DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
@@ -70,6 +71,32 @@ def yarn_ramp_fits(cls: type, v: int, info: ValidationInfo) -> int:
     if spec is not None and spec.scaled and spec.beta_slow < spec.beta_fast:  # betas are checked on their own
         check_yarn_ramp(info.data["head_dim"], spec)
     return v
+
+
+# --- backends: a field whose choices are the registry's (plugins included), read when validating and when
+# writing the JSON Schema, not fixed when the model class is defined
+
+
+class _RegisteredBackend:
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {"type": "string", "enum": backend_names(self.family)}
+
+    def _check(self, name: str) -> str:
+        if name not in backend_names(self.family):
+            hint = unknown_backend_hint(self.family, name).replace("{", "{{").replace("}", "}}")
+            raise PydanticCustomError("unknown_backend", f"not a registered {self.family} backend; {hint}", {})
+        return name
+
+
+def backend_of(family: str) -> Any:
+    """The type of a params model's backend field: the name of a registered backend of `family`."""
+    return Annotated[str, _RegisteredBackend(family)]
 
 
 # --- memory: refuse a case no device could hold before anything is built

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationInfo, \
     field_validator, model_validator
 
+from ..backends import unsupported_reason
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
@@ -44,7 +45,7 @@ from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
 from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
-from .fields import cross_field_error, default_tokens, fits_memory, top_k_fits
+from .fields import backend_of, cross_field_error, default_tokens, fits_memory, top_k_fits
 
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
 # Two router logits closer than this (relative to the token's largest |logit|, in units of the dtype's
@@ -59,7 +60,7 @@ class MoEParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
-    backend: Literal["gather", "loop", "grouped"] = Field(description="how the experts run (not used by dense cases)")
+    backend: backend_of("moe") = Field(description="how the experts run (not used by dense cases)")
     grouped_impl: Literal["auto", "grouped_mm", "padded_bmm"] = Field(
         description="grouped backend's kernel: torch._grouped_mm, zero-padded torch.bmm, or auto (probe)")
     tokens: PositiveInt | None = Field(None, validate_default=True,
@@ -207,6 +208,8 @@ def build(params: MoEParams, device: Any, dtype: torch.dtype, *, seed: int = DEF
     generator = torch.Generator(device=device).manual_seed(seed)
     if p.dense != "none":
         return build_dense(p, device, dtype, generator)
+    if reason := unsupported_reason("moe", p.backend, device, dtype, train=p.mode == "train"):
+        raise SkipCase(reason)  # the backend's own reason (ossbench.backends)
     dtype_bytes = torch.finfo(dtype).bits // 8
     if p.backend == "gather" and (reason := gather_skip_reason(p, device, dtype_bytes)):
         raise SkipCase(reason)

@@ -29,12 +29,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
     model_validator
 
+from ..backends import unsupported_reason
+from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
-from .fields import default_tokens, fits_memory
+from .fields import backend_of, default_tokens, fits_memory
 
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
 # is the final rounding to the output dtype plus float32 sums over `hidden` values: bf16 2^-9 ~ 2e-3 per
@@ -52,7 +54,7 @@ class NormParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
-    backend: Literal["eager", "compile", "fused"] = Field(
+    backend: backend_of("norm") = Field(
         description="eager: the formula op by op; compile: torch.compile of it; fused: F.layer_norm / F.rms_norm")
     norm: Literal["rmsnorm", "layernorm"]
     tokens: PositiveInt | None = Field(None, validate_default=True,
@@ -115,6 +117,8 @@ def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.G
 def build(params: NormParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
+    if reason := unsupported_reason("norm", p.backend, device, dtype, train=p.mode == "train"):
+        raise SkipCase(reason)  # the backend's own reason (ossbench.backends)
     require_checked_dtype("norm", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     module = make_norm(p, device, dtype, generator)

@@ -33,13 +33,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
     model_validator
 
+from ..backends import unsupported_reason
+from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
-from .fields import check_yarn_ramp, cross_field_error, fits_memory, yarn_spec
+from .fields import backend_of, check_yarn_ramp, cross_field_error, fits_memory, yarn_spec
 
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
 # 16-bit dtypes, plus the table's own rounding): a few unit roundoffs, bf16 2^-9, fp16 2^-11.
@@ -55,7 +57,7 @@ class PositionsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
-    backend: Literal["eager", "compile"] = Field(description="op by op, or through torch.compile")
+    backend: backend_of("positions") = Field(description="op by op, or through torch.compile")
     positions: Literal["learned", "rope", "yarn"]
     table: Literal["cached", "per_call"] = Field(description="rope/yarn: cos/sin sliced from a table built "
                                                              "once, or formed in every call (gpt-oss's reference)")
@@ -180,6 +182,8 @@ def positions_cost(p: PositionsParams, dtype_bytes: int) -> Cost:
 def build(params: PositionsParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
+    if reason := unsupported_reason("positions", p.backend, device, dtype, train=p.mode == "train"):
+        raise SkipCase(reason)  # the backend's own reason (ossbench.backends)
     require_checked_dtype("positions", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     training = p.mode == "train"
