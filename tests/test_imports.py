@@ -23,6 +23,8 @@ FORBIDDEN = {
 }
 GROUND_FLOOR = {  # module -> the only ossbench modules it may import
     "ossbench.errors": set(),
+    "ossbench.text": set(),
+    "ossbench.units": set(),
     "ossbench.peaks": set(),
     "ossbench.hardware": {"ossbench.errors", "ossbench.peaks"},
 }
