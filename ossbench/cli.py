@@ -7,6 +7,7 @@ Heavy modules (torch, pandas, plotly) are imported inside the commands so `ossbe
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -308,7 +309,8 @@ def gate(baseline_file: Path, current_file: Path, max_slowdown: float | None, al
     from .outdir import check_output_file
     from .results import load_results
 
-    for option, path in (("--junit", junit), ("--markdown", markdown)):
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")  # appended to as well (write_outputs)
+    for option, path in (("--junit", junit), ("--markdown", markdown), ("$GITHUB_STEP_SUMMARY", summary)):
         if path:
             check_output_file(path, option)
     baseline, current = load_results(baseline_file), load_results(current_file)

@@ -72,6 +72,15 @@ def test_unwritable_outputs_of_report_compare_gate_export_exit_2_before_reading(
     assert f"{command[-2]} {paths['out']}: cannot create it, {tmp_path / 'a-file'} is a file" in result.output
 
 
+def test_an_unwritable_github_step_summary_is_exit_2_before_reading(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    summary = tmp_path / "a-file" / "summary.md"
+    result = CliRunner().invoke(main, ["gate", "--baseline", str(tmp_path / "missing.json"), str(tmp_path / "b.json")],
+                                env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert result.exit_code == 2, result.output
+    assert f"$GITHUB_STEP_SUMMARY {summary}: cannot create it" in result.output and "missing.json" not in result.output
+
+
 def test_claims_nest_within_a_process(tmp_path):
     with claim_out_dir(tmp_path):
         with claim_out_dir(tmp_path):  # the CLI holds the folder and the runner claims it again
