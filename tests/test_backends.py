@@ -117,11 +117,12 @@ def test_a_name_is_registered_once_and_must_fit_a_case_id(registry):
 
 def test_an_unknown_backend_lists_the_registered_names(registry):
     from ossbench.layers.attention import Attention
+    from ossbench.layers.attention_spec import AttentionSpec
     from ossbench.layers.moe import MoE
 
     with pytest.raises(ValueError, match=r"unknown attention backend 'sdap'; registered: eager, sdpa, flex "
                                          r"\(did you mean 'sdpa'\?\)"):
-        Attention(64, 4, 2, 16, backend="sdap")
+        Attention(AttentionSpec(64, 4, 2, 16), backend="sdap")
     with pytest.raises(ValueError, match="unknown moe backend 'grouped_mm'; registered: gather, loop, grouped"):
         MoE(64, 32, 4, 2, backend="grouped_mm")
     with pytest.raises(ValidationError, match="not a registered moe backend; registered: gather, loop, grouped "

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .attention_spec import AttentionSpec
+
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("swiglu", "gelu_tanh")
 POSITIONS = ("yarn", "rope", "learned", "none")
@@ -115,6 +117,19 @@ class ModelConfig:
         if self.window is None or layer_idx % self.window_every:
             return None
         return self.window
+
+    def attention_spec(self, layer_idx: int = 0) -> AttentionSpec:
+        """The attention block of layer `layer_idx` (windowed on even gpt-oss layers) as a spec."""
+        if self.qkv_bias != self.out_bias:
+            raise ValueError("Attention has one bias switch for qkv and out; the preset sets them differently")
+        return AttentionSpec(
+            hidden=self.hidden, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
+            window=self.layer_window(layer_idx), sinks=self.sinks,
+            positions=self.positions if self.positions in ("rope", "yarn") else "none",  # learned: at the embedding
+            bias=self.qkv_bias, rope_theta=self.rope_theta, yarn_factor=self.yarn_factor,
+            yarn_beta_slow=self.yarn_beta_slow, yarn_beta_fast=self.yarn_beta_fast,
+            yarn_original_context=self.yarn_original_context, norm=self.norm, norm_eps=self.norm_eps,
+            attn_dropout=self.dropout)
 
     @property
     def windowed_layers(self) -> int:
