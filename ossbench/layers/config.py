@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .attention_spec import AttentionSpec
+from .moe_spec import MoESpec
 
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("swiglu", "gelu_tanh")
@@ -130,6 +131,16 @@ class ModelConfig:
             yarn_beta_slow=self.yarn_beta_slow, yarn_beta_fast=self.yarn_beta_fast,
             yarn_original_context=self.yarn_original_context, norm=self.norm, norm_eps=self.norm_eps,
             attn_dropout=self.dropout)
+
+    def moe_spec(self) -> MoESpec:
+        """The MLP block of a preset with experts (gpt-oss-20b: 32, gpt-oss-120b: 128) as a spec."""
+        if self.n_experts == 0:
+            raise ValueError("this preset has a dense FFN (n_experts = 0); use ffn.DenseFFN")
+        if self.activation != "swiglu":
+            raise ValueError(f"MoE experts use gpt-oss's clamped SwiGLU, the preset has {self.activation!r}")
+        return MoESpec(hidden=self.hidden, intermediate=self.intermediate, n_experts=self.n_experts,
+                       top_k=self.top_k, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
+                       norm_eps=self.norm_eps, router_bias=self.router_bias, expert_bias=self.mlp_bias)
 
     @property
     def windowed_layers(self) -> int:

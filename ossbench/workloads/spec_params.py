@@ -18,9 +18,11 @@ from .fields import cross_field_error
 
 
 def spec_params_model(name: str, axes: type[BaseModel], spec_cls: type, *, exclude: tuple[str, ...] = (),
+                      after: dict[str, Any] | None = None,
                       validators: dict[str, Any] | None = None) -> type[BaseModel]:
     """The model `name`: `axes`' fields (and its config, properties and validators), then `spec_cls`'s fields
-    except `exclude` (held at the spec's default), each with its rule as a field validator."""
+    except `exclude` (held at the spec's default), each with its rule as a field validator, then the
+    `after` fields (`name: (type, FieldInfo)`, axes whose rules read spec fields)."""
     hints = field_types(spec_cls)
     fields: dict[str, Any] = {}
     rules: dict[str, Any] = {}
@@ -34,7 +36,7 @@ def spec_params_model(name: str, axes: type[BaseModel], spec_cls: type, *, exclu
         if meta.get("check") is not None:
             rules[f"_spec_rule_{f.name}"] = field_validator(f.name)(_rule(meta["check"], meta.get("needs", ())))
     return create_model(name, __base__=axes, __validators__={**rules, **(validators or {})},
-                        __module__=axes.__module__, **fields)
+                        __module__=axes.__module__, **fields, **(after or {}))
 
 
 def _rule(check: Callable[[Any, Any], Any], needs: tuple[str, ...]) -> Callable[..., Any]:
