@@ -59,3 +59,25 @@ def test_the_params_model_is_the_axes_the_spec_fields_then_skew_and_dense():
     cfg = get_preset("gpt-oss-120b")
     assert MoEParams(**defaults(cfg)).spec == cfg.moe_spec()
     assert MoE.from_config(cfg, device="meta").spec == cfg.moe_spec()
+
+
+# --- FFNSpec, the dense FFN's spec (the ffn family's params are generated from it the same way)
+def test_ffn_spec_defaults_presets_and_params():
+    from ossbench.layers.ffn import DenseFFN
+    from ossbench.layers.ffn_spec import FFNSpec
+    from ossbench.workloads.ffn import FFNParams
+    from ossbench.workloads.ffn import defaults as ffn_defaults
+
+    assert FFNSpec() == get_preset("gpt2-small").ffn_spec()  # GPT-2 small's FFN: 768 -> 3072, GELU tanh
+    with pytest.raises(ValueError) as err:
+        FFNSpec(activation="relu")
+    assert str(err.value) == "activation must be one of ('swiglu', 'gelu_tanh'), got 'relu'"
+    names = [f.name for f in dataclasses.fields(FFNSpec)]
+    assert list(FFNParams.model_fields) == ["mode", "tokens"] + names + ["n_experts", "top_k",
+                                                                        "expert_intermediate", "match"]
+    cfg = get_preset("gpt-oss-20b")
+    assert FFNParams(**ffn_defaults(cfg)).spec == cfg.ffn_spec()
+    matched = FFNParams(**{**ffn_defaults(cfg), "match": "active"})
+    assert matched.spec.intermediate == matched.intermediate != cfg.intermediate  # the matched width
+    ffn = DenseFFN.from_config(get_preset("gpt2-small"), norm="layernorm", device="meta")
+    assert ffn.spec.norm == "layernorm" and ffn.norm is not None and not ffn.residual

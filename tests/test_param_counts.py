@@ -9,6 +9,7 @@ import torch
 from ossbench.layers.config import get_preset
 from ossbench.layers.ffn import DenseFFN
 from ossbench.layers.moe import MoE
+from ossbench.layers.ffn_spec import FFNSpec
 from ossbench.layers.moe_spec import MoESpec
 from ossbench.layers.params import count_params, ffn_params, moe_params
 
@@ -42,7 +43,7 @@ def test_layer_counts_match_the_modules():
         moe_params(64, 32, 8, 2, bias=False, router_bias=False)["total"] + 64
     for activation in ("swiglu", "gelu_tanh"):
         for bias in (True, False):
-            ffn = DenseFFN(48, 80, activation, bias=bias)
+            ffn = DenseFFN(FFNSpec(48, 80, activation, bias=bias))
             assert sum(p.numel() for p in ffn.parameters()) == ffn_params(48, 80, activation, bias)
 
 

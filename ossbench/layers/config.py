@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .attention_spec import AttentionSpec
+from .ffn_spec import FFNSpec
 from .moe_spec import MoESpec
 
 NORMS = ("rmsnorm", "layernorm")
@@ -141,6 +142,12 @@ class ModelConfig:
         return MoESpec(hidden=self.hidden, intermediate=self.intermediate, n_experts=self.n_experts,
                        top_k=self.top_k, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
                        norm_eps=self.norm_eps, router_bias=self.router_bias, expert_bias=self.mlp_bias)
+
+    def ffn_spec(self) -> FFNSpec:
+        """The preset's dense FFN (GPT-2: 4 x hidden, GELU tanh; gpt-oss: one expert's width) without a norm."""
+        return FFNSpec(hidden=self.hidden, activation=self.activation, intermediate=self.intermediate,
+                       bias=self.mlp_bias, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
+                       norm_eps=self.norm_eps)
 
     @property
     def windowed_layers(self) -> int:

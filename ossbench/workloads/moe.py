@@ -39,6 +39,7 @@ from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.moe import MoE, grouped_mm_unsupported_reason, load_max_over_mean, zipf_router_bias
+from ..layers.ffn_spec import FFNSpec
 from ..layers.moe_spec import MoESpec
 from ..layers.mxfp4 import bytes_per_value
 from ..layers.params import moe_params
@@ -229,9 +230,9 @@ def build(params: MoEParams, device: Any, dtype: torch.dtype, *, seed: int = DEF
 def build_dense(p: MoEParams, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> Workload:
     width = matched_ffn_intermediate(p.dense, p.hidden, p.intermediate, p.n_experts, p.top_k,
                                      bias=p.expert_bias, router_bias=p.router_bias)
-    module = DenseFFN(p.hidden, width, "swiglu", bias=p.expert_bias, norm="rmsnorm", norm_eps=p.norm_eps,
-                      residual=True, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit, device=device,
-                      dtype=dtype)
+    spec = FFNSpec(hidden=p.hidden, activation="swiglu", intermediate=width, bias=p.expert_bias,
+                   swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit, norm="rmsnorm", norm_eps=p.norm_eps)
+    module = DenseFFN(spec, residual=True, device=device, dtype=dtype)
     init_dense_ffn_(module, generator)
     workload = dense_workload(module, p.mode, p.tokens, device, dtype, generator)
     workload.cost.extra["dense_intermediate"] = float(width)
