@@ -14,6 +14,7 @@ from test_masks import CASES
 
 from ossbench.errors import SkipCase
 from ossbench.layers.attention import Attention, KVCache
+from ossbench.layers.attention_spec import AttentionSpec
 from ossbench.layers.masks import parse
 from ossbench.layers.rope import inv_freq_and_concentration
 from ossbench.workloads.attention import (FAMILY, AttentionParams, attention_cost, attention_pairs, defaults,
@@ -29,7 +30,7 @@ def masked_reference(name, sinks):
     """Block, input and the loop reference for the mask `name` (shared by the tests of one module run)."""
     key = (name, sinks)
     if key not in _REFS:
-        block = make_block(N_KV, None, sinks, mask=parse(name))
+        block = make_block(N_KV, None, sinks, mask=parse(name).name)
         x = torch.randn(B, S, HIDDEN, generator=torch.Generator().manual_seed(7))
         _REFS[key] = (block, x, reference_for(block, x, sees=CASES[name][1]))
     return _REFS[key]
@@ -49,19 +50,19 @@ def spy_on_keys(block, backend, monkeypatch):
 
 # --- defect 1: positions="yarn" without a rope spec
 def test_yarn_without_a_rope_spec_is_gpt_oss_yarn():
-    block = Attention(HIDDEN, HEADS, N_KV, HEAD_DIM, positions="yarn", sinks=False, dtype=torch.float32)
+    block = Attention(AttentionSpec(HIDDEN, HEADS, N_KV, HEAD_DIM, positions="yarn", sinks=False), dtype=torch.float32)
     inv_freq, concentration = inv_freq_and_concentration(HEAD_DIM, block.rope.spec)
     ref, ref_conc = ref_inv_freq(HEAD_DIM, **YARN)
     assert torch.allclose(inv_freq, ref, rtol=1e-12, atol=0) and concentration == pytest.approx(ref_conc)
     assert ref_conc > 1.3  # really scaled: 0.1 ln 32 + 1
     # and the whole block agrees with the float64 reference at YaRN factor 32
     weighted = make_block(N_KV, WINDOW, False)
-    block = Attention(HIDDEN, HEADS, N_KV, HEAD_DIM, window=WINDOW, positions="yarn", sinks=False,
+    block = Attention(AttentionSpec(HIDDEN, HEADS, N_KV, HEAD_DIM, window=WINDOW, positions="yarn", sinks=False),
                       dtype=torch.float32).requires_grad_(False)
     block.load_state_dict(weighted.state_dict())
     x = torch.randn(B, S, HIDDEN, generator=torch.Generator().manual_seed(8))
     assert rel_err(block.update(x), reference_for(weighted, x)) < REL_TOL
-    plain = Attention(HIDDEN, HEADS, N_KV, HEAD_DIM, positions="rope")
+    plain = Attention(AttentionSpec(HIDDEN, HEADS, N_KV, HEAD_DIM, positions="rope"))
     freq, conc = inv_freq_and_concentration(HEAD_DIM, plain.rope.spec)
     assert torch.allclose(freq, ref_inv_freq(HEAD_DIM, **dict(YARN, factor=1.0))[0]) and conc == 1.0
 

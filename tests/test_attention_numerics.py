@@ -15,12 +15,15 @@ import torch
 from ossbench.errors import SkipCase
 from ossbench.layers import attention as attention_module
 from ossbench.layers.attention import Attention, causal_window_block_mask
+from ossbench.layers.attention_spec import AttentionSpec
 from ossbench.layers.masks import layer_mask
 from ossbench.layers.config import get_preset
 from ossbench.layers.rope import RopeSpec, RotaryEmbedding, inv_freq_and_concentration
 
 B, S, HIDDEN, HEADS, HEAD_DIM, WINDOW = 2, 40, 64, 8, 16, 8
 YARN = dict(theta=150000.0, factor=32.0, beta_slow=1.0, beta_fast=32.0, original_context=4096)
+SPEC_YARN = dict(rope_theta=YARN["theta"], yarn_factor=YARN["factor"], yarn_beta_slow=YARN["beta_slow"],
+                 yarn_beta_fast=YARN["beta_fast"], yarn_original_context=YARN["original_context"])
 REL_TOL = 1e-5  # float32
 
 
@@ -103,10 +106,9 @@ def ref_update(sd, x, *, n_heads, n_kv_heads, head_dim, window, causal, rope, no
 def make_block(n_kv_heads, window, sinks, *, positions="yarn", bias=True, causal=True, norm="rmsnorm", seed=0,
                mask=None):
     torch.manual_seed(seed)
-    block = Attention(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, mask=mask, sinks=sinks, positions=positions,
-                      rope=RopeSpec(YARN["theta"], YARN["factor"], YARN["beta_slow"], YARN["beta_fast"],
-                                    YARN["original_context"]),
-                      bias=bias, causal=causal, norm=norm, dtype=torch.float32)
+    block = Attention(AttentionSpec(HIDDEN, HEADS, n_kv_heads, HEAD_DIM, window=window, mask=mask, sinks=sinks,
+                                    positions=positions, bias=bias, causal=causal, norm=norm, **SPEC_YARN),
+                      dtype=torch.float32)
     with torch.no_grad():
         for name, p in block.named_parameters():
             if name in ("norm.scale", "norm.weight"):
@@ -281,8 +283,8 @@ def test_loads_a_checkpoint_style_block():
         "block.3.attn.out.bias": (0.1 * torch.randn(HIDDEN, generator=g)).bfloat16(),
     }
     state = {k.removeprefix("block.3.attn."): v for k, v in ckpt.items()}
-    block = Attention(HIDDEN, HEADS, n_kv, HEAD_DIM, window=WINDOW, sinks=True, positions="yarn",
-                      rope=RopeSpec(150000.0, 32.0, 1.0, 32.0, 4096), dtype=torch.float32)
+    block = Attention(AttentionSpec(HIDDEN, HEADS, n_kv, HEAD_DIM, window=WINDOW, sinks=True, positions="yarn",
+                                    **SPEC_YARN), dtype=torch.float32)
     block.load_state_dict(state, strict=True)
     assert block.norm.scale.dtype == torch.float32
     x = torch.randn(B, S, HIDDEN, generator=g)
@@ -361,11 +363,11 @@ def test_padded_block_mask_matches_create_block_mask(q_len, kv_len, valid, causa
 # --- refusals
 def test_invalid_combinations_are_refused():
     with pytest.raises(ValueError, match="only for causal"):
-        Attention(HIDDEN, HEADS, 2, HEAD_DIM, window=8, causal=False)
-    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
-        Attention(HIDDEN, HEADS, 3, HEAD_DIM)
+        AttentionSpec(HIDDEN, HEADS, 2, HEAD_DIM, window=8, causal=False)
+    with pytest.raises(ValueError, match=r"n_kv_heads \(3\) must divide n_heads \(8\)"):
+        AttentionSpec(HIDDEN, HEADS, 3, HEAD_DIM)
     with pytest.raises(ValueError, match="backend"):
-        Attention(HIDDEN, HEADS, 2, HEAD_DIM, backend="xformers")
+        Attention(AttentionSpec(HIDDEN, HEADS, 2, HEAD_DIM), backend="xformers")
     block, x, _ = cached_reference(2, None, False)
     cache = block.new_cache(B, S)
     block.update(x[:, :10], cache=cache)

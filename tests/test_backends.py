@@ -117,13 +117,15 @@ def test_a_name_is_registered_once_and_must_fit_a_case_id(registry):
 
 def test_an_unknown_backend_lists_the_registered_names(registry):
     from ossbench.layers.attention import Attention
+    from ossbench.layers.attention_spec import AttentionSpec
     from ossbench.layers.moe import MoE
+    from ossbench.layers.moe_spec import MoESpec
 
     with pytest.raises(ValueError, match=r"unknown attention backend 'sdap'; registered: eager, sdpa, flex "
                                          r"\(did you mean 'sdpa'\?\)"):
-        Attention(64, 4, 2, 16, backend="sdap")
+        Attention(AttentionSpec(64, 4, 2, 16), backend="sdap")
     with pytest.raises(ValueError, match="unknown moe backend 'grouped_mm'; registered: gather, loop, grouped"):
-        MoE(64, 32, 4, 2, backend="grouped_mm")
+        MoE(MoESpec(64, 32, 4, 2), backend="grouped_mm")
     with pytest.raises(ValidationError, match="not a registered moe backend; registered: gather, loop, grouped "
                                               r"\(did you mean 'loop'\?\)"):
         _moe_params(backend="lop")
@@ -166,12 +168,13 @@ def test_a_plugin_backend_computes_the_family_and_is_skipped_where_it_says(regis
     import sys
 
     from ossbench.layers.moe import MoE
+    from ossbench.layers.moe_spec import MoESpec
 
     assert "fake_moe_plugin" not in sys.modules  # nothing loaded before the first lookup
     assert backends.backend_names("moe") == ["gather", "loop", "grouped", "fake-gather"]
     assert backends.get_backend("moe", "fake-gather").origin == "fake_moe_plugin"
     torch.manual_seed(0)
-    layer = MoE(64, 32, 4, 2, backend="fake-gather")
+    layer = MoE(MoESpec(64, 32, 4, 2), backend="fake-gather")
     x = torch.randn(8, 64)
     with torch.no_grad():
         assert torch.equal(layer(x), layer(x, backend="gather"))

@@ -10,6 +10,7 @@ import torch
 
 from ossbench.layers.config import get_preset
 from ossbench.layers.ffn import DenseFFN, clamped_swiglu, gelu_tanh, matched_ffn_intermediate
+from ossbench.layers.ffn_spec import FFNSpec
 from ossbench.layers.params import ffn_params, moe_params
 from ossbench.workloads import get_family
 
@@ -38,14 +39,14 @@ def test_clamped_swiglu_is_gpt_oss_formula_on_interleaved_columns():
 @pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])
 def test_dense_ffn_block_matches_float64_formula(activation):
     torch.manual_seed(0)
-    ffn = DenseFFN(32, 48, activation, norm="rmsnorm", residual=True, dtype=torch.float64)
+    ffn = DenseFFN(FFNSpec(32, 48, activation, norm="rmsnorm"), residual=True, dtype=torch.float64)
     x = torch.randn(5, 32, dtype=torch.float64) * 3
     t = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * ffn.norm.scale.double()
     h = t @ ffn.fc1.weight.T + ffn.fc1.bias
     a = clamped_swiglu(h) if activation == "swiglu" else gelu_tanh(h)
     # the RMSNorm computes in float32 (as gpt-oss's does), hence float32-level agreement
     assert torch.allclose(ffn(x), x + a @ ffn.fc2.weight.T + ffn.fc2.bias, rtol=1e-6, atol=1e-6)
-    plain = DenseFFN(32, 48, activation, dtype=torch.float64)  # no norm: float64 throughout
+    plain = DenseFFN(FFNSpec(32, 48, activation), dtype=torch.float64)  # no norm: float64 throughout
     a = clamped_swiglu(x @ plain.fc1.weight.T + plain.fc1.bias) if activation == "swiglu" else \
         gelu_tanh(x @ plain.fc1.weight.T + plain.fc1.bias)
     assert torch.allclose(plain(x), a @ plain.fc2.weight.T + plain.fc2.bias, rtol=1e-12, atol=1e-12)

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ossbench.layers.config import get_preset
 from ossbench.workloads import get_family
 from ossbench.layers.ffn import DenseFFN
+from ossbench.layers.ffn_spec import FFNSpec
 from ossbench.workloads.moe import MoEParams, make_moe
 
 MOE = get_family("moe")
@@ -57,7 +58,7 @@ def test_dense_matmul_flops_match_flop_counter(dense, mode):
     if mode == "prefill":
         assert counted_flops(w.fn) == pytest.approx(w.cost.extra["matmul_flops"], rel=0.01)
         return
-    module = DenseFFN(64, w.info["dense_intermediate"], "swiglu", norm="rmsnorm", residual=True)
+    module = DenseFFN(FFNSpec(64, w.info["dense_intermediate"], "swiglu", norm="rmsnorm"), residual=True)
     x = torch.randn(16, 64, requires_grad=True)
     dy = torch.randn(16, 64)
     assert counted_flops(lambda: module(x).backward(dy)) == pytest.approx(w.cost.extra["matmul_flops"], rel=0.01)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ossbench.layers.moe import MoE, Routing, load_max_over_mean
+from ossbench.layers.moe_spec import MoESpec
 from ossbench.layers.mxfp4 import MXFP4Weight, dequantize, quantize
 
 H, I, E, K, T = 64, 32, 8, 2, 40  # small: hidden, expert width, experts, top-k, tokens
@@ -83,7 +84,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def moe_from_state(sd: dict[str, torch.Tensor], top_k: int, **kwargs) -> MoE:
-    m = MoE(H, I, sd["gate.weight"].shape[0], top_k, dtype=torch.float32, **kwargs)
+    m = MoE(MoESpec(H, I, sd["gate.weight"].shape[0], top_k), dtype=torch.float32, **kwargs)
     m.load_state_dict(sd, strict=True)
     return m.requires_grad_(False)
 
@@ -167,7 +168,7 @@ def test_mxfp4_checkpoint_tensors_load_and_every_backend_matches_the_reference()
     packed = {}
     for name in ("mlp1_weight", "mlp2_weight"):
         packed[f"{name}.blocks"], packed[f"{name}.scales"] = quantize(sd.pop(name))
-    moe = MoE(H, I, E, K, weights="mxfp4", dtype=torch.float32)
+    moe = MoE(MoESpec(H, I, E, K, weights="mxfp4"), dtype=torch.float32)
     moe.load_state_dict({**sd, **packed}, strict=True)
     assert isinstance(moe.mlp1_weight, MXFP4Weight)
     for name in ("mlp1_weight", "mlp2_weight"):  # decoded with the test's own decoder
@@ -180,7 +181,7 @@ def test_mxfp4_checkpoint_tensors_load_and_every_backend_matches_the_reference()
 
 
 def test_routing_weights_are_a_softmax_over_the_top_k_logits():
-    moe = MoE(H, I, E, 3, dtype=torch.float64)
+    moe = MoE(MoESpec(H, I, E, 3), dtype=torch.float64)
     t = torch.randn(10, H, dtype=torch.float64)
     r = moe.route(t)
     logits = moe.gate(t)

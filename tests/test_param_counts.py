@@ -9,6 +9,8 @@ import torch
 from ossbench.layers.config import get_preset
 from ossbench.layers.ffn import DenseFFN
 from ossbench.layers.moe import MoE
+from ossbench.layers.ffn_spec import FFNSpec
+from ossbench.layers.moe_spec import MoESpec
 from ossbench.layers.params import count_params, ffn_params, moe_params
 
 
@@ -34,14 +36,14 @@ def test_gpt2_small_count_and_tied_unembedding():
 
 
 def test_layer_counts_match_the_modules():
-    moe = MoE(64, 32, 8, 2)
+    moe = MoE(MoESpec(64, 32, 8, 2))
     n_moe = sum(p.numel() for p in moe.parameters())
     assert n_moe == moe_params(64, 32, 8, 2)["total"] + 64  # + the norm scale
-    assert sum(p.numel() for p in MoE(64, 32, 8, 2, expert_bias=False, router_bias=False).parameters()) == \
+    assert sum(p.numel() for p in MoE(MoESpec(64, 32, 8, 2, expert_bias=False, router_bias=False)).parameters()) == \
         moe_params(64, 32, 8, 2, bias=False, router_bias=False)["total"] + 64
     for activation in ("swiglu", "gelu_tanh"):
         for bias in (True, False):
-            ffn = DenseFFN(48, 80, activation, bias=bias)
+            ffn = DenseFFN(FFNSpec(48, 80, activation, bias=bias))
             assert sum(p.numel() for p in ffn.parameters()) == ffn_params(48, 80, activation, bias)
 
 
@@ -57,7 +59,7 @@ def test_attention_count_matches_the_attention_module():
 
 
 def test_mxfp4_module_stores_4_25_bits_per_expert_weight():
-    moe = MoE(64, 32, 8, 2, weights="mxfp4", dtype=torch.bfloat16)
+    moe = MoE(MoESpec(64, 32, 8, 2, weights="mxfp4"), dtype=torch.bfloat16)
     weights = 8 * 3 * 64 * 32
     stored = moe.mlp1_weight.nbytes + moe.mlp2_weight.nbytes
     assert stored == weights * 4.25 / 8

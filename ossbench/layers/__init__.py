@@ -5,12 +5,15 @@ No benchmarking code here: layers never import ossbench.measure or ossbench.repo
 
 from .attention import (Attention, KVCache, RMSNorm, apply_sinks_from_lse, causal_window_block_mask,
                         unsupported_reason)
+from .attention_spec import AttentionSpec
 from .config import PRESETS, ModelConfig, get_preset
+from .ffn_spec import FFNSpec
+from .moe_spec import MoESpec
 from .rope import RopeSpec, RotaryEmbedding, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
 
 __all__ = [
-    "Attention", "KVCache", "RMSNorm", "apply_sinks_from_lse", "causal_window_block_mask",
+    "Attention", "AttentionSpec", "KVCache", "RMSNorm", "apply_sinks_from_lse", "causal_window_block_mask",
     "unsupported_reason",
-    "PRESETS", "ModelConfig", "get_preset",
+    "PRESETS", "ModelConfig", "get_preset", "FFNSpec", "MoESpec",
     "RopeSpec", "RotaryEmbedding", "apply_rotary", "inv_freq_and_concentration", "rotary_cos_sin",
 ]

@@ -1,6 +1,6 @@
 """gpt-oss attention block (and its MHA/MQA/full/no-sink/GPT-2 relatives) with three backends.
 
-One `Attention` module covers: query and KV head counts (MHA, GQA, MQA), head_dim, an attention mask
+One `Attention(spec)` module (the spec: layers/attention_spec.py) covers: query and KV head counts (MHA, GQA, MQA), head_dim, an attention mask
 (causal, sliding window, ... from ossbench.layers.masks), learned attention sinks, RoPE/YaRN or no
 positions, projection biases and the pre-norm.
 Parameter names follow gpt-oss's checkpoint (`norm.scale`, `qkv.weight/bias`, `sinks`, `out.weight/bias`)
@@ -25,7 +25,7 @@ Backends (all compute the same function), registered at the end of this file wit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,14 +35,12 @@ from torch import nn
 from ..backends import Supports, get_backend, layer_method, register_backend
 from ..backends import unsupported_reason as backend_unsupported_reason
 from ..errors import SkipCase
+from .attention_spec import AttentionSpec
 from .config import ModelConfig
 from .masks import Mask, full, layer_mask
 from .masks.blocks import FLEX_BLOCK
 from .norm import RMSNorm
-from .rope import RopeSpec, RotaryEmbedding
-
-NORMS = ("rmsnorm", "layernorm", "none")
-POSITIONS = ("none", "rope", "yarn")
+from .rope import RotaryEmbedding
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)  # enable_gqa appeared in torch 2.5
@@ -79,63 +77,44 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int = 2880, n_heads: int = 64, n_kv_heads: int = 8, head_dim: int = 64, *,
-                 window: int | None = None, mask: Mask | None = None, sinks: bool = True,
-                 positions: str = "yarn", rope: RopeSpec | None = None, bias: bool = True, causal: bool = True,
-                 norm: str = "rmsnorm", norm_eps: float = 1e-5, backend: str = "eager", attn_dropout: float = 0.0,
-                 device: Any = None, dtype: Any = None) -> None:
-        super().__init__()
-        if not 0.0 <= attn_dropout < 1.0:
-            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout}")
-        # GPT-2's attn_pdrop: dropout on the attention probabilities, active only in train mode
-        self.attn_dropout = attn_dropout
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
-        # `window=W` is a convenience for mask=sliding_window(W); without either: causal (or full) attention
-        self.mask = layer_mask(causal=causal, window=window, mask=mask)
-        for name, value, allowed in (("positions", positions, POSITIONS), ("norm", norm, NORMS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        get_backend("attention", backend)  # ValueError naming the registered backends
-        self.hidden, self.n_heads, self.n_kv_heads, self.head_dim = hidden, n_heads, n_kv_heads, head_dim
-        self.causal, self.backend = self.mask.causal, backend
-        self.scale = 1.0 / math.sqrt(head_dim)  # 1/8 for head_dim 64
-        q_width, kv_width = n_heads * head_dim, n_kv_heads * head_dim
-        self.split = (q_width, kv_width, kv_width)
+    """One attention block computing `spec` (its shape, mask, sinks, positions, norm) with `backend`."""
 
-        if norm == "rmsnorm":
-            self.norm = RMSNorm(hidden, norm_eps, device=device)
-        elif norm == "layernorm":  # GPT-2
-            self.norm = nn.LayerNorm(hidden, eps=norm_eps, device=device, dtype=dtype)
+    def __init__(self, spec: AttentionSpec | None = None, *, backend: str = "eager", device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        spec = spec if spec is not None else AttentionSpec()  # the spec validated itself when built
+        get_backend("attention", backend)  # ValueError naming the registered backends
+        self.spec, self.backend = spec, backend
+        self.mask = spec.layer_mask
+        self.hidden, self.n_heads, self.n_kv_heads, self.head_dim = spec.hidden, spec.n_heads, spec.n_kv_heads, \
+            spec.head_dim
+        self.causal, self.positions = self.mask.causal, spec.positions
+        # GPT-2's attn_pdrop, active only in train mode; an attribute so a block can set its own dropout
+        self.attn_dropout = spec.attn_dropout
+        self.scale = 1.0 / math.sqrt(spec.head_dim)  # 1/8 for head_dim 64
+        self.split = (spec.q_width, spec.kv_width, spec.kv_width)
+
+        if spec.norm == "rmsnorm":
+            self.norm = RMSNorm(spec.hidden, spec.norm_eps, device=device)
+        elif spec.norm == "layernorm":  # GPT-2
+            self.norm = nn.LayerNorm(spec.hidden, eps=spec.norm_eps, device=device, dtype=dtype)
         else:
             self.norm = None
-        self.qkv = nn.Linear(hidden, q_width + 2 * kv_width, bias=bias, device=device, dtype=dtype)
+        self.qkv = nn.Linear(spec.hidden, spec.q_width + 2 * spec.kv_width, bias=spec.bias, device=device,
+                             dtype=dtype)
         # sinks: one logit per query head, in head order h = kv_head * (n_heads // n_kv_heads) + j
-        self.sinks = nn.Parameter(torch.zeros(n_heads, device=device, dtype=dtype)) if sinks else None
-        self.out = nn.Linear(q_width, hidden, bias=bias, device=device, dtype=dtype)
-        if positions == "none":
-            self.rope = None
-        else:
-            # gpt-oss's YaRN (factor 32, ...) unless told otherwise; RopeSpec() alone is plain RoPE
-            spec = rope if rope is not None else rope_spec(ModelConfig())
-            if positions == "rope":
-                spec = RopeSpec(theta=spec.theta)  # plain RoPE: no YaRN scaling
-            self.rope = RotaryEmbedding(head_dim, spec)
-        self.positions = positions
+        self.sinks = nn.Parameter(torch.zeros(spec.n_heads, device=device, dtype=dtype)) if spec.sinks else None
+        self.out = nn.Linear(spec.q_width, spec.hidden, bias=spec.bias, device=device, dtype=dtype)
+        self.rope = RotaryEmbedding(spec.head_dim, spec.rope) if spec.rope is not None else None
         self._masks: dict[tuple, Any] = {}  # per-shape masks, built once outside the timed calls
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, layer_idx: int = 0, **overrides: Any) -> Attention:
+    def from_config(cls, cfg: ModelConfig, layer_idx: int = 0, *, backend: str = "eager", device: Any = None,
+                    dtype: Any = None, **spec_changes: Any) -> Attention:
         """The attention block of layer `layer_idx` of a preset (windowed on even gpt-oss layers)."""
-        kwargs: dict[str, Any] = dict(
-            hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-            window=cfg.layer_window(layer_idx), sinks=cfg.sinks,
-            positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",
-            rope=rope_spec(cfg),
-            bias=cfg.qkv_bias, norm=cfg.norm, norm_eps=cfg.norm_eps)
-        if cfg.qkv_bias != cfg.out_bias:
-            raise ValueError("Attention has one bias switch for qkv and out; the preset sets them differently")
-        return cls(**{**kwargs, **overrides})
+        spec = cfg.attention_spec(layer_idx)
+        return cls(replace(spec, **spec_changes) if spec_changes else spec, backend=backend, device=device,
+                   dtype=dtype)
 
     @property
     def window(self) -> int | None:
@@ -407,8 +386,3 @@ def causal_window_block_mask(S: int, window: int | None, device: Any, block: int
     """A flex BlockMask for causal attention over S tokens with an optional window."""
     return layer_mask(window=window).block_mask(S, S, device=device, block=block)
 
-
-def rope_spec(cfg: ModelConfig) -> RopeSpec:
-    """The rotary (YaRN) settings of a preset."""
-    return RopeSpec(cfg.rope_theta, cfg.yarn_factor, cfg.yarn_beta_slow, cfg.yarn_beta_fast,
-                    cfg.yarn_original_context)

@@ -54,8 +54,7 @@ class Block(nn.Module):
         if cfg.n_experts:
             mlp: MoE | DenseFFN = MoE.from_config(cfg, backend=moe_backend, device=device, dtype=dtype)
         else:
-            mlp = DenseFFN.from_config(cfg, norm=cfg.norm, norm_eps=cfg.norm_eps, residual=False, device=device,
-                                       dtype=dtype)
+            mlp = DenseFFN.from_config(cfg, norm=cfg.norm, residual=False, device=device, dtype=dtype)
         return cls(attn, mlp, p)
 
     def new_cache(self, batch: int, max_tokens: int, device: Any = None, dtype: Any = None) -> KVCache:

@@ -10,6 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .attention_spec import AttentionSpec
+from .ffn_spec import FFNSpec
+from .moe_spec import MoESpec
+
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("swiglu", "gelu_tanh")
 POSITIONS = ("yarn", "rope", "learned", "none")
@@ -115,6 +119,35 @@ class ModelConfig:
         if self.window is None or layer_idx % self.window_every:
             return None
         return self.window
+
+    def attention_spec(self, layer_idx: int = 0) -> AttentionSpec:
+        """The attention block of layer `layer_idx` (windowed on even gpt-oss layers) as a spec."""
+        if self.qkv_bias != self.out_bias:
+            raise ValueError("Attention has one bias switch for qkv and out; the preset sets them differently")
+        return AttentionSpec(
+            hidden=self.hidden, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
+            window=self.layer_window(layer_idx), sinks=self.sinks,
+            positions=self.positions if self.positions in ("rope", "yarn") else "none",  # learned: at the embedding
+            bias=self.qkv_bias, rope_theta=self.rope_theta, yarn_factor=self.yarn_factor,
+            yarn_beta_slow=self.yarn_beta_slow, yarn_beta_fast=self.yarn_beta_fast,
+            yarn_original_context=self.yarn_original_context, norm=self.norm, norm_eps=self.norm_eps,
+            attn_dropout=self.dropout)
+
+    def moe_spec(self) -> MoESpec:
+        """The MLP block of a preset with experts (gpt-oss-20b: 32, gpt-oss-120b: 128) as a spec."""
+        if self.n_experts == 0:
+            raise ValueError("this preset has a dense FFN (n_experts = 0); use ffn.DenseFFN")
+        if self.activation != "swiglu":
+            raise ValueError(f"MoE experts use gpt-oss's clamped SwiGLU, the preset has {self.activation!r}")
+        return MoESpec(hidden=self.hidden, intermediate=self.intermediate, n_experts=self.n_experts,
+                       top_k=self.top_k, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
+                       norm_eps=self.norm_eps, router_bias=self.router_bias, expert_bias=self.mlp_bias)
+
+    def ffn_spec(self) -> FFNSpec:
+        """The preset's dense FFN (GPT-2: 4 x hidden, GELU tanh; gpt-oss: one expert's width) without a norm."""
+        return FFNSpec(hidden=self.hidden, activation=self.activation, intermediate=self.intermediate,
+                       bias=self.mlp_bias, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
+                       norm_eps=self.norm_eps)
 
     @property
     def windowed_layers(self) -> int:

@@ -1,12 +1,12 @@
 """Dense feed-forward layers: GPT-2's GELU FFN and a dense version of gpt-oss's clamped SwiGLU expert.
 
-`DenseFFN(hidden, intermediate, activation)` computes `fc2(act(fc1(x)))`:
+`DenseFFN(FFNSpec(hidden, intermediate, activation))` (layers/ffn_spec.py) computes `fc2(act(fc1(x)))`:
 - "gelu_tanh": GPT-2's FFN, fc1 hidden -> intermediate (4 x hidden in GPT-2), GELU with the tanh
   approximation, fc2 back to hidden; both with biases.
 - "swiglu": gpt-oss's expert as one dense layer: fc1 hidden -> 2 x intermediate whose even columns are
   the gate and odd columns the linear half (interleaved, as in gpt-oss's mlp1), `clamped_swiglu`, fc2.
 
-With `norm="rmsnorm"` (or "layernorm") and `residual=True` it becomes a whole pre-norm MLP block,
+With the spec's `norm="rmsnorm"` (or "layernorm") and `residual=True` it becomes a whole pre-norm MLP block,
 `x + fc2(act(fc1(norm(x))))`, the same shape of computation as gpt-oss's MLPBlock (see `moe.MoE`), so a
 dense FFN and an MoE can be compared block for block.
 
@@ -16,6 +16,7 @@ dense FFN and an MoE can be compared block for block.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -23,10 +24,9 @@ from torch import nn
 
 from .activation import clamped_swiglu, gelu_tanh  # re-exported: moe and tests import them from here
 from .config import ModelConfig
+from .ffn_spec import FFNSpec
 from .norm import RMSNorm
 from .params import fc1_width, matched_intermediate, moe_params
-
-ACTIVATIONS = ("swiglu", "gelu_tanh")
 
 
 def matched_ffn_intermediate(match: Literal["active", "total"], hidden: int, expert_intermediate: int,
@@ -40,33 +40,33 @@ def matched_ffn_intermediate(match: Literal["active", "total"], hidden: int, exp
 
 
 class DenseFFN(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, activation: str = "gelu_tanh", *, bias: bool = True,
-                 norm: str | None = None, norm_eps: float = 1e-5, residual: bool = False,
-                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0, device: Any = None,
+    """The FFN `spec` describes; `residual=True` adds x back (a whole block, when the spec has a norm)."""
+
+    def __init__(self, spec: FFNSpec | None = None, *, residual: bool = False, device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if norm not in (None, "rmsnorm", "layernorm"):
-            raise ValueError(f"norm must be None, 'rmsnorm' or 'layernorm', got {norm!r}")
+        spec = spec if spec is not None else FFNSpec()  # the spec validated itself when built
+        self.spec, self.residual = spec, residual
+        hidden, intermediate, activation = spec.hidden, spec.intermediate, spec.activation
         self.hidden, self.intermediate, self.activation = hidden, intermediate, activation
-        self.swiglu_alpha, self.swiglu_limit, self.residual = swiglu_alpha, swiglu_limit, residual
-        if norm == "rmsnorm":
-            self.norm = RMSNorm(hidden, norm_eps, device=device)
-        elif norm == "layernorm":
-            self.norm = nn.LayerNorm(hidden, eps=norm_eps, device=device, dtype=dtype)
+        self.swiglu_alpha, self.swiglu_limit = spec.swiglu_alpha, spec.swiglu_limit
+        if spec.norm == "rmsnorm":
+            self.norm = RMSNorm(hidden, spec.norm_eps, device=device)
+        elif spec.norm == "layernorm":
+            self.norm = nn.LayerNorm(hidden, eps=spec.norm_eps, device=device, dtype=dtype)
         else:
             self.norm = None
-        self.fc1 = nn.Linear(hidden, fc1_width(intermediate, activation), bias=bias, device=device, dtype=dtype)
-        self.fc2 = nn.Linear(intermediate, hidden, bias=bias, device=device, dtype=dtype)
+        self.fc1 = nn.Linear(hidden, fc1_width(intermediate, activation), bias=spec.bias, device=device,
+                             dtype=dtype)
+        self.fc2 = nn.Linear(intermediate, hidden, bias=spec.bias, device=device, dtype=dtype)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, intermediate: int | None = None, **overrides: Any) -> DenseFFN:
-        """The dense FFN of a preset (GPT-2: 4 x hidden, GELU tanh), without norm or residual."""
-        kwargs: dict[str, Any] = dict(hidden=cfg.hidden, intermediate=intermediate or cfg.intermediate,
-                                      activation=cfg.activation, bias=cfg.mlp_bias,
-                                      swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit)
-        return cls(**{**kwargs, **overrides})
+    def from_config(cls, cfg: ModelConfig, *, residual: bool = False, device: Any = None, dtype: Any = None,
+                    **spec_changes: Any) -> DenseFFN:
+        """The dense FFN of a preset (GPT-2: 4 x hidden, GELU tanh), by default without norm or residual."""
+        spec = cfg.ffn_spec()
+        return cls(replace(spec, **spec_changes) if spec_changes else spec, residual=residual, device=device,
+                   dtype=dtype)
 
     def act(self, h: torch.Tensor) -> torch.Tensor:
         if self.activation == "swiglu":

@@ -1,6 +1,6 @@
 """gpt-oss's mixture-of-experts MLP block with three interchangeable backends.
 
-`MoE(hidden, intermediate, n_experts, top_k)` is gpt-oss's MLPBlock: `forward(x)` returns
+`MoE(MoESpec(hidden, intermediate, n_experts, top_k))` (layers/moe_spec.py) is gpt-oss's MLPBlock: `forward(x)` returns
 `x + experts(norm(x))` (pre-norm and residual add inside the block; `update(x)` leaves the residual out).
 - norm:   RMSNorm with an fp32 `scale`.
 - router: `gate`, a linear layer with bias, hidden -> n_experts logits; each token takes the top_k logits
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,11 +42,11 @@ from torch import nn
 from ..backends import get_backend, layer_method, register_backend
 from .config import ModelConfig
 from .ffn import clamped_swiglu
+from .moe_spec import MoESpec
 from .mxfp4 import MXFP4Weight, quantize
 from .norm import RMSNorm
 
 GROUPED_IMPLS = ("auto", "grouped_mm", "padded_bmm")
-WEIGHT_FORMATS = ("dtype", "mxfp4")  # "dtype": expert weights in the module's dtype
 QUANTIZE_CHUNK = 1 << 26  # float32 values drawn and quantized at once when building MXFP4 weights
 
 
@@ -107,24 +107,22 @@ def grouped_mm_unsupported_reason(device: str, dtype: torch.dtype, in_features: 
 
 
 class MoE(nn.Module):
-    def __init__(self, hidden: int = 2880, intermediate: int = 2880, n_experts: int = 32, top_k: int = 4, *,
-                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0, norm_eps: float = 1e-5,
-                 router_bias: bool = True, expert_bias: bool = True, weights: str = "dtype",
-                 backend: str = "grouped", grouped_impl: str = "auto", device: Any = None,
-                 dtype: Any = None, generator: torch.Generator | None = None) -> None:
+    """gpt-oss's MLP block computing `spec`; `backend` and `grouped_impl` choose how the experts run."""
+
+    def __init__(self, spec: MoESpec | None = None, *, backend: str = "grouped", grouped_impl: str = "auto",
+                 device: Any = None, dtype: Any = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if not 0 < top_k <= n_experts:
-            raise ValueError(f"top_k must be in 1..n_experts ({n_experts}), got {top_k}")
-        for name, value, allowed in (("grouped_impl", grouped_impl, GROUPED_IMPLS),
-                                     ("weights", weights, WEIGHT_FORMATS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        spec = spec if spec is not None else MoESpec()  # the spec validated itself when built
+        if grouped_impl not in GROUPED_IMPLS:
+            raise ValueError(f"grouped_impl must be one of {GROUPED_IMPLS}, got {grouped_impl!r}")
         get_backend("moe", backend)  # ValueError naming the registered backends
-        self.hidden, self.intermediate, self.n_experts, self.top_k = hidden, intermediate, n_experts, top_k
-        self.swiglu_alpha, self.swiglu_limit = swiglu_alpha, swiglu_limit
+        self.spec = spec
+        hidden, intermediate, n_experts, weights = spec.hidden, spec.intermediate, spec.n_experts, spec.weights
+        self.hidden, self.intermediate, self.n_experts, self.top_k = hidden, intermediate, n_experts, spec.top_k
+        self.swiglu_alpha, self.swiglu_limit = spec.swiglu_alpha, spec.swiglu_limit
         self.backend, self.grouped_impl, self.weights = backend, grouped_impl, weights
-        self.norm = RMSNorm(hidden, norm_eps, device=device)
-        self.gate = nn.Linear(hidden, n_experts, bias=router_bias, device=device, dtype=dtype)
+        self.norm = RMSNorm(hidden, spec.norm_eps, device=device)
+        self.gate = nn.Linear(hidden, n_experts, bias=spec.router_bias, device=device, dtype=dtype)
         w1_shape, w2_shape = (n_experts, 2 * intermediate, hidden), (n_experts, hidden, intermediate)
         if weights == "mxfp4":
             self.mlp1_weight = MXFP4Weight(w1_shape, device=device)
@@ -132,7 +130,7 @@ class MoE(nn.Module):
         else:
             self.mlp1_weight = nn.Parameter(torch.empty(w1_shape, device=device, dtype=dtype))
             self.mlp2_weight = nn.Parameter(torch.empty(w2_shape, device=device, dtype=dtype))
-        if expert_bias:
+        if spec.expert_bias:
             self.mlp1_bias = nn.Parameter(torch.empty(n_experts, 2 * intermediate, device=device, dtype=dtype))
             self.mlp2_bias = nn.Parameter(torch.empty(n_experts, hidden, device=device, dtype=dtype))
         else:
@@ -142,17 +140,13 @@ class MoE(nn.Module):
         self.reset_parameters(generator)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, **overrides: Any) -> MoE:
+    def from_config(cls, cfg: ModelConfig, *, backend: str = "grouped", grouped_impl: str = "auto",
+                    device: Any = None, dtype: Any = None, generator: torch.Generator | None = None,
+                    **spec_changes: Any) -> MoE:
         """The MLP block of a preset with experts (gpt-oss-20b: 32 experts, gpt-oss-120b: 128)."""
-        if cfg.n_experts == 0:
-            raise ValueError("this preset has a dense FFN (n_experts = 0); use ffn.DenseFFN")
-        if cfg.activation != "swiglu":
-            raise ValueError(f"MoE experts use gpt-oss's clamped SwiGLU, the preset has {cfg.activation!r}")
-        kwargs: dict[str, Any] = dict(
-            hidden=cfg.hidden, intermediate=cfg.intermediate, n_experts=cfg.n_experts, top_k=cfg.top_k,
-            swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit, norm_eps=cfg.norm_eps,
-            router_bias=cfg.router_bias, expert_bias=cfg.mlp_bias)
-        return cls(**{**kwargs, **overrides})
+        spec = cfg.moe_spec()
+        return cls(replace(spec, **spec_changes) if spec_changes else spec, backend=backend,
+                   grouped_impl=grouped_impl, device=device, dtype=dtype, generator=generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, bias_std: float = 0.1) -> None:

@@ -22,22 +22,23 @@ Cost model (per call of `fn`; see docs/attention.md):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from ..errors import SkipCase
 from ..layers import masks
 from ..layers.attention import Attention, KVCache, unsupported_reason
+from ..layers.attention_spec import AttentionSpec
 from ..layers.config import ModelConfig
-from ..layers.rope import RopeSpec
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .attention_reference import reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
-from .fields import backend_of, cross_field_error, fits_memory, yarn_ramp_fits
+from .fields import backend_of, cross_field_error, fits_memory
+from .spec_params import spec_of, spec_params_model
 
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
 # Allowed max|out - ref| / max|ref| per dtype. A block chains about five roundings (input cast, qkv
@@ -47,8 +48,8 @@ WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual s
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
-class AttentionParams(BaseModel):
-    """One attention case. Fields are ordered so that cross-field checks see the fields they need."""
+class AttentionAxes(BaseModel):
+    """The run axes of an attention case; AttentionParams adds every AttentionSpec field after them."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
@@ -57,118 +58,59 @@ class AttentionParams(BaseModel):
     batch: PositiveInt
     seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
     kv_len: PositiveInt = Field(description="cached tokens before the decoded one (unused in prefill/train)")
-    hidden: PositiveInt
-    n_heads: PositiveInt
-    n_kv_heads: PositiveInt
-    head_dim: PositiveInt
-    window: PositiveInt | None = Field(description="None: full attention; W: a query sees itself and W-1 "
-                                                   "earlier tokens")
-    sinks: bool
-    positions: Literal["none", "rope", "yarn"]
-    bias: bool
-    causal: bool
-    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
-    yarn_factor: float = Field(ge=1.0, description="1: no YaRN scaling (used only with positions=yarn)")
-    yarn_beta_slow: PositiveFloat
-    yarn_beta_fast: PositiveFloat
-    yarn_original_context: PositiveInt
-    norm: Literal["rmsnorm", "layernorm", "none"] = Field(description="pre-norm inside the block")
-    norm_eps: PositiveFloat
-    mask: str | None = Field(None, description="an attention mask by name (ossbench.layers.masks), e.g. "
-                                               "window128 or and(chunk8192,window128); null: causal, or "
-                                               "`window` when set (window and mask are exclusive)")
 
-    @field_validator("n_kv_heads")
-    @classmethod
-    def _divides_heads(cls, v: int, info: ValidationInfo) -> int:
-        n_heads = info.data.get("n_heads")
-        if n_heads is not None and n_heads % v:
-            raise cross_field_error(f"n_kv_heads ({v}) must divide n_heads ({n_heads})", "n_heads", "n_kv_heads")
-        return v
-
-    @field_validator("window")
-    @classmethod
-    def _window_fits(cls, v: int | None, info: ValidationInfo) -> int | None:
-        mode = info.data.get("mode")
-        if v is None or mode is None:
-            return v
-        if mode == "decode":
-            kv_len = info.data.get("kv_len")
-            if kv_len is not None and v > kv_len:
-                raise cross_field_error(f"window {v} is longer than the cache (kv_len {kv_len}): it would be "
-                                        f"full attention; use window: null or a longer kv_len", "kv_len", "window")
-        else:
-            seq_len = info.data.get("seq_len")
-            if seq_len is not None and v > seq_len:
-                raise cross_field_error(f"window {v} is longer than seq_len {seq_len}: it would be full "
-                                        f"attention; use window: null or a longer seq_len", "seq_len", "window")
-        return v
-
-    @field_validator("positions")
-    @classmethod
-    def _even_head_dim(cls, v: str, info: ValidationInfo) -> str:
-        head_dim = info.data.get("head_dim")
-        if v != "none" and head_dim is not None and head_dim % 2:
-            raise cross_field_error(f"rotary positions need an even head_dim, got {head_dim}", "head_dim", "positions")
-        return v
-
-    @field_validator("causal")
-    @classmethod
-    def _causal_needed(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v and info.data.get("window") is not None:
-            raise ValueError("causal: false with a window: the sliding window is defined only for causal "
-                             "attention (a query sees itself and earlier tokens)")
-        if not v and info.data.get("mode") == "decode":
-            raise ValueError("causal: false in decode mode: decoding one token against a cache is causal")
-        return v
-
-    @field_validator("yarn_beta_fast")
-    @classmethod
-    def _betas_ordered(cls, v: float, info: ValidationInfo) -> float:
-        slow = info.data.get("yarn_beta_slow")
-        if slow is not None and not slow < v:
-            raise cross_field_error(f"yarn_beta_fast ({v}) must be greater than yarn_beta_slow ({slow})",
-                                    "yarn_beta_slow", "yarn_beta_fast")
-        return v
-
-    _yarn = field_validator("yarn_original_context")(yarn_ramp_fits)
-    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: attention_cost(p, dtype_bytes).bytes))
-
-    @field_validator("mask")
-    @classmethod
-    def _mask_known(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        mask = masks.parse(v)
-        masks.layer_mask(causal=info.data.get("causal", True), window=info.data.get("window"), mask=mask)
-        return mask.name  # the canonical spelling
+    @property
+    def spec(self) -> AttentionSpec:
+        return spec_of(self, AttentionSpec)
 
     @property
     def layer_mask(self) -> masks.Mask:
         """The mask object the layer, the cost model and the reference all use."""
-        return masks.layer_mask(causal=self.causal, window=self.window,
-                                mask=masks.parse(self.mask) if self.mask is not None else None)
+        return self.spec.layer_mask
 
-    @property
-    def rope(self) -> RopeSpec:
-        return RopeSpec(self.rope_theta, self.yarn_factor, self.yarn_beta_slow, self.yarn_beta_fast,
-                        self.yarn_original_context)
+
+def _window_fits(cls: type, v: int | None, info: ValidationInfo) -> int | None:
+    """A window no shorter than the case's tokens would be full attention: refused (an axis rule)."""
+    mode = info.data.get("mode")
+    if v is None or mode is None:
+        return v
+    if mode == "decode":
+        kv_len = info.data.get("kv_len")
+        if kv_len is not None and v > kv_len:
+            raise cross_field_error(f"window {v} is longer than the cache (kv_len {kv_len}): it would be "
+                                    f"full attention; use window: null or a longer kv_len", "kv_len", "window")
+    else:
+        seq_len = info.data.get("seq_len")
+        if seq_len is not None and v > seq_len:
+            raise cross_field_error(f"window {v} is longer than seq_len {seq_len}: it would be full "
+                                    f"attention; use window: null or a longer seq_len", "seq_len", "window")
+    return v
+
+
+def _causal_decode(cls: type, v: bool, info: ValidationInfo) -> bool:
+    if not v and info.data.get("mode") == "decode":
+        raise ValueError("causal: false in decode mode: decoding one token against a cache is causal")
+    return v
+
+
+# The attention family times the block as it is used for inference (and its gradient); dropout on the
+# probabilities is the block family's (GPT-2's attn_pdrop there), so attn_dropout stays at 0 here.
+AttentionParams = spec_params_model("AttentionParams", AttentionAxes, AttentionSpec, exclude=("attn_dropout",),
+                                    validators={
+    "_window_fits": field_validator("window")(classmethod(_window_fits)),
+    "_causal_decode": field_validator("causal")(classmethod(_causal_decode)),
+    "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: attention_cost(p, dtype_bytes).bytes)),
+})
+AttentionParams.__doc__ = "One attention case: the run axes, then the AttentionSpec fields (ossbench/layers)."
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """A full-attention (not windowed) layer with the preset's heads, in prefill over 4096 tokens."""
     context = min(4096, cfg.max_position)
-    return dict(
-        # flex: the one backend that expresses every gpt-oss variant (sinks through the log-sum-exp) on a GPU
-        mode="prefill", backend="flex", batch=1, seq_len=context, kv_len=context,
-        hidden=cfg.hidden, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-        window=None, sinks=cfg.sinks,
-        positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",  # learned: at the embedding
-        bias=cfg.qkv_bias, causal=True,
-        rope_theta=cfg.rope_theta, yarn_factor=cfg.yarn_factor, yarn_beta_slow=cfg.yarn_beta_slow,
-        yarn_beta_fast=cfg.yarn_beta_fast, yarn_original_context=cfg.yarn_original_context,
-        norm=cfg.norm, norm_eps=cfg.norm_eps,
-    )
+    spec = dataclasses.asdict(cfg.attention_spec(0))
+    spec.pop("attn_dropout")
+    # flex: the one backend that expresses every gpt-oss variant (sinks through the log-sum-exp) on a GPU
+    return dict(mode="prefill", backend="flex", batch=1, seq_len=context, kv_len=context, **{**spec, "window": None})
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -273,11 +215,11 @@ def attention_cost(p: AttentionParams, dtype_bytes: int) -> Cost:
 
 
 # --- building
-def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Attention:
+def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: torch.Generator, *,
+                attn_dropout: float = 0.0) -> Attention:
     """The block with fresh random weights (never zeros: zero weights make kernels take shortcuts)."""
-    module = Attention(p.hidden, p.n_heads, p.n_kv_heads, p.head_dim, mask=p.layer_mask, sinks=p.sinks,
-                       positions=p.positions, rope=p.rope, bias=p.bias, causal=p.causal, norm=p.norm,
-                       norm_eps=p.norm_eps, backend=p.backend, device=device, dtype=dtype)
+    spec = dataclasses.replace(p.spec, attn_dropout=attn_dropout) if attn_dropout else p.spec
+    module = Attention(spec, backend=p.backend, device=device, dtype=dtype)
     with torch.no_grad():
         for name, param in module.named_parameters():
             noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)

@@ -235,13 +235,13 @@ def block_cost(p: BlockParams, dtype_bytes: int, tokens_per_expert: list[int] | 
 # --- building
 def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Block:
     """The block with the attention and moe/ffn families' random weights."""
-    attn = make_module(p.attention_params(), device, dtype, generator)
+    # GPT-2's attn_pdrop; the attention family itself never drops out
+    attn = make_module(p.attention_params(), device, dtype, generator, attn_dropout=p.dropout)
     mp = p.mlp_params()
     if isinstance(mp, MoEParams):
         mlp = make_moe(mp, device, dtype, generator)
     else:
         mlp = make_ffn(mp, device, dtype, generator, residual=False)
-    attn.attn_dropout = p.dropout  # GPT-2's attn_pdrop; the attention family itself never drops out
     return Block(attn, mlp, p.dropout)
 
 

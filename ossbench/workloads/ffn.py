@@ -19,19 +19,22 @@ Cost model (per call; docs/moe.md):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationInfo, \
-    field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
+from ..layers.ffn_spec import FFNSpec
 from ..layers.params import fc1_width, ffn_params, norm_params
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import default_tokens, fits_memory, top_k_fits
+from .spec_params import spec_of, spec_params_model
 
 # Allowed max|out - ref| / max|ref| per dtype. An FFN rounds its input, fc1's output, the activation's
 # intermediate results (about five elementwise ops, each rounded in 16-bit dtypes), and fc2's output: with
@@ -47,60 +50,58 @@ ACTIVATION_FLOPS = {"swiglu": 7, "gelu_tanh": 9}
 Mode = Literal["prefill", "decode", "train"]
 
 
-class FFNParams(BaseModel):
-    """One dense FFN case. Fields are ordered so that cross-field checks see the fields they need."""
+class FFNAxes(BaseModel):
+    """The run axes of an FFN case; FFNParams adds every FFNSpec field, then the MoE that `match` sizes it
+    after."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     mode: Mode
     tokens: PositiveInt | None = Field(None, validate_default=True,
                                        description="tokens per call; null: 4096 (prefill, train) or 1 (decode)")
-    hidden: PositiveInt
-    activation: Literal["swiglu", "gelu_tanh"] = Field(description="swiglu: gpt-oss's clamped SwiGLU on "
-                                                                   "interleaved columns; gelu_tanh: GPT-2")
-    intermediate: PositiveInt = Field(description="FFN width (replaced by the matched width when match is set)")
-    bias: bool
-    swiglu_alpha: PositiveFloat
-    swiglu_limit: PositiveFloat
-    norm: Literal["none", "rmsnorm", "layernorm"] = Field(description="none: the FFN alone; else a pre-norm "
-                                                                      "block with residual add")
-    norm_eps: PositiveFloat
-    n_experts: NonNegativeInt = Field(description="experts of the MoE that `match` sizes the FFN after")
-    top_k: NonNegativeInt = Field(description="experts per token of that MoE")
-    expert_intermediate: PositiveInt | None = Field(description="expert width of that MoE")
-    match: Literal["none", "active", "total"] = Field(description="active/total: intermediate chosen so the FFN "
-                                                                  "has the MoE's active/total parameters")
 
     _tokens = field_validator("tokens")(default_tokens)
 
-    _top_k = field_validator("top_k")(top_k_fits)
+    @property
+    def spec(self) -> FFNSpec:
+        return spec_of(self, FFNSpec)
 
-    @field_validator("match")
-    @classmethod
-    def _match_needs_moe(cls, v: str, info: ValidationInfo) -> str:
-        d = info.data
-        if v != "none" and not (d.get("n_experts") and d.get("top_k") and d.get("expert_intermediate")):
-            raise ValueError(f"match: {v} sizes the FFN after an MoE: it needs n_experts, top_k and "
-                             f"expert_intermediate (this preset has no experts; set them)")
-        return v
 
-    @model_validator(mode="after")
-    def _matched_width(self) -> FFNParams:
-        if self.match != "none":
-            self.intermediate = matched_ffn_intermediate(
-                self.match, self.hidden, self.expert_intermediate, self.n_experts, self.top_k,
-                activation=self.activation, bias=self.bias, router_bias=self.bias)
-        return self
+def _match_needs_moe(cls: type, v: str, info: ValidationInfo) -> str:
+    d = info.data
+    if v != "none" and not (d.get("n_experts") and d.get("top_k") and d.get("expert_intermediate")):
+        raise ValueError(f"match: {v} sizes the FFN after an MoE: it needs n_experts, top_k and "
+                         f"expert_intermediate (this preset has no experts; set them)")
+    return v
 
-    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: ffn_cost(
-        p.mode, p.tokens, p.hidden, p.intermediate, p.activation, p.bias, p.norm, dtype_bytes).bytes))
+
+def _matched_width(self: Any) -> Any:
+    if self.match != "none":
+        self.intermediate = matched_ffn_intermediate(
+            self.match, self.hidden, self.expert_intermediate, self.n_experts, self.top_k,
+            activation=self.activation, bias=self.bias, router_bias=self.bias)
+    return self
+
+
+FFNParams = spec_params_model("FFNParams", FFNAxes, FFNSpec, after={
+    "n_experts": (NonNegativeInt, Field(description="experts of the MoE that `match` sizes the FFN after")),
+    "top_k": (NonNegativeInt, Field(description="experts per token of that MoE")),
+    "expert_intermediate": (PositiveInt | None, Field(description="expert width of that MoE")),
+    "match": (Literal["none", "active", "total"], Field(description="active/total: intermediate chosen so the "
+                                                                    "FFN has the MoE's active/total parameters")),
+}, validators={
+    "_top_k": field_validator("top_k")(top_k_fits),
+    "_match_needs_moe": field_validator("match")(classmethod(_match_needs_moe)),
+    "_matched_width": model_validator(mode="after")(_matched_width),
+    "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: ffn_cost(
+        p.mode, p.tokens, p.hidden, p.intermediate, p.activation, p.bias, p.norm, dtype_bytes).bytes)),
+})
+FFNParams.__doc__ = "One dense FFN case: the run axes, the FFNSpec fields, then the MoE `match` sizes it after."
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's own FFN (GPT-2: 4 x hidden GELU; gpt-oss: one expert's width, SwiGLU), no norm."""
-    return dict(mode="prefill", tokens=None, hidden=cfg.hidden, activation=cfg.activation,
-                intermediate=cfg.intermediate, bias=cfg.mlp_bias, swiglu_alpha=cfg.swiglu_alpha,
-                swiglu_limit=cfg.swiglu_limit, norm="none", norm_eps=cfg.norm_eps, n_experts=cfg.n_experts,
+    return dict(mode="prefill", tokens=None, **dataclasses.asdict(cfg.ffn_spec()), n_experts=cfg.n_experts,
                 top_k=cfg.top_k, expert_intermediate=cfg.intermediate if cfg.n_experts else None, match="none")
 
 
@@ -134,10 +135,8 @@ def ffn_cost(mode: str, tokens: int, hidden: int, intermediate: int, activation:
 def make_ffn(p: FFNParams, device: Any, dtype: torch.dtype, generator: torch.Generator, *,
              residual: bool | None = None) -> DenseFFN:
     """The FFN with random weights: std 1/sqrt(fan_in) (unit-scale outputs), biases std 0.1."""
-    norm = None if p.norm == "none" else p.norm
-    module = DenseFFN(p.hidden, p.intermediate, p.activation, bias=p.bias, norm=norm, norm_eps=p.norm_eps,
-                      residual=norm is not None if residual is None else residual, swiglu_alpha=p.swiglu_alpha,
-                      swiglu_limit=p.swiglu_limit, device=device, dtype=dtype)
+    module = DenseFFN(p.spec, residual=p.norm != "none" if residual is None else residual, device=device,
+                      dtype=dtype)
     init_dense_ffn_(module, generator)
     return module
 

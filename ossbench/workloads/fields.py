@@ -10,7 +10,9 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationInfo
 from pydantic_core import PydanticCustomError, core_schema
 
 from ..backends import backend_names, unknown_backend_hint
-from ..layers.rope import RopeSpec, yarn_ramp_bounds
+from ..layers import attention_spec
+from ..layers.rope import RopeSpec
+from ..layers.spec import SpecError
 
 DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
 
@@ -53,16 +55,13 @@ def cross_field_error(text: str, *fields: str) -> PydanticCustomError:
     return PydanticCustomError("cross_field", text.replace("{", "{{").replace("}", "}}"), {"fields": fields})
 
 
-RAMP_FIELDS = ("head_dim", "rope_theta", "yarn_beta_slow", "yarn_beta_fast", "yarn_original_context", "positions")
-
-
 def check_yarn_ramp(head_dim: int, spec: RopeSpec) -> None:
-    """YaRN's ramp between beta_fast and beta_slow must fall inside the head's rotation pairs."""
+    """YaRN's ramp between beta_fast and beta_slow must fall inside the head's rotation pairs (the rule
+    AttentionSpec declares, as a cross-field error of a params model)."""
     try:
-        yarn_ramp_bounds(head_dim, spec)
-    except ValueError as e:
-        raise cross_field_error(f"{e}; these come from head_dim, rope_theta, yarn_beta_slow, yarn_beta_fast and "
-                                f"yarn_original_context", *RAMP_FIELDS) from None
+        attention_spec.check_yarn_ramp(head_dim, spec)
+    except SpecError as e:
+        raise cross_field_error(str(e), *e.fields) from None
 
 
 def yarn_ramp_fits(cls: type, v: int, info: ValidationInfo) -> int:

@@ -31,21 +31,24 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationInfo, \
-    field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 from ..backends import unsupported_reason
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.moe import MoE, grouped_mm_unsupported_reason, load_max_over_mean, zipf_router_bias
-from ..layers.mxfp4 import BLOCK, bytes_per_value
+from ..layers.ffn_spec import FFNSpec
+from ..layers.moe_spec import MoESpec
+from ..layers.mxfp4 import bytes_per_value
 from ..layers.params import moe_params
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
 from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
-from .fields import backend_of, cross_field_error, default_tokens, fits_memory, top_k_fits
+from .fields import backend_of, cross_field_error, default_tokens, fits_memory
+from .spec_params import spec_of, spec_params_model
 
 GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered weights need more of the free memory
 # Two router logits closer than this (relative to the token's largest |logit|, in units of the dtype's
@@ -54,8 +57,8 @@ GATHER_MEMORY_FRACTION = 0.6  # the gather backend is skipped when its gathered 
 ROUTING_TIE_EPS = 4
 
 
-class MoEParams(BaseModel):
-    """One MoE (or matched dense) case. Fields are ordered so that cross-field checks see what they need."""
+class MoEAxes(BaseModel):
+    """The run axes of an MoE case; MoEParams adds every MoESpec field, then `skew` and `dense`."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -65,52 +68,41 @@ class MoEParams(BaseModel):
         description="grouped backend's kernel: torch._grouped_mm, zero-padded torch.bmm, or auto (probe)")
     tokens: PositiveInt | None = Field(None, validate_default=True,
                                        description="tokens per call; null: 4096 (prefill, train) or 1 (decode)")
-    hidden: PositiveInt
-    intermediate: PositiveInt = Field(description="width of one expert (its mlp1 has 2x this many outputs)")
-    n_experts: PositiveInt
-    top_k: PositiveInt = Field(description="experts per token")
-    swiglu_alpha: PositiveFloat
-    swiglu_limit: PositiveFloat
-    norm_eps: PositiveFloat
-    router_bias: bool
-    expert_bias: bool
-    weights: Literal["dtype", "mxfp4"] = Field(description="expert weights in the case's dtype, or packed MXFP4 "
-                                                           "decoded on the fly")
-    skew: NonNegativeFloat = Field(description="0: the random router's natural load; s > 0: Zipf(s) expert "
-                                               "popularity")
-    dense: Literal["none", "active", "total"] = Field(description="active/total: a dense SwiGLU block with the "
-                                                                  "MoE's active/total parameters instead")
 
     _tokens = field_validator("tokens")(default_tokens)
 
-    _top_k = field_validator("top_k")(top_k_fits)
+    @property
+    def spec(self) -> MoESpec:
+        return spec_of(self, MoESpec)
 
-    @field_validator("weights")
-    @classmethod
-    def _mxfp4_fits(cls, v: str, info: ValidationInfo) -> str:
-        if v != "mxfp4":
-            return v
-        d = info.data
-        for name in ("hidden", "intermediate"):
-            if d.get(name) is not None and d[name] % BLOCK:
-                raise ValueError(f"weights: mxfp4 packs blocks of {BLOCK} along the input dimension: {name} "
-                                 f"({d[name]}) must be a multiple of {BLOCK}")
-        if d.get("mode") == "train":
-            raise ValueError("weights: mxfp4 is a storage format for inference: train mode needs the expert "
-                             "weights in a float dtype")
-        return v
 
-    @field_validator("skew")
-    @classmethod
-    def _skew_needs_bias(cls, v: float, info: ValidationInfo) -> float:
-        if v > 0 and info.data.get("router_bias") is False:
-            raise cross_field_error("skew is applied through the router bias: it needs router_bias: true",
-                                    "router_bias", "skew")
-        return v
+def _mxfp4_inference_only(cls: type, v: str, info: ValidationInfo) -> str:
+    if v == "mxfp4" and info.data.get("mode") == "train":
+        raise ValueError("weights: mxfp4 is a storage format for inference: train mode needs the expert "
+                         "weights in a float dtype")
+    return v
 
+
+def _skew_needs_bias(cls: type, v: float, info: ValidationInfo) -> float:
+    if v > 0 and info.data.get("router_bias") is False:
+        raise cross_field_error("skew is applied through the router bias: it needs router_bias: true",
+                                "router_bias", "skew")
+    return v
+
+
+MoEParams = spec_params_model("MoEParams", MoEAxes, MoESpec, after={
+    "skew": (NonNegativeFloat, Field(description="0: the random router's natural load; s > 0: Zipf(s) expert "
+                                                 "popularity")),
+    "dense": (Literal["none", "active", "total"], Field(description="active/total: a dense SwiGLU block with "
+                                                                    "the MoE's active/total parameters instead")),
+}, validators={
+    "_mxfp4_inference_only": field_validator("weights")(classmethod(_mxfp4_inference_only)),
+    "_skew_needs_bias": field_validator("skew")(classmethod(_skew_needs_bias)),
     # every expert is held in memory, so all of them count (the cost model's bytes count those touched)
-    _memory = model_validator(mode="after")(fits_memory(
-        lambda p, dtype_bytes: moe_cost(p, dtype_bytes, [1] * p.n_experts).bytes))
+    "_memory": model_validator(mode="after")(fits_memory(
+        lambda p, dtype_bytes: moe_cost(p, dtype_bytes, [1] * p.n_experts).bytes)),
+})
+MoEParams.__doc__ = "One MoE (or matched dense) case: the run axes, the MoESpec fields, skew and dense."
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
@@ -168,10 +160,8 @@ def moe_cost(p: MoEParams, dtype_bytes: int, tokens_per_expert: list[int]) -> Co
 
 # --- building
 def make_moe(p: MoEParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> MoE:
-    module = MoE(p.hidden, p.intermediate, p.n_experts, p.top_k, swiglu_alpha=p.swiglu_alpha,
-                 swiglu_limit=p.swiglu_limit, norm_eps=p.norm_eps, router_bias=p.router_bias,
-                 expert_bias=p.expert_bias, weights=p.weights, backend=p.backend, grouped_impl=p.grouped_impl,
-                 device=device, dtype=dtype, generator=generator)
+    module = MoE(p.spec, backend=p.backend, grouped_impl=p.grouped_impl, device=device, dtype=dtype,
+                 generator=generator)
     init_norm_(module.norm, generator)
     return module
 
@@ -240,9 +230,9 @@ def build(params: MoEParams, device: Any, dtype: torch.dtype, *, seed: int = DEF
 def build_dense(p: MoEParams, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> Workload:
     width = matched_ffn_intermediate(p.dense, p.hidden, p.intermediate, p.n_experts, p.top_k,
                                      bias=p.expert_bias, router_bias=p.router_bias)
-    module = DenseFFN(p.hidden, width, "swiglu", bias=p.expert_bias, norm="rmsnorm", norm_eps=p.norm_eps,
-                      residual=True, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit, device=device,
-                      dtype=dtype)
+    spec = FFNSpec(hidden=p.hidden, activation="swiglu", intermediate=width, bias=p.expert_bias,
+                   swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit, norm="rmsnorm", norm_eps=p.norm_eps)
+    module = DenseFFN(spec, residual=True, device=device, dtype=dtype)
     init_dense_ffn_(module, generator)
     workload = dense_workload(module, p.mode, p.tokens, device, dtype, generator)
     workload.cost.extra["dense_intermediate"] = float(width)
