@@ -111,7 +111,7 @@ def replay_case(suite_path: str, case_id: str, suite_profile: str, device: str, 
     torch.manual_seed(seed)
     torch.cuda.set_device(torch.device(device))
     family = get_family(case.family)
-    workload = family.build(family.params_model.model_validate(case.params_dict), torch.device(device),
+    workload = family.build(family.validate(case.params_dict), torch.device(device),
                             getattr(torch, case.dtype), seed=seed)
     for _ in range(2):  # compilation and autotuning stay outside the profiled range
         workload.fn()

@@ -249,7 +249,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         if device.is_cuda:
             torch.cuda.set_device(device.torch_device)
         watch.start()
-        params = family.params_model.model_validate(case.params_dict)
+        params = family.validate(case.params_dict)
         workload = family.build(params, device.torch_device, getattr(torch, case.dtype), seed=seed)
         watch.mark_built()
         record.flops, record.bytes, record.tokens = (workload.cost.flops, workload.cost.bytes,

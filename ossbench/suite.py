@@ -22,7 +22,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFlo
 
 from .errors import SuiteError
 from .measure.spec import BenchSpec
-from .suite_cases import (DTYPE_BYTES, Case, Scalar, case_identifier, check_case_count, expand, family_of,
+from .suite_cases import (DTYPE_BYTES, Case, Params, Scalar, case_identifier, check_case_count, expand, family_of,
                           filter_cases, preset_of)
 from .suite_errors import did_you_mean, first_error, got, message
 from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
@@ -63,7 +63,7 @@ class Expect(_Strict):
 class ComparePair(_Strict):
     baseline: str
     candidate: str
-    where: dict[str, Scalar] = Field(default_factory=dict)  # restrict to cases with these parameter values
+    where: Params = Field(default_factory=dict)  # restrict to cases with these parameter values
     expect: Expect | None = None
     claim: str = ""  # the claim being checked, shown in the report
 
@@ -117,10 +117,10 @@ class CpuProfile(_Strict):
     (`params` and `timing` are merged over the main ones; `variants` keeps only the named variants)."""
 
     dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
-    params: dict[str, Scalar] = Field(default_factory=dict)
+    params: Params = Field(default_factory=dict)
     variants: list[str] | None = None
     sweep: Sweep | None = None
-    exclude: list[dict[str, Scalar]] | None = None
+    exclude: list[Params] | None = None
     timing: dict[str, Any] = Field(default_factory=dict)
 
     _sweep = field_validator("sweep")(lambda cls, v: None if v is None else _check_sweep(v))
@@ -133,10 +133,10 @@ class SuiteSpec(_Strict):
     preset: str = "gpt-oss-20b"
     dtype: Literal[DTYPES] = "bfloat16"  # type: ignore[valid-type]
     mode: str | None = None
-    params: dict[str, Scalar] = Field(default_factory=dict)
-    variants: dict[str, dict[str, Scalar]] = Field(min_length=1)
+    params: Params = Field(default_factory=dict)
+    variants: dict[str, Params] = Field(min_length=1)
     sweep: Sweep = Field(default_factory=list)
-    exclude: list[dict[str, Scalar]] = Field(default_factory=list)
+    exclude: list[Params] = Field(default_factory=list)
     timing: Timing = Field(default_factory=Timing)
     compare: list[ComparePair] = Field(default_factory=list)
     gate: GateSpec = Field(default_factory=GateSpec)
@@ -148,7 +148,7 @@ class SuiteSpec(_Strict):
 
     @field_validator("variants")
     @classmethod
-    def _variant_names(cls, v: dict[str, dict[str, Scalar]]) -> dict[str, dict[str, Scalar]]:
+    def _variant_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name in v:
             if not name.strip() or any(ch in name for ch in "\n\r\t"):
                 raise ValueError(f"variant name {name!r} must be non-empty text on one line")
@@ -186,16 +186,19 @@ class Suite:
 
     def error(self, message: str, path: YamlPath) -> SuiteError:
         """A SuiteError pointing at the YAML node `path` (or its nearest ancestor that has a line)."""
-        line = None
+        # a dotted parameter name may have been written nested (`attention: {window: 1}`): try that node too
+        nested = tuple(p for part in path for p in (part.split(".") if isinstance(part, str) else (part,)))
+        found = max((self._line_of(p) for p in (path, nested)), key=lambda depth_line: depth_line[0])
+        return SuiteError(message, path=self.path, line=found[1], field=dotted(path) or None)
+
+    def _line_of(self, path: YamlPath) -> tuple[int, int | None]:
+        """The line of `path`'s deepest node that has one, and that node's depth."""
         for n in range(len(path), -1, -1):
             # the line index holds mapping keys as written (text); a key YAML read as a number is tried so too
             for at in (path[:n], path[:n - 1] + (str(path[n - 1]),) if n else ()):
                 if at in self.lines:
-                    line = self.lines[at]
-                    break
-            if line is not None:
-                break
-        return SuiteError(message, path=self.path, line=line, field=dotted(path) or None)
+                    return n, self.lines[at]
+        return -1, None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -249,7 +252,7 @@ def _known_keys(at: YamlPath) -> list[str]:
 def _check_references(suite: Suite) -> None:
     """Names used in one part of the suite must exist in another: variants, axes, parameters."""
     spec = suite.spec
-    fields = set(family_of(suite).params_model.model_fields)
+    fields = set(family_of(suite).param_fields())
     variants = set(spec.variants)
 
     def known_field(key: str, at: YamlPath, extra: tuple[str, ...] = ()) -> None:
@@ -307,13 +310,13 @@ def _cpu_timing_error(suite: Suite, e: ValidationError) -> SuiteError:
 def suite_json_schema() -> dict[str, Any]:
     """JSON Schema of the suite format (for editor completion), parameters of every family included."""
     from .workloads import all_families
+    from .workloads.nesting import override_properties
 
     schema = SuiteSpec.model_json_schema()
     # A parameter name shared by families (backend, mode, ...) accepts the union of their choices.
     choices: dict[str, list[Any]] = {}
     for fam in all_families():
-        for key, prop in fam.params_model.model_json_schema().get("properties", {}).items():
-            prop = {k: v for k, v in prop.items() if k not in ("title", "default")}
+        for key, prop in override_properties(fam.params_model).items():
             if prop not in choices.setdefault(key, []):
                 choices[key].append(prop)
     names = {key: alts[0] if len(alts) == 1 else {"anyOf": alts} for key, alts in choices.items()}
@@ -321,6 +324,12 @@ def suite_json_schema() -> dict[str, Any]:
     props = schema["properties"]
     props["params"] = overrides
     props["variants"] = {"type": "object", "additionalProperties": overrides, "minProperties": 1}
+    rule = {**overrides, "properties": {**names, "variant": {"type": "string"}}}  # an exclusion may name a variant
+    props["exclude"] = {"type": "array", "items": rule}
+    cpu = schema["$defs"]["CpuProfile"]["properties"]
+    cpu["params"] = overrides
+    cpu["exclude"] = {"anyOf": [{"type": "array", "items": rule}, {"type": "null"}]}
+    schema["$defs"]["ComparePair"]["properties"]["where"] = overrides
     props["family"] = {"type": "string", "enum": [f.name for f in all_families()]}
     schema["title"] = "ossbench suite"
     return schema

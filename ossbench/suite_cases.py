@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import PlainValidator, ValidationError
+from pydantic import BeforeValidator, PlainValidator, ValidationError
 
 from .suite_errors import did_you_mean, got, message
 from .suite_yaml import YamlPath
@@ -35,6 +35,18 @@ def _single_value(v: Any) -> Any:
 # A parameter value as YAML gives it. One validator instead of a union of five, so that a wrong value gets
 # one message rather than one per member of the union.
 Scalar = Annotated[_ScalarTypes, PlainValidator(_single_value, json_schema_input_type=_ScalarTypes)]
+
+
+def _dotted_names(v: Any) -> Any:
+    """A nested mapping of parameters (`attention: {window: 128}`) as dotted names (`attention.window`)."""
+    from .workloads.nesting import flatten
+
+    return flatten(v) if isinstance(v, dict) else v
+
+
+# Parameter values by name, as the suite's params, variants, exclusions and `where` give them: single
+# values, nested groups allowed (held flat, with dotted names).
+Params = Annotated[dict[str, Scalar], BeforeValidator(_dotted_names)]
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # Where a parameter's value can come from, lowest priority first; a cross-field error is reported at the
 # highest-priority place the user set one of the fields involved (what they most likely just changed).
@@ -123,7 +135,7 @@ def expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
     context = {"max_case_bytes": spec.limits.max_case_memory_gb * 1e9, "dtype_bytes": DTYPE_BYTES[dtype]}
 
     # Where each parameter's value came from, so a bad value is reported at the line that set it.
-    defaults: dict[str, Scalar] = dict(family.defaults(preset))
+    defaults: dict[str, Scalar] = family.flat_defaults(preset)
     base = dict(defaults)
     origin: dict[str, YamlPath] = {k: ("preset",) for k in base}
     layers: list[tuple[dict[str, Scalar], YamlPath]] = [(spec.params, ("params",))]
@@ -156,11 +168,14 @@ def expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
                     raise suite.error(f"case {case_id} is produced twice (sweep blocks overlap)", block_at)
                 seen.add(case_id)
                 try:
-                    validated = family.params_model.model_validate(params, context=context)
+                    validated = family.validate(params, context=context)
                 except ValidationError as e:
                     raise _reanchor(suite, e, where, variant, params, defaults, f" in case {case_id}") from None
+                except ValueError as e:  # a name set both as a value and as a group (nesting.nest)
+                    raise suite.error(f"{e} in case {case_id}", ("variants", variant)) from None
                 cases.append(Case(id=case_id, family=spec.family, variant=variant, axes=tuple(point_d.items()),
-                                  params=tuple(validated.model_dump().items()), dtype=dtype, preset=spec.preset))
+                                  params=tuple(family.flat_params(validated).items()), dtype=dtype,
+                                  preset=spec.preset))
     if not cases:
         raise suite.error("the suite expands to no cases (everything is excluded)", ("exclude",))
     return cases
@@ -177,15 +192,21 @@ def _rank(path: YamlPath) -> int:
 def _reanchor(suite: Suite, e: ValidationError, where: dict[str, YamlPath], variant: str,
               params: dict[str, Scalar], defaults: dict[str, Scalar], context: str) -> SuiteError:
     """A family validation error, reported at the YAML node that supplied the offending value."""
+    from .workloads.nesting import error_name
+
     err = e.errors()[0]
-    key = err["loc"][0] if err["loc"] else None
+    family = family_of(suite)
+    key: str | None = error_name(err["loc"], family.params_model) or None
     ctx = err.get("ctx") or {}
     if err["type"] == "extra_forbidden":
-        fields = list(family_of(suite).params_model.model_fields)
+        fields = list(family.param_fields())
         return suite.error(f"unknown parameter {key!r}" + did_you_mean(str(key), fields) + context,
                            where.get(str(key), ("variants", variant)))
     checked = key
-    user_set = [f for f in ctx.get("fields", ()) if where.get(f, ("preset",)) != ("preset",)]
+    # a rule inside a nested spec names its fields within that spec: prefix them with its group
+    group = key.rsplit(".", 1)[0] + "." if key and "." in key else ""
+    involved = [group + f if group + f in params else f for f in ctx.get("fields", ())]
+    user_set = [f for f in involved if where.get(f, ("preset",)) != ("preset",)]
     if user_set and where.get(str(key), ("preset",)) == ("preset",):
         # a rule over several fields, run by one the user did not set (a preset default): blame the
         # involved field the user set most specifically, where they can change it

@@ -195,13 +195,24 @@ def test_flex_refuses_probability_dropout_in_training():
 
 
 # --- the family
+# a preset's field -> the block parameter it sets (the block nests its attention and MLP specs)
+BLOCK_NAME = {"hidden": "hidden", "n_heads": "attention.n_heads", "n_kv_heads": "attention.n_kv_heads",
+              "head_dim": "attention.head_dim", "window": "attention.window", "n_experts": "mlp.n_experts",
+              "top_k": "mlp.top_k", "intermediate": "mlp.intermediate"}
+
+
+def block_names(preset_fields: dict) -> dict:
+    return {BLOCK_NAME[k]: v for k, v in preset_fields.items()}
+
+
 def params(arch: str, **over) -> BlockParams:
+    """A tiny block case; `over` by dotted name, written with `__` (attention__window=4)."""
     if arch == "gpt2":
-        base = {**FAMILY.defaults(get_preset("gpt2-small")), **TINY_GPT2, "intermediate": 128}
+        base = {**FAMILY.flat_defaults(get_preset("gpt2-small")), **block_names(TINY_GPT2), "mlp.intermediate": 128}
     else:
-        base = {**FAMILY.defaults(get_preset("gpt-oss-20b")), **TINY_OSS}
-    return BlockParams.model_validate({**base, "batch": 2, "seq_len": 12, "kv_len": 20, "moe_backend": "loop",
-                                       **over})
+        base = {**FAMILY.flat_defaults(get_preset("gpt-oss-20b")), **block_names(TINY_OSS)}
+    return FAMILY.validate({**base, "batch": 2, "seq_len": 12, "kv_len": 20, "moe_backend": "loop",
+                            **{k.replace("__", "."): v for k, v in over.items()}})
 
 
 def counted(fn) -> int:
@@ -237,7 +248,7 @@ def test_train_flops_match_the_counter(arch):
     want = w.cost.extra["matmul_flops"] + 3 * eager_scores_correction(p)
     assert counted(lambda: block(x).backward(dy)) == pytest.approx(want, rel=0.01)
     # dropout: one multiply per element of each of its three outputs, forward and backward
-    assert w.cost.extra["dropout_flops"] == 2 * (2 * 24 * 32 + p.n_heads * w.cost.extra["attn_pairs"])
+    assert w.cost.extra["dropout_flops"] == 2 * (2 * 24 * 32 + p.attention.n_heads * w.cost.extra["attn_pairs"])
     assert w.cost.flops == pytest.approx(w.cost.extra["matmul_flops"] + w.cost.extra["activation_flops"]
                                          + w.cost.extra["dropout_flops"])
 
@@ -258,7 +269,7 @@ def test_bytes_and_params_by_hand_for_a_gpt2_block():
 @pytest.mark.parametrize("preset", ["gpt-oss-20b", "gpt-oss-120b", "gpt2-xl"])
 def test_full_size_param_counts_match_the_preset(preset):
     cfg = get_preset(preset)
-    p = BlockParams.model_validate(FAMILY.defaults(cfg))
+    p = FAMILY.validate(FAMILY.flat_defaults(cfg))
     cost = block_cost(p, 2, [1] * cfg.n_experts)
     assert cost.extra["params"] == attention_params(cfg) + mlp_params(cfg)["total"]
     assert cost.extra["params_active"] == attention_params(cfg) + mlp_params(cfg)["active"]
@@ -279,19 +290,26 @@ def test_validation_names_the_half_at_fault():
     with pytest.raises(ValidationError, match="norm: rmsnorm"):
         params("gpt-oss", norm="layernorm")
     with pytest.raises(ValidationError, match="attention: window"):
-        params("gpt-oss", window=64)  # longer than seq_len 12
+        params("gpt-oss", attention__window=64)  # longer than seq_len 12
     with pytest.raises(ValidationError, match="top_k"):
-        params("gpt-oss", top_k=5)
+        params("gpt-oss", mlp__top_k=5)
     with pytest.raises(ValidationError, match="dropout"):
         params("gpt2", dropout=1.0)
     # null sizes resolve to GPT-2's rules at the case's hidden size, and are recorded resolved
-    gpt2_shape = params("gpt-oss", norm="layernorm", n_heads=None, n_kv_heads=None, window=None, sinks=False,
-                        positions="none", mlp="dense", activation="gelu_tanh", intermediate=None)
-    assert (gpt2_shape.n_heads, gpt2_shape.n_kv_heads, gpt2_shape.intermediate) == (4, 4, 128)
+    gpt2_shape = params("gpt-oss", norm="layernorm", attention__n_heads=None, attention__n_kv_heads=None,
+                        attention__window=None, attention__sinks=False, attention__positions="none",
+                        mlp__kind="dense", mlp__activation="gelu_tanh", mlp__intermediate=None)
+    a, m = gpt2_shape.attention, gpt2_shape.mlp
+    assert (a.n_heads, a.n_kv_heads, m.intermediate) == (4, 4, 128)
     assert BlockParams.model_validate(gpt2_shape.model_dump()) == gpt2_shape
-    assert params("gpt-oss", intermediate=None).intermediate == 32  # an expert as wide as hidden (gpt-oss)
+    # the MoE's fields are ignored by the dense MLP (one profile sizes both kinds) and not recorded
+    assert "mlp.n_experts" not in FAMILY.flat_params(gpt2_shape)
+    assert FAMILY.flat_params(gpt2_shape)["mlp.kind"] == "dense"
+    assert params("gpt-oss", mlp__intermediate=None).mlp.intermediate == 32  # an expert as wide as hidden
     with pytest.raises(ValidationError, match="does not divide"):
-        params("gpt-oss", n_heads=None, head_dim=12)
-    gpt2 = FAMILY.defaults(get_preset("gpt2-xl"))
-    assert (gpt2["mlp"], gpt2["norm"], gpt2["positions"], gpt2["dropout"], gpt2["intermediate"]) == \
-        ("dense", "layernorm", "none", 0.1, 6400)
+        params("gpt-oss", attention__n_heads=None, attention__head_dim=12)
+    with pytest.raises(ValidationError, match="extra"):  # a typo inside a group is refused, not ignored
+        params("gpt-oss", attention__windw=4)
+    gpt2 = FAMILY.flat_defaults(get_preset("gpt2-xl"))
+    assert (gpt2["mlp.kind"], gpt2["norm"], gpt2["attention.positions"], gpt2["dropout"],
+            gpt2["mlp.intermediate"]) == ("dense", "layernorm", "none", 0.1, 6400)

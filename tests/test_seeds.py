@@ -31,15 +31,15 @@ TINY = {
     "norm": dict(tokens=8, hidden=32),
     "positions": dict(batch=2, seq_len=12, kv_len=300, hidden=16, max_position=512, n_heads=4, n_kv_heads=2,
                       head_dim=16),
-    "block": dict(moe_backend="loop", batch=2, seq_len=12, kv_len=20, hidden=32, n_heads=4, n_kv_heads=2,
-                  head_dim=8, n_experts=4, top_k=2, intermediate=16, window=4),
+    "block": {"moe_backend": "loop", "batch": 2, "seq_len": 12, "kv_len": 20, "hidden": 32, "attention.n_heads": 4,
+              "attention.n_kv_heads": 2, "attention.head_dim": 8, "attention.window": 4, "mlp.n_experts": 4,
+              "mlp.top_k": 2, "mlp.intermediate": 16},
 }
 
 
 def tiny_params(family: str, mode: str):
     fam = get_family(family)
-    return fam.params_model.model_validate({**fam.defaults(get_preset("gpt-oss-20b")), **TINY[family],
-                                            "mode": mode})
+    return fam.validate({**fam.flat_defaults(get_preset("gpt-oss-20b")), **TINY[family], "mode": mode})
 
 
 def build(family: str, mode: str, seed: int, global_seed: int):
@@ -121,7 +121,7 @@ def test_the_recorded_seed_rebuilds_the_case_alone(monkeypatch, tmp_path):
     # from Python, the record alone gives back the case's data and its numerics check
     family = get_family(full.family)
     for record in records:
-        params = family.params_model.model_validate(record.params)
+        params = family.validate(record.params)  # flat, dotted names for nested specs
         workload = family.build(params, torch.device("cpu"), getattr(torch, record.dtype), seed=record.seed)
         assert all(torch.equal(t, built[record.seed][name]) for name, t in workload.inputs.items())
         assert workload.check().max_abs_err == record.numerics.max_abs_err

@@ -271,17 +271,24 @@ def test_valid_timing_still_loads(tmp_path):
 @pytest.mark.parametrize("family", ["attention", "positions", "block"])
 def test_rope_theta_one_names_rope_theta(tmp_path, family):
     positions = "positions: yarn, " if family == "positions" else ""
-    text = f"name: t\nfamily: {family}\nvariants:\n  v: {{{positions}rope_theta: 1.0}}\n"
-    out = _rejected(_write(tmp_path, text), "rope_theta: Input should be greater than 1", line=4,
-                    field="variants.v.rope_theta")
+    # the block nests its attention layer's fields; the error names the field by its dotted name
+    group = "attention." if family == "block" else ""
+    value = "{attention: {rope_theta: 1.0}}" if family == "block" else f"{{{positions}rope_theta: 1.0}}"
+    text = f"name: t\nfamily: {family}\nvariants:\n  v: {value}\n"
+    out = _rejected(_write(tmp_path, text), f"{group}rope_theta: Input should be greater than 1", line=4,
+                    field=f"variants.v.{group}rope_theta")
     assert "ZeroDivisionError" not in out and "yarn_original_context:" not in out
 
 
 @pytest.mark.parametrize("family", ["attention", "positions", "block"])
 def test_a_degenerate_yarn_ramp_names_the_field_the_user_set(tmp_path, family):
     positions = "positions: yarn, " if family == "positions" else ""
-    text = f"name: t\nfamily: {family}\nvariants:\n  v: {{{positions}head_dim: 4, n_heads: 8, n_kv_heads: 8}}\n"
-    out = _rejected(_write(tmp_path, text), "head_dim: YaRN ramp bounds", line=4, field="variants.v.head_dim")
+    group = "attention." if family == "block" else ""
+    fields = "head_dim: 4, n_heads: 8, n_kv_heads: 8"
+    value = f"{{attention: {{{fields}}}}}" if family == "block" else f"{{{positions}{fields}}}"
+    text = f"name: t\nfamily: {family}\nvariants:\n  v:\n    {value}\n"
+    out = _rejected(_write(tmp_path, text), f"{group}head_dim: YaRN ramp bounds", line=5,
+                    field=f"variants.v.{group}head_dim")
     assert "[preset]" not in out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from .base import DEFAULT_SEED, Cost, Check, Family, Workload, case_seed
+from .nesting import override_properties
 
 # family name -> module exposing FAMILY; imported on first use (they import torch)
 _MODULES = {
@@ -42,10 +43,10 @@ def describe_families(preset: str = "gpt-oss-20b") -> list[dict]:
     cfg = get_preset(preset)
     out = []
     for fam in all_families():
-        defaults = fam.defaults(cfg)
+        defaults = fam.flat_defaults(cfg)
         params = []
-        props = fam.params_model.model_json_schema()["properties"]
-        for name, info in fam.params_model.model_fields.items():
+        props = override_properties(fam.params_model)
+        for name, info in fam.param_fields().items():
             prop = props.get(name, {})
             params.append({"name": name, "type": _type_text(prop), "default": repr(defaults.get(name, info.default)),
                            "help": info.description or ""})

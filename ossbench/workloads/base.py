@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel
+
+from .nesting import dotted_fields, flatten, nest
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,20 @@ class Family:
     defaults: Callable[[Any], dict[str, Any]]  # ModelConfig -> default parameter values
     build: Callable[..., Workload]  # (params, torch.device, torch.dtype, *, seed: int) -> Workload
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # ready-made overrides, shown by `list`
+
+    # Outside the model, parameters are one flat mapping with dotted names for nested specs
+    # (`attention.window`): see nesting.py.
+    def validate(self, params: Mapping[str, Any], context: dict[str, Any] | None = None) -> BaseModel:
+        """The validated params model of a flat mapping of parameters (dotted names nest)."""
+        return self.params_model.model_validate(nest(params), context=context)
+
+    def flat_params(self, params: BaseModel) -> dict[str, Any]:
+        """A validated params model as the flat mapping that cases and results hold."""
+        return flatten(params.model_dump())
+
+    def flat_defaults(self, cfg: Any) -> dict[str, Any]:
+        return flatten(self.defaults(cfg))
+
+    def param_fields(self) -> dict[str, Any]:
+        """Every parameter by dotted name, with its pydantic FieldInfo."""
+        return dotted_fields(self.params_model)

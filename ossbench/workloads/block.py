@@ -1,10 +1,12 @@
 """The block family: one whole transformer layer, GPT-2's or gpt-oss's (layers/block.py), or a mix.
 
-`norm` (layernorm | rmsnorm) and `mlp` (dense | moe) pick the structure, the attention fields its shape:
-- GPT-2:   norm layernorm, n_kv_heads = n_heads, no window, no sinks, positions none (learned, added at the
-           embedding), mlp dense, activation gelu_tanh, intermediate 4 x hidden, dropout 0.1;
-- gpt-oss: norm rmsnorm, 64 / 8 heads, window null or 128, sinks, positions yarn, mlp moe (32 or 128
-           experts, top-4, clamped SwiGLU), dropout 0.
+The parameters nest: the block-wide `hidden`, `norm` (layernorm | rmsnorm), `norm_eps` and `dropout`, then
+an `attention:` group (the AttentionSpec fields) and an `mlp:` group (`kind: dense` with the FFNSpec fields,
+or `kind: moe` with the MoESpec fields); outside the model they are dotted names (workloads/nesting.py).
+- GPT-2:   norm layernorm, attention: n_kv_heads = n_heads, no window, no sinks, positions none (learned,
+           added at the embedding); mlp: dense, gelu_tanh, intermediate 4 x hidden; dropout 0.1;
+- gpt-oss: norm rmsnorm, attention: 64 / 8 heads, window null or 128, sinks, positions yarn; mlp: moe (32 or
+           128 experts, top-4, clamped SwiGLU); dropout 0.
 Backends pass through: `attn_backend` (eager | sdpa | flex, see the attention family) and `moe_backend`
 (gather | loop | grouped, see the moe family; its grouped kernel is chosen automatically and recorded).
 
@@ -28,27 +30,31 @@ not arithmetic). `matmul_flops` is what FlopCounterMode sees on the eager and lo
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+import dataclasses
+from typing import Annotated, Any, Iterator, Literal, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
-    field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from ..backends import unsupported_reason as backend_unsupported_reason
 from ..errors import SkipCase
 from ..layers.attention import KVCache, unsupported_reason
+from ..layers.attention_spec import AttentionSpec
 from ..layers.block import Block
 from ..layers.config import ModelConfig
+from ..layers.ffn_spec import FFNSpec
 from ..layers.moe import MoE
+from ..layers.moe_spec import MoESpec
 from .attention import AttentionParams, attention_cost, check_against_reference, fill_decode_cache, make_module
 from .attention import TOLERANCE as ATTENTION_TOLERANCE
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype
-from .fields import backend_of, fits_memory, yarn_ramp_fits
+from .fields import backend_of, fits_memory
 from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
 from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
+from .spec_params import spec_params_model
 
 # A block is an attention layer and an FFN/MoE layer, each checked against its own float64 reference:
 # the looser of the two families' tolerances per dtype.
@@ -56,14 +62,55 @@ TOLERANCE = {d: max(ATTENTION_TOLERANCE[d], FFN_TOLERANCE[d]) for d in ATTENTION
 DROPOUT_FLOPS = 1  # per element of a dropout's output, per direction: the multiply by mask / (1 - p)
 
 
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class _DenseKind(_Group):
+    kind: Literal["dense"] = Field(description="dense: GPT-2's FFN; moe: gpt-oss's MoE")
+
+
+class _MoEKind(_Group):
+    kind: Literal["moe"] = Field(description="dense: GPT-2's FFN; moe: gpt-oss's MoE")
+
+
+# Set once for the whole block, so not part of its `attention:` and `mlp:` groups: the residual width, both
+# pre-norms (the MoE's is RMSNorm), whether attention is causal (always, in a decoder block) and dropout.
+BLOCK_WIDE = ("hidden", "norm", "norm_eps", "causal", "attn_dropout")
+
+
+def _ignore_other_kind(own: tuple[str, ...], other: tuple[str, ...]) -> Any:
+    """Drop the fields only the other kind of MLP has, so one profile can size both kinds (n_experts for
+    the MoE variants, activation for the dense ones) and a case records only what it uses."""
+    foreign = set(other) - set(own)
+
+    def drop(cls: type, data: Any) -> Any:
+        return {k: v for k, v in data.items() if k not in foreign} if isinstance(data, dict) else data
+    return model_validator(mode="before")(classmethod(drop))  # type: ignore[arg-type]
+
+
+_DENSE_FIELDS = tuple(f.name for f in dataclasses.fields(FFNSpec))
+_MOE_FIELDS = tuple(f.name for f in dataclasses.fields(MoESpec))
+BlockAttention = spec_params_model("BlockAttention", _Group, AttentionSpec, exclude=BLOCK_WIDE, nullable={
+    "n_heads": "hidden / head_dim (GPT-2's 64-wide heads)", "n_kv_heads": "n_heads (multi-head attention)"})
+BlockAttention.__doc__ = "The block's attention: the AttentionSpec fields less the block-wide ones."
+BlockDense = spec_params_model("BlockDense", _DenseKind, FFNSpec, exclude=BLOCK_WIDE, validators={
+    "_other_kind": _ignore_other_kind(_DENSE_FIELDS, _MOE_FIELDS)}, nullable={"intermediate": "4 x hidden (GPT-2)"})
+BlockDense.__doc__ = "The block's MLP as GPT-2's dense FFN: the FFNSpec fields less the block-wide ones."
+BlockMoE = spec_params_model("BlockMoE", _MoEKind, MoESpec, exclude=BLOCK_WIDE, validators={
+    "_other_kind": _ignore_other_kind(_MOE_FIELDS, _DENSE_FIELDS)}, nullable={"intermediate": "hidden (gpt-oss)"})
+BlockMoE.__doc__ = "The block's MLP as gpt-oss's MoE: the MoESpec fields less the block-wide ones."
+
+
 class BlockParams(BaseModel):
-    """One block case. The attention and MLP halves are validated by their own families' models."""
+    """One block case: the run axes, the block-wide fields, then the `attention:` and `mlp:` groups, each
+    its layer's spec (validated again whole by its own family's model, so every rule applies)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     attn_backend: backend_of("attention")
-    moe_backend: backend_of("moe") = Field(description="mlp: moe only")
+    moe_backend: backend_of("moe") = Field(description="mlp.kind: moe only")
     batch: PositiveInt
     seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
     kv_len: PositiveInt = Field(description="cached tokens before the decoded one (unused in prefill/train)")
@@ -71,34 +118,11 @@ class BlockParams(BaseModel):
     norm: Literal["rmsnorm", "layernorm"] = Field(description="both pre-norms: gpt-oss's RMSNorm or GPT-2's "
                                                               "LayerNorm")
     norm_eps: PositiveFloat
-    n_heads: PositiveInt | None = Field(description="null: hidden / head_dim (GPT-2's rule: 64-wide heads)")
-    n_kv_heads: PositiveInt | None = Field(description="null: n_heads (multi-head attention)")
-    head_dim: PositiveInt
-    window: PositiveInt | None = Field(description="None: full attention; W: a query sees itself and W-1 "
-                                                   "earlier tokens")
-    sinks: bool
-    positions: Literal["none", "rope", "yarn"] = Field(description="inside attention; none for GPT-2, whose "
-                                                                   "learned positions are added at the embedding")
-    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
-    yarn_factor: float = Field(ge=1.0)
-    yarn_beta_slow: PositiveFloat
-    yarn_beta_fast: PositiveFloat
-    yarn_original_context: PositiveInt
-    attn_bias: bool = Field(description="biases of the qkv and out projections")
-    mlp: Literal["dense", "moe"]
-    activation: Literal["gelu_tanh", "swiglu"] = Field(description="dense FFN's activation (moe: swiglu)")
-    intermediate: PositiveInt | None = Field(description="dense: FFN width, moe: one expert's width; null: "
-                                                         "dense 4 x hidden (GPT-2), moe hidden (gpt-oss)")
-    mlp_bias: bool = Field(description="FFN biases; moe: router and expert biases")
-    n_experts: NonNegativeInt = Field(description="mlp: moe only")
-    top_k: NonNegativeInt = Field(description="mlp: moe only")
-    swiglu_alpha: PositiveFloat
-    swiglu_limit: PositiveFloat
     dropout: float = Field(ge=0.0, lt=1.0, description="GPT-2's dropout on the attention probabilities and "
                                                        "after attention and the MLP; train mode only")
-
-    # checked here too (the attention half checks it again), so that the error names the field
-    _yarn = field_validator("yarn_original_context")(yarn_ramp_fits)
+    attention: BlockAttention = Field(description="the attention half: AttentionSpec's fields")  # type: ignore[valid-type]
+    mlp: Annotated[Union[BlockDense, BlockMoE], Field(discriminator="kind")] = Field(  # type: ignore[valid-type]
+        description="the MLP half: FFNSpec's fields (kind: dense) or MoESpec's (kind: moe)")
 
     @model_validator(mode="before")
     @classmethod
@@ -108,28 +132,27 @@ class BlockParams(BaseModel):
         if not isinstance(data, dict):
             return data
         d = dict(data)
-        hidden, head_dim = d.get("hidden"), d.get("head_dim")
-        if "n_heads" in d and d["n_heads"] is None and isinstance(hidden, int) and isinstance(head_dim, int):
-            if head_dim <= 0 or hidden % head_dim:
-                raise ValueError(f"n_heads: null means hidden / head_dim, but head_dim {head_dim} does not divide "
-                                 f"hidden {hidden}")
-            d["n_heads"] = hidden // head_dim
-        if "n_kv_heads" in d and d["n_kv_heads"] is None:
-            d["n_kv_heads"] = d.get("n_heads")
-        if "intermediate" in d and d["intermediate"] is None and isinstance(hidden, int):
-            d["intermediate"] = 4 * hidden if d.get("mlp") == "dense" else hidden
+        hidden = d.get("hidden")
+        if isinstance(d.get("attention"), dict):
+            a = d["attention"] = dict(d["attention"])
+            head_dim = a.get("head_dim")
+            if "n_heads" in a and a["n_heads"] is None and isinstance(hidden, int) and isinstance(head_dim, int):
+                if head_dim <= 0 or hidden % head_dim:
+                    raise ValueError(f"attention.n_heads: null means hidden / head_dim, but head_dim {head_dim} "
+                                     f"does not divide hidden {hidden}")
+                a["n_heads"] = hidden // head_dim
+            if "n_kv_heads" in a and a["n_kv_heads"] is None:
+                a["n_kv_heads"] = a.get("n_heads")
+        if isinstance(d.get("mlp"), dict):
+            m = d["mlp"] = dict(d["mlp"])
+            if "intermediate" in m and m["intermediate"] is None and isinstance(hidden, int):
+                m["intermediate"] = 4 * hidden if m.get("kind") == "dense" else hidden
         return d
 
     @model_validator(mode="after")
     def _halves_valid(self) -> BlockParams:
-        if self.mlp == "moe":
-            if self.norm != "rmsnorm":
-                raise ValueError("mlp: moe is gpt-oss's MLP block, whose pre-norm is RMSNorm: set norm: rmsnorm")
-            if self.activation != "swiglu":
-                raise ValueError("mlp: moe has clamped-SwiGLU experts: set activation: swiglu")
-            if not 1 <= self.top_k <= self.n_experts:
-                raise ValueError(f"mlp: moe needs 1 <= top_k <= n_experts, got top_k {self.top_k}, "
-                                 f"n_experts {self.n_experts}")
+        if self.mlp.kind == "moe" and self.norm != "rmsnorm":
+            raise ValueError("mlp.kind: moe is gpt-oss's MLP block, whose pre-norm is RMSNorm: set norm: rmsnorm")
         for half, make in (("attention", self.attention_params), ("mlp", self.mlp_params)):
             try:
                 make()
@@ -141,7 +164,7 @@ class BlockParams(BaseModel):
 
     # every expert is held in memory, so all of them count (the cost model's bytes count those touched)
     _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: block_cost(
-        p, dtype_bytes, [1] * p.n_experts if p.mlp == "moe" else None).bytes))
+        p, dtype_bytes, [1] * p.mlp.n_experts if p.mlp.kind == "moe" else None).bytes))
 
     @property
     def tokens(self) -> int:
@@ -150,45 +173,37 @@ class BlockParams(BaseModel):
     def attention_params(self) -> AttentionParams:
         return AttentionParams(
             mode=self.mode, backend=self.attn_backend, batch=self.batch, seq_len=self.seq_len, kv_len=self.kv_len,
-            hidden=self.hidden, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
-            window=self.window, sinks=self.sinks, positions=self.positions, bias=self.attn_bias, causal=True,
-            rope_theta=self.rope_theta, yarn_factor=self.yarn_factor, yarn_beta_slow=self.yarn_beta_slow,
-            yarn_beta_fast=self.yarn_beta_fast, yarn_original_context=self.yarn_original_context,
-            norm=self.norm, norm_eps=self.norm_eps)
+            hidden=self.hidden, norm=self.norm, norm_eps=self.norm_eps, causal=True, **self.attention.model_dump())
 
     def mlp_params(self) -> MoEParams | FFNParams:
-        if self.mlp == "moe":
-            return MoEParams(
-                mode=self.mode, backend=self.moe_backend, grouped_impl="auto", tokens=self.tokens,
-                hidden=self.hidden, intermediate=self.intermediate, n_experts=self.n_experts, top_k=self.top_k,
-                swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit, norm_eps=self.norm_eps,
-                router_bias=self.mlp_bias, expert_bias=self.mlp_bias, weights="dtype", skew=0.0, dense="none")
-        return FFNParams(
-            mode=self.mode, tokens=self.tokens, hidden=self.hidden, activation=self.activation,
-            intermediate=self.intermediate, bias=self.mlp_bias, swiglu_alpha=self.swiglu_alpha,
-            swiglu_limit=self.swiglu_limit, norm=self.norm, norm_eps=self.norm_eps, n_experts=0, top_k=0,
-            expert_intermediate=None, match="none")
+        fields = self.mlp.model_dump(exclude={"kind"})
+        if self.mlp.kind == "moe":
+            return MoEParams(mode=self.mode, backend=self.moe_backend, grouped_impl="auto", tokens=self.tokens,
+                             hidden=self.hidden, norm_eps=self.norm_eps, skew=0.0, dense="none", **fields)
+        return FFNParams(mode=self.mode, tokens=self.tokens, hidden=self.hidden, norm=self.norm,
+                         norm_eps=self.norm_eps, n_experts=0, top_k=0, expert_intermediate=None, match="none",
+                         **fields)
+
+
+def _spec_values(spec: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in BLOCK_WIDE}
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's block: a full-attention layer (gpt-oss's odd layers) over 4096 tokens (GPT-2: 1024),
-    eager attention (every feature on every device), grouped MoE, the preset's dropout."""
+    eager attention (every feature on every device), grouped MoE, the preset's dropout. `mlp` holds the
+    preset's dense FFN and MoE fields both (the kind not chosen ignores the other's)."""
     context = min(4096, cfg.max_position)
-    return dict(
-        mode="prefill", attn_backend="eager", moe_backend="grouped", batch=1, seq_len=context, kv_len=context,
-        hidden=cfg.hidden, norm=cfg.norm, norm_eps=cfg.norm_eps, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim, window=None, sinks=cfg.sinks,
-        positions=cfg.positions if cfg.positions in ("rope", "yarn") else "none",  # learned: at the embedding
-        rope_theta=cfg.rope_theta, yarn_factor=cfg.yarn_factor, yarn_beta_slow=cfg.yarn_beta_slow,
-        yarn_beta_fast=cfg.yarn_beta_fast, yarn_original_context=cfg.yarn_original_context,
-        attn_bias=cfg.qkv_bias, mlp="moe" if cfg.n_experts else "dense", activation=cfg.activation,
-        intermediate=cfg.intermediate, mlp_bias=cfg.mlp_bias, n_experts=cfg.n_experts, top_k=cfg.top_k,
-        swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit, dropout=cfg.dropout)
+    mlp = {**_spec_values(cfg.ffn_spec()), **(_spec_values(cfg.moe_spec()) if cfg.n_experts else {})}
+    return dict(mode="prefill", attn_backend="eager", moe_backend="grouped", batch=1, seq_len=context,
+                kv_len=context, hidden=cfg.hidden, norm=cfg.norm, norm_eps=cfg.norm_eps, dropout=cfg.dropout,
+                attention={**_spec_values(cfg.attention_spec(0)), "window": None},
+                mlp={"kind": "moe" if cfg.n_experts else "dense", **mlp})
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "preset": {},
-    "window128": {"window": 128},
+    "window128": {"attention.window": 128},
     "dropout": {"dropout": 0.1},
     "no-dropout": {"dropout": 0.0},
     "flex": {"attn_backend": "flex"},
@@ -204,12 +219,13 @@ def block_cost(p: BlockParams, dtype_bytes: int, tokens_per_expert: list[int] | 
         mlp = moe_cost(mp, dtype_bytes, tokens_per_expert or [])
         mlp_total, mlp_active = mlp.extra["params_total"], mlp.extra["params_active"]
     else:
-        mlp = ffn_cost(p.mode, p.tokens, p.hidden, p.intermediate, p.activation, p.mlp_bias, p.norm, dtype_bytes)
+        mlp = ffn_cost(p.mode, p.tokens, p.hidden, p.mlp.intermediate, p.mlp.activation, p.mlp.bias, p.norm,
+                       dtype_bytes)
         mlp_total = mlp_active = mlp.extra["params"]
     train = p.mode == "train"
     residual_bytes = (4 if train else 2) * p.tokens * p.hidden * dtype_bytes
     # two residual sites [tokens, hidden] and the attention probabilities [heads, pairs], forward + backward
-    dropped = 2 * p.tokens * p.hidden + p.n_heads * attn.extra["attn_pairs"]
+    dropped = 2 * p.tokens * p.hidden + p.attention.n_heads * attn.extra["attn_pairs"]
     dropout = 2 * DROPOUT_FLOPS * dropped if train and p.dropout > 0 else 0
     extra = {
         "matmul_flops": attn.flops + mlp.extra["matmul_flops"],
@@ -251,7 +267,7 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = D
     require_checked_dtype("block", TOLERANCE, dtype)
     training = p.mode == "train"
     dtype_bytes = torch.finfo(dtype).bits // 8
-    if reason := unsupported_reason(p.attn_backend, sinks=p.sinks, device=device, training=training, dtype=dtype,
+    if reason := unsupported_reason(p.attn_backend, sinks=p.attention.sinks, device=device, training=training, dtype=dtype,
                                     mask=p.attention_params().layer_mask):
         raise SkipCase(reason)
     mp = p.mlp_params()
@@ -277,7 +293,7 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = D
     if isinstance(block.mlp, MoE):
         with torch.no_grad():  # the routing of the MLP's actual inputs: experts touched, for the cost model
             h = (x + block.attn.update(x, cache, start)).reshape(-1, p.hidden)
-            counts = block.mlp.route(block.mlp.norm(h)).tokens_per_expert(p.n_experts).tolist()
+            counts = block.mlp.route(block.mlp.norm(h)).tokens_per_expert(p.mlp.n_experts).tolist()
         info["tokens_per_expert"] = counts
         if p.moe_backend == "grouped":
             info["grouped_impl"] = block.mlp.resolved_grouped_impl(device, dtype, training)

@@ -18,11 +18,13 @@ from .fields import cross_field_error
 
 
 def spec_params_model(name: str, axes: type[BaseModel], spec_cls: type, *, exclude: tuple[str, ...] = (),
-                      after: dict[str, Any] | None = None,
-                      validators: dict[str, Any] | None = None) -> type[BaseModel]:
+                      after: dict[str, Any] | None = None, validators: dict[str, Any] | None = None,
+                      nullable: dict[str, str] | None = None) -> type[BaseModel]:
     """The model `name`: `axes`' fields (and its config, properties and validators), then `spec_cls`'s fields
     except `exclude` (held at the spec's default), each with its rule as a field validator, then the
-    `after` fields (`name: (type, FieldInfo)`, axes whose rules read spec fields)."""
+    `after` fields (`name: (type, FieldInfo)`, axes whose rules read spec fields). A `nullable` field also
+    accepts null, which a model validator of `name` must resolve; its text says what null means."""
+    nullable = nullable or {}
     hints = field_types(spec_cls)
     fields: dict[str, Any] = {}
     rules: dict[str, Any] = {}
@@ -30,9 +32,11 @@ def spec_params_model(name: str, axes: type[BaseModel], spec_cls: type, *, exclu
         if f.name in exclude:
             continue
         meta = f.metadata
+        doc = "; ".join(t for t in (meta.get("doc"), nullable.get(f.name) and f"null: {nullable[f.name]}") if t)
+        hint = hints[f.name] | None if f.name in nullable else hints[f.name]
         # validate_default: a rule over several fields must also run when its own field is left at its default
-        fields[f.name] = (hints[f.name], Field(f.default, description=meta.get("doc") or None, validate_default=True,
-                                               **meta.get("bounds", {})))
+        fields[f.name] = (hint, Field(f.default, description=doc or None, validate_default=True,
+                                      **meta.get("bounds", {})))
         if meta.get("check") is not None:
             rules[f"_spec_rule_{f.name}"] = field_validator(f.name)(_rule(meta["check"], meta.get("needs", ())))
     return create_model(name, __base__=axes, __validators__={**rules, **(validators or {})},
