@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch.utils.flop_counter import FlopCounterMode
 
 from ossbench.layers.activation import Activation, clamped_swiglu, gelu_erf, gelu_tanh, input_width, silu
+from ossbench.layers.activation_spec import ActivationSpec
 from ossbench.layers.config import get_preset
 from ossbench.workloads import get_family
 from ossbench.workloads.activation import ActivationParams, activation_cost
@@ -59,7 +60,7 @@ def test_functions_are_the_textbook_formulas_in_float64(name, fn):
 @pytest.mark.parametrize("name", ["gelu_erf", "gelu_tanh", "silu", "swiglu"])
 def test_every_backend_matches_the_formula_in_float32(name, backend):
     x = inputs(name, dtype=torch.float32)
-    got = Activation(name, backend)(x)
+    got = Activation(ActivationSpec(name), backend)(x)
     assert got.dtype == torch.float32 and got.shape == (6, 40)
     assert rel_err(got, reference(name, x)) < 1e-5
 

@@ -45,7 +45,7 @@ def test_sliding_window_on_even_layers_from_zero():
 
 def _total_and_active_params(cfg: ModelConfig) -> tuple[int, int]:
     """gpt-oss parameter count from the config alone (a cross-check of the preset values)."""
-    H, D = cfg.hidden, cfg.head_dim
+    H = cfg.hidden
     attn = H * cfg.qkv_width + cfg.qkv_width + cfg.q_width * H + H + cfg.n_heads + H  # + sinks + norm
     router = H * cfg.n_experts + cfg.n_experts + H  # gate and the MLP norm
     expert = H * 2 * cfg.intermediate + 2 * cfg.intermediate + cfg.intermediate * H + H

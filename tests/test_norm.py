@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ossbench.layers.config import get_preset
 from ossbench.layers.norm import Norm, RMSNorm, layer_norm, rms_norm
+from ossbench.layers.norm_spec import NormSpec
 from ossbench.workloads import get_family
 from ossbench.workloads.norm import NormParams, norm_cost
 
@@ -53,7 +54,7 @@ def sample(dtype: torch.dtype, tokens: int = 5, hidden: int = 48) -> torch.Tenso
 @pytest.mark.parametrize("backend", ["eager", "compile", "fused"])
 @pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])
 def test_every_backend_matches_the_formula_in_float32(kind, backend):
-    module = Norm(kind, 48, EPS, backend=backend, dtype=torch.float32)
+    module = Norm(NormSpec(kind, 48, EPS), backend=backend, dtype=torch.float32)
     randomise(module)
     x = sample(torch.float32)
     w = module.scale if kind == "rmsnorm" else module.weight
@@ -88,9 +89,9 @@ def test_gpt_oss_rmsnorm_precision():
 def test_fused_rmsnorm_keeps_its_scale_in_the_input_dtype():
     # torch's fused kernel needs the weight in the input's dtype (fp32 scale + bf16 input falls back to
     # the op-by-op path), so the fused backend stores it so; the others keep gpt-oss's fp32 scale.
-    assert Norm("rmsnorm", 8, backend="fused", dtype=torch.bfloat16).scale.dtype == torch.bfloat16
-    assert Norm("rmsnorm", 8, backend="eager", dtype=torch.bfloat16).scale.dtype == torch.float32
-    assert Norm("layernorm", 8, backend="eager", dtype=torch.bfloat16).weight.dtype == torch.bfloat16
+    assert Norm(NormSpec("rmsnorm", 8), backend="fused", dtype=torch.bfloat16).scale.dtype == torch.bfloat16
+    assert Norm(NormSpec("rmsnorm", 8), backend="eager", dtype=torch.bfloat16).scale.dtype == torch.float32
+    assert Norm(NormSpec("layernorm", 8), backend="eager", dtype=torch.bfloat16).weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["rmsnorm", "layernorm"])

@@ -8,7 +8,7 @@
 
 An activation's *width* is its output width: the FFN's intermediate size. SwiGLU reads twice that.
 
-`Activation(name, backend="eager"|"compile")`: "eager" runs torch's op (F.gelu, F.silu: one kernel each) or,
+`Activation(spec, backend="eager"|"compile")` (spec: `ActivationSpec`, layers/activation_spec.py): "eager" runs torch's op (F.gelu, F.silu: one kernel each) or,
 for SwiGLU, gpt-oss's expression op by op; "compile" runs the same function through torch.compile (both
 registered at the end of this file, ossbench.backends).
 """
@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import get_backend, register_backend
-
-ACTIVATIONS = ("gelu_erf", "gelu_tanh", "silu", "swiglu")
+from .activation_spec import ACTIVATIONS, ActivationSpec
 # A sweep compiles one kernel per shape; dynamo's default of 8 recompilations per function would silently
 # fall back to eager after the 8th, so the limits are raised when something is compiled here.
 RECOMPILE_LIMITS = (("recompile_limit", 512), ("accumulated_recompile_limit", 4096))
@@ -83,12 +82,12 @@ def activation_fn(name: str, *, swiglu_alpha: float = 1.702, swiglu_limit: float
 class Activation(nn.Module):
     """One activation function as a module (no parameters)."""
 
-    def __init__(self, name: str, backend: str = "eager", *, swiglu_alpha: float = 1.702,
-                 swiglu_limit: float = 7.0) -> None:
+    def __init__(self, spec: ActivationSpec, backend: str = "eager") -> None:
         super().__init__()
         build = get_backend("activation", backend).build  # ValueError naming the registered backends
-        self.name, self.backend = name, backend
-        self._fn = build(activation_fn(name, swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit))
+        self.spec, self.name, self.backend = spec, spec.activation, backend
+        self._fn = build(activation_fn(spec.activation, swiglu_alpha=spec.swiglu_alpha,
+                                       swiglu_limit=spec.swiglu_limit))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., input_width] -> [..., width]."""

@@ -37,7 +37,7 @@ def _causal_needed(v: bool, d: Mapping[str, Any]) -> bool:
     return v
 
 
-def _betas_ordered(v: float, d: Mapping[str, Any]) -> float:
+def betas_ordered(v: float, d: Mapping[str, Any]) -> float:
     if not d["yarn_beta_slow"] < v:
         raise SpecError(f"yarn_beta_fast ({v}) must be greater than yarn_beta_slow ({d['yarn_beta_slow']})",
                         ("yarn_beta_slow", "yarn_beta_fast"))
@@ -90,7 +90,7 @@ class AttentionSpec:
     rope_theta: float = spec_field(150000.0, "RoPE base: pair i turns at rope_theta^(-2i/head_dim)", gt=1.0)
     yarn_factor: float = spec_field(32.0, "1: no YaRN scaling (used only with positions=yarn)", ge=1.0)
     yarn_beta_slow: float = spec_field(1.0, gt=0.0)
-    yarn_beta_fast: float = spec_field(32.0, gt=0.0, check=_betas_ordered, needs=("yarn_beta_slow",))
+    yarn_beta_fast: float = spec_field(32.0, gt=0.0, check=betas_ordered, needs=("yarn_beta_slow",))
     yarn_original_context: int = spec_field(4096, gt=0, check=_yarn_ramp_fits, needs=RAMP_FIELDS[:-2] + (
         "positions", "yarn_factor"))
     norm: Literal["rmsnorm", "layernorm", "none"] = spec_field("rmsnorm", "pre-norm inside the block")

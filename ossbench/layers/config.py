@@ -10,9 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .activation_spec import ActivationSpec
 from .attention_spec import AttentionSpec
 from .ffn_spec import FFNSpec
 from .moe_spec import MoESpec
+from .norm_spec import NormSpec
+from .positions_spec import PositionsSpec
 
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("swiglu", "gelu_tanh")
@@ -148,6 +151,22 @@ class ModelConfig:
         return FFNSpec(hidden=self.hidden, activation=self.activation, intermediate=self.intermediate,
                        bias=self.mlp_bias, swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit,
                        norm_eps=self.norm_eps)
+
+    def norm_spec(self) -> NormSpec:
+        """The preset's norm (gpt-oss: RMSNorm; GPT-2: LayerNorm) over its hidden size."""
+        return NormSpec(norm=self.norm, hidden=self.hidden, norm_eps=self.norm_eps)
+
+    def activation_spec(self) -> ActivationSpec:
+        """The preset's FFN activation (gpt-oss: clamped SwiGLU; GPT-2: GELU tanh)."""
+        return ActivationSpec(activation=self.activation, swiglu_alpha=self.swiglu_alpha,
+                              swiglu_limit=self.swiglu_limit)
+
+    def positions_spec(self) -> PositionsSpec:
+        """The preset's position scheme (gpt-oss: YaRN; GPT-2: learned); a preset without one gets RoPE."""
+        return PositionsSpec(positions=self.positions if self.positions != "none" else "rope", hidden=self.hidden,
+                             max_position=self.max_position, head_dim=self.head_dim, rope_theta=self.rope_theta,
+                             yarn_factor=self.yarn_factor, yarn_beta_slow=self.yarn_beta_slow,
+                             yarn_beta_fast=self.yarn_beta_fast, yarn_original_context=self.yarn_original_context)
 
     @property
     def windowed_layers(self) -> int:

@@ -14,7 +14,7 @@ from .mxfp4 import BLOCK
 from .spec import SpecError, spec_field, validate_spec
 
 
-def _top_k_fits(v: int, d: Mapping[str, Any]) -> int:
+def top_k_fits(v: int, d: Mapping[str, Any]) -> int:
     if v > d["n_experts"]:
         raise SpecError(f"top_k ({v}) cannot exceed n_experts ({d['n_experts']}): a token picks top_k distinct "
                         f"experts", ("n_experts", "top_k"))
@@ -35,7 +35,7 @@ class MoESpec:
     hidden: int = spec_field(2880, gt=0)
     intermediate: int = spec_field(2880, "width of one expert (its mlp1 has 2x this many outputs)", gt=0)
     n_experts: int = spec_field(32, gt=0)
-    top_k: int = spec_field(4, "experts per token", gt=0, check=_top_k_fits, needs=("n_experts",))
+    top_k: int = spec_field(4, "experts per token", gt=0, check=top_k_fits, needs=("n_experts",))
     swiglu_alpha: float = spec_field(1.702, gt=0.0)
     swiglu_limit: float = spec_field(7.0, gt=0.0)
     norm_eps: float = spec_field(1e-5, gt=0.0)

@@ -11,7 +11,7 @@ run is a float64 reference, not float32 in disguise). The result is cast back to
 (`attn.norm.scale`, `mlp.norm.scale`), so checkpoint state dicts load. GPT-2's LayerNorm is torch's
 `nn.LayerNorm` (parameters `weight`, `bias` in the model's dtype).
 
-`Norm(kind, dim, backend=...)` is the benchmarked layer of the norm family, with three backends that compute
+`Norm(spec, backend=...)` (spec: `NormSpec`, layers/norm_spec.py) is the benchmarked layer of the norm family, with three backends that compute
 the same function (registered at the end of this file, ossbench.backends):
 - "eager":   the formulas above, op by op (what gpt-oss's reference RMSNorm runs);
 - "compile": the same formulas through torch.compile (one fused kernel per direction);
@@ -30,8 +30,7 @@ from torch import nn
 
 from ..backends import get_backend, register_backend
 from .activation import compile_fn
-
-NORM_KINDS = ("rmsnorm", "layernorm")
+from .norm_spec import NormSpec
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,13 +76,12 @@ class Norm(nn.Module):
     dtype, see the module docstring); LayerNorm's weight and bias are in the module's dtype (GPT-2).
     """
 
-    def __init__(self, kind: str, dim: int, eps: float = 1e-5, *, backend: str = "eager", device: Any = None,
-                 dtype: Any = None) -> None:
+    def __init__(self, spec: NormSpec, *, backend: str = "eager", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        if kind not in NORM_KINDS:
-            raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
         build = get_backend("norm", backend).build  # ValueError naming the registered backends
-        self.kind, self.dim, self.eps, self.backend = kind, dim, eps, backend
+        self.spec, self.backend = spec, backend
+        kind, dim = spec.norm, spec.hidden
+        self.kind, self.dim, self.eps = kind, dim, spec.norm_eps  # read by the forward and extra_repr
         if kind == "rmsnorm":
             # torch's fused kernel takes the scale only in the input's dtype (module docstring)
             scale_dtype = dtype if backend == "fused" else torch.float32

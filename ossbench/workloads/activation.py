@@ -19,21 +19,24 @@ checked against hand computation in tests/test_activation.py, not against the co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ..backends import unsupported_reason
 from ..errors import SkipCase
 from ..layers.activation import Activation, input_width
+from ..layers.activation_spec import ActivationSpec
 from ..layers.config import ModelConfig
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .ffn import ACTIVATION_FLOPS
 from .fields import backend_of, default_tokens, fits_memory
+from .spec_params import spec_of, spec_params_model
 
 INPUT_STD = 3.0  # inputs spread over the activations' curved region and past SwiGLU's clamps at +-7
 # Allowed max|out - ref| / max|ref|. An elementwise function rounds its result once (torch's ops compute
@@ -53,31 +56,37 @@ BACKWARD_FLOPS = {"silu": 8, "gelu_erf": 11, "gelu_tanh": 18, "swiglu": 13}
 Mode = Literal["prefill", "decode", "train"]
 
 
-class ActivationParams(BaseModel):
-    """One activation case. Fields are ordered so that cross-field checks see the fields they need."""
+class ActivationAxes(BaseModel):
+    """The run axes of an activation case; ActivationParams adds every ActivationSpec field after them."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Mode
     backend: backend_of("activation") = Field(description="torch's op (or gpt-oss's expression) as is, or "
                                                              "through torch.compile")
-    activation: Literal["gelu_erf", "gelu_tanh", "silu", "swiglu"] = Field(
-        description="gelu_erf: exact GELU; gelu_tanh: GPT-2; silu: Swish; swiglu: gpt-oss's clamped SwiGLU")
     tokens: PositiveInt | None = Field(None, validate_default=True,
                                        description="tokens per call; null: 4096 (prefill, train) or 1 (decode)")
     width: PositiveInt = Field(description="output width (the FFN's intermediate size); swiglu reads twice it")
-    swiglu_alpha: PositiveFloat
-    swiglu_limit: PositiveFloat
 
     _tokens = field_validator("tokens")(default_tokens)
-    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: activation_cost(
-        p.mode, p.activation, p.tokens, p.width, dtype_bytes).bytes))
+
+    @property
+    def spec(self) -> ActivationSpec:
+        return spec_of(self, ActivationSpec)
+
+
+ActivationParams = spec_params_model("ActivationParams", ActivationAxes, ActivationSpec, validators={
+    "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: activation_cost(
+        p.mode, p.activation, p.tokens, p.width, dtype_bytes).bytes)),
+})
+ActivationParams.__doc__ = ("One activation case: the run axes, then the ActivationSpec fields "
+                            "(ossbench/layers/activation_spec.py).")
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's own activation at its FFN width (gpt-oss: SwiGLU, 2880; GPT-2: GELU-tanh, 4 x hidden)."""
-    return dict(mode="prefill", backend="eager", activation=cfg.activation, tokens=None, width=cfg.intermediate,
-                swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit)
+    return dict(mode="prefill", backend="eager", tokens=None, width=cfg.intermediate,
+                **dataclasses.asdict(cfg.activation_spec()))
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -112,7 +121,7 @@ def build(params: ActivationParams, device: Any, dtype: torch.dtype, *, seed: in
         raise SkipCase(reason)  # the backend's own reason (ossbench.backends)
     require_checked_dtype("activation", TOLERANCE, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    module = Activation(p.activation, p.backend, swiglu_alpha=p.swiglu_alpha, swiglu_limit=p.swiglu_limit)
+    module = Activation(p.spec, p.backend)
     training = p.mode == "train"
     x = (INPUT_STD * randn((p.tokens, input_width(p.activation, p.width)), generator, device, torch.float32)
          ).to(dtype)  # [T, in_width]

@@ -10,8 +10,7 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationInfo
 from pydantic_core import PydanticCustomError, core_schema
 
 from ..backends import backend_names, unknown_backend_hint
-from ..layers import attention_spec
-from ..layers.rope import RopeSpec
+from ..layers import moe_spec
 from ..layers.spec import SpecError
 
 DEFAULT_TOKENS = {"prefill": 4096, "decode": 1, "train": 4096}
@@ -25,27 +24,17 @@ def default_tokens(cls: type, v: int | None, info: ValidationInfo) -> int | None
 
 
 def top_k_fits(cls: type, v: int, info: ValidationInfo) -> int:
-    """A token picks top_k distinct experts out of n_experts. n_experts 0 (a preset without experts, for
-    the ffn family's `match`) leaves top_k unchecked."""
+    """MoESpec's rule (a token picks top_k distinct experts out of n_experts) for a model with an optional
+    MoE: n_experts 0 (a preset without experts, for the ffn family's `match`) leaves top_k unchecked."""
     n = info.data.get("n_experts")
-    if n and v > n:
-        raise cross_field_error(f"top_k ({v}) cannot exceed n_experts ({n}): a token picks top_k distinct experts",
-                                "n_experts", "top_k")
-    if n and v < 1:
+    if not n:
+        return v
+    if v < 1:
         raise cross_field_error(f"top_k ({v}) must be between 1 and n_experts ({n})", "n_experts", "top_k")
-    return v
-
-
-YARN_FIELDS = ("positions", "head_dim", "rope_theta", "yarn_factor", "yarn_beta_slow", "yarn_beta_fast")
-
-
-def yarn_spec(data: dict[str, Any], original_context: int) -> RopeSpec | None:
-    """The YaRN spec that the fields validated so far describe, for a validator of yarn_original_context (the
-    last of them); None when positions is not yarn or an earlier field failed (pydantic reports that one)."""
-    if not all(k in data for k in YARN_FIELDS) or data["positions"] != "yarn":
-        return None
-    return RopeSpec(data["rope_theta"], data["yarn_factor"], data["yarn_beta_slow"], data["yarn_beta_fast"],
-                    original_context)
+    try:
+        return moe_spec.top_k_fits(v, info.data)
+    except SpecError as e:
+        raise cross_field_error(str(e), *e.fields) from None
 
 
 def cross_field_error(text: str, *fields: str) -> PydanticCustomError:
@@ -53,23 +42,6 @@ def cross_field_error(text: str, *fields: str) -> PydanticCustomError:
     loader can report it at the one of them the user set (ossbench/suite_cases.py), not at whichever
     field happens to run the check."""
     return PydanticCustomError("cross_field", text.replace("{", "{{").replace("}", "}}"), {"fields": fields})
-
-
-def check_yarn_ramp(head_dim: int, spec: RopeSpec) -> None:
-    """YaRN's ramp between beta_fast and beta_slow must fall inside the head's rotation pairs (the rule
-    AttentionSpec declares, as a cross-field error of a params model)."""
-    try:
-        attention_spec.check_yarn_ramp(head_dim, spec)
-    except SpecError as e:
-        raise cross_field_error(str(e), *e.fields) from None
-
-
-def yarn_ramp_fits(cls: type, v: int, info: ValidationInfo) -> int:
-    """Validator of yarn_original_context (the last YaRN field): the ramp of a scaled YaRN is valid."""
-    spec = yarn_spec(info.data, v)
-    if spec is not None and spec.scaled and spec.beta_slow < spec.beta_fast:  # betas are checked on their own
-        check_yarn_ramp(info.data["head_dim"], spec)
-    return v
 
 
 # --- backends: a field whose choices are the registry's (plugins included), read when validating and when

@@ -26,6 +26,8 @@ Cost model (per call; docs/moe.md):
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from typing import Any, Literal
 
@@ -107,10 +109,10 @@ MoEParams.__doc__ = "One MoE (or matched dense) case: the run axes, the MoESpec 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's MoE block (gpt-oss-20b: 32 experts, top-4) in prefill over 4096 tokens."""
-    return dict(mode="prefill", backend="grouped", grouped_impl="auto", tokens=None, hidden=cfg.hidden,
-                intermediate=cfg.intermediate, n_experts=cfg.n_experts, top_k=cfg.top_k,
-                swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit, norm_eps=cfg.norm_eps,
-                router_bias=cfg.router_bias, expert_bias=cfg.mlp_bias, weights="dtype", skew=0.0, dense="none")
+    # a preset without experts (GPT-2) gets gpt-oss-20b's MoE at its own hidden size
+    spec = cfg.moe_spec() if cfg.n_experts else MoESpec(hidden=cfg.hidden, intermediate=cfg.hidden)
+    return dict(mode="prefill", backend="grouped", grouped_impl="auto", tokens=None, **dataclasses.asdict(spec),
+                skew=0.0, dense="none")
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

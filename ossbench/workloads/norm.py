@@ -23,20 +23,22 @@ against hand computation in tests/test_norm.py.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from ..backends import unsupported_reason
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
+from ..layers.norm_spec import NormSpec
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import backend_of, default_tokens, fits_memory
+from .spec_params import spec_of, spec_params_model
 
 # Allowed max|out - ref| / max|ref|. The statistics are float32 for every dtype below float64, so the error
 # is the final rounding to the output dtype plus float32 sums over `hidden` values: bf16 2^-9 ~ 2e-3 per
@@ -48,39 +50,43 @@ BACKWARD_FLOPS = {"rmsnorm": 9, "layernorm": 13}
 INPUT_MEAN = 0.5  # a non-zero mean, so LayerNorm's centring has work to do and RMSNorm differs from it
 
 
-class NormParams(BaseModel):
-    """One norm case. Fields are ordered so that cross-field checks see the fields they need."""
+class NormAxes(BaseModel):
+    """The run axes of a norm case; NormParams adds every NormSpec field after them."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: backend_of("norm") = Field(
         description="eager: the formula op by op; compile: torch.compile of it; fused: F.layer_norm / F.rms_norm")
-    norm: Literal["rmsnorm", "layernorm"]
     tokens: PositiveInt | None = Field(None, validate_default=True,
                                        description="tokens per call; null: 4096 (prefill, train) or 1 (decode)")
-    hidden: PositiveInt
-    norm_eps: PositiveFloat
 
     _tokens = field_validator("tokens")(default_tokens)
 
-    @field_validator("norm")
-    @classmethod
-    def _fused_available(cls, v: str, info: ValidationInfo) -> str:
-        if v == "rmsnorm" and info.data.get("backend") == "fused" and not fused_rms_norm_available():
-            raise ValueError(f"backend fused needs F.rms_norm, which torch {torch.__version__} does not have "
-                             f"(added in 2.4)")
-        return v
+    @property
+    def spec(self) -> NormSpec:
+        return spec_of(self, NormSpec)
 
+
+def _fused_available(cls: type, v: str, info: ValidationInfo) -> str:
+    if v == "rmsnorm" and info.data.get("backend") == "fused" and not fused_rms_norm_available():
+        raise ValueError(f"backend fused needs F.rms_norm, which torch {torch.__version__} does not have "
+                         f"(added in 2.4)")
+    return v
+
+
+NormParams = spec_params_model("NormParams", NormAxes, NormSpec, validators={
+    "_fused_available": field_validator("norm")(classmethod(_fused_available)),
     # parameters counted in fp32, the widest they are stored in
-    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: norm_cost(
-        p.mode, p.norm, p.tokens, p.hidden, dtype_bytes, 4 * p.hidden * (1 if p.norm == "rmsnorm" else 2)).bytes))
+    "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: norm_cost(
+        p.mode, p.norm, p.tokens, p.hidden, dtype_bytes, 4 * p.hidden * (1 if p.norm == "rmsnorm" else 2)).bytes)),
+})
+NormParams.__doc__ = "One norm case: the run axes, then the NormSpec fields (ossbench/layers/norm_spec.py)."
 
 
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's own norm at its hidden size, eager (as the reference implementations run it)."""
-    return dict(mode="prefill", backend="eager", norm=cfg.norm, tokens=None, hidden=cfg.hidden,
-                norm_eps=cfg.norm_eps)
+    return dict(mode="prefill", backend="eager", tokens=None, **dataclasses.asdict(cfg.norm_spec()))
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -109,7 +115,7 @@ def norm_cost(mode: str, norm: str, tokens: int, hidden: int, dtype_bytes: int, 
 # --- building
 def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Norm:
     """The norm with parameters near their trained values (scale ~1, bias ~0), never exactly 1 and 0."""
-    module = Norm(p.norm, p.hidden, p.norm_eps, backend=p.backend, device=device, dtype=dtype)
+    module = Norm(p.spec, backend=p.backend, device=device, dtype=dtype)
     init_norm_(module, generator)
     return module
 

@@ -27,21 +27,24 @@ against hand computation in tests/test_positions.py.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, \
     model_validator
 
 from ..backends import unsupported_reason
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
+from ..layers.positions_spec import PositionsSpec
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
-from .fields import backend_of, check_yarn_ramp, cross_field_error, fits_memory, yarn_spec
+from .fields import backend_of, cross_field_error, fits_memory
+from .spec_params import spec_of, spec_params_model
 
 # Allowed max|out - ref| / max|ref|. One add or one rotation (two products and a sum, rounded once each in
 # 16-bit dtypes, plus the table's own rounding): a few unit roundoffs, bf16 2^-9, fp16 2^-11.
@@ -51,79 +54,26 @@ TABLE_FLOPS = 5  # per (position, pair) when cos/sin are formed per call
 LEARNED_STD = 0.02  # a trained GPT-2's wpe rows are of this order next to O(1) token embeddings
 
 
-class PositionsParams(BaseModel):
-    """One positions case. Fields are ordered so that cross-field checks see the fields they need."""
+class PositionsAxes(BaseModel):
+    """The run axes of a positions case; PositionsParams adds every PositionsSpec field, then `table`."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     mode: Literal["prefill", "decode", "train"]
     backend: backend_of("positions") = Field(description="op by op, or through torch.compile")
-    positions: Literal["learned", "rope", "yarn"]
-    table: Literal["cached", "per_call"] = Field(description="rope/yarn: cos/sin sliced from a table built "
-                                                             "once, or formed in every call (gpt-oss's reference)")
     batch: PositiveInt
     seq_len: PositiveInt = Field(description="tokens per sequence in prefill/train (unused in decode)")
     kv_len: PositiveInt = Field(description="position of the decoded token (unused in prefill/train)")
-    hidden: PositiveInt = Field(description="learned: width of the embeddings the positions are added to")
-    max_position: PositiveInt = Field(description="learned: rows of the position table (GPT-2: 1024)")
     n_heads: PositiveInt = Field(description="rope/yarn: query heads rotated")
     n_kv_heads: PositiveInt = Field(description="rope/yarn: key heads rotated")
-    head_dim: PositiveInt
-    rope_theta: float = Field(gt=1.0, description="RoPE base: pair i turns at rope_theta^(-2i/head_dim)")
-    yarn_factor: float = Field(ge=1.0)
-    yarn_beta_slow: PositiveFloat
-    yarn_beta_fast: PositiveFloat
-    yarn_original_context: PositiveInt
 
-    @field_validator("table")
-    @classmethod
-    def _table_is_rotary(cls, v: str, info: ValidationInfo) -> str:
-        if v == "per_call" and info.data.get("positions") == "learned":
-            raise cross_field_error("table: per_call applies to rope/yarn; learned positions are a parameter table",
-                                    "positions", "table")
-        return v
-
-    @field_validator("max_position")
-    @classmethod
-    def _positions_fit(cls, v: int, info: ValidationInfo) -> int:
-        d = info.data
-        if d.get("positions") != "learned" or d.get("mode") is None:
-            return v
-        last = d.get("kv_len") if d["mode"] == "decode" else (d.get("seq_len") or 1) - 1
-        if last is not None and last >= v:
-            raise cross_field_error(f"position {last} is beyond the learned table of {v} positions (max_position)",
-                                    "positions", "seq_len", "kv_len", "max_position")
-        return v
-
-    @field_validator("head_dim")
-    @classmethod
-    def _even_head_dim(cls, v: int, info: ValidationInfo) -> int:
-        if info.data.get("positions") in ("rope", "yarn") and v % 2:
-            raise cross_field_error(f"rotary positions need an even head_dim, got {v}", "positions", "head_dim")
-        return v
-
-    @field_validator("yarn_original_context")
-    @classmethod
-    def _yarn_valid(cls, v: int, info: ValidationInfo) -> int:
-        spec = yarn_spec(info.data, v)
-        if spec is None:
-            return v
-        if not spec.scaled:
-            raise cross_field_error("positions: yarn needs yarn_factor > 1 (1 is plain RoPE: use positions: rope)",
-                                    "positions", "yarn_factor")
-        if not spec.beta_slow < spec.beta_fast:
-            raise cross_field_error(f"yarn_beta_fast ({spec.beta_fast}) must be greater than yarn_beta_slow "
-                                    f"({spec.beta_slow})", "yarn_beta_slow", "yarn_beta_fast")
-        check_yarn_ramp(info.data["head_dim"], spec)
-        return v
-
-    _memory = model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: positions_cost(p, dtype_bytes).bytes))
+    @property
+    def spec(self) -> PositionsSpec:
+        return spec_of(self, PositionsSpec)
 
     @property
     def rope(self) -> RopeSpec:
-        spec = RopeSpec(self.rope_theta, self.yarn_factor, self.yarn_beta_slow, self.yarn_beta_fast,
-                        self.yarn_original_context)
-        return spec if self.positions == "yarn" else RopeSpec(theta=self.rope_theta)
+        return self.spec.rope
 
     @property
     def tokens_per_sequence(self) -> int:
@@ -134,15 +84,42 @@ class PositionsParams(BaseModel):
         return self.kv_len if self.mode == "decode" else 0
 
 
+def _positions_fit(cls: type, v: int, info: ValidationInfo) -> int:
+    """The learned table must hold the case's last position (an axis rule over the spec's max_position)."""
+    d = info.data
+    if d.get("positions") != "learned" or d.get("mode") is None:
+        return v
+    last = d.get("kv_len") if d["mode"] == "decode" else (d.get("seq_len") or 1) - 1
+    if last is not None and last >= v:
+        raise cross_field_error(f"position {last} is beyond the learned table of {v} positions (max_position)",
+                                "positions", "seq_len", "kv_len", "max_position")
+    return v
+
+
+def _table_is_rotary(cls: type, v: str, info: ValidationInfo) -> str:
+    if v == "per_call" and info.data.get("positions") == "learned":
+        raise cross_field_error("table: per_call applies to rope/yarn; learned positions are a parameter table",
+                                "positions", "table")
+    return v
+
+
+PositionsParams = spec_params_model("PositionsParams", PositionsAxes, PositionsSpec, after={
+    "table": (Literal["cached", "per_call"], Field(description="rope/yarn: cos/sin sliced from a table built "
+                                                               "once, or formed in every call (gpt-oss's reference)")),
+}, validators={
+    "_positions_fit": field_validator("max_position")(classmethod(_positions_fit)),
+    "_table_is_rotary": field_validator("table")(classmethod(_table_is_rotary)),
+    "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: positions_cost(p, dtype_bytes).bytes)),
+})
+PositionsParams.__doc__ = ("One positions case: the run axes, the PositionsSpec fields "
+                           "(ossbench/layers/positions_spec.py), then `table`.")
+
+
 def defaults(cfg: ModelConfig) -> dict[str, Any]:
     """The preset's own scheme (gpt-oss: YaRN; GPT-2: learned) over 4096 tokens (GPT-2: its 1024)."""
     context = min(4096, cfg.max_position)
-    return dict(mode="prefill", backend="eager", positions=cfg.positions if cfg.positions != "none" else "rope",
-                table="cached", batch=1, seq_len=context, kv_len=context - 1, hidden=cfg.hidden,
-                max_position=cfg.max_position, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, yarn_factor=cfg.yarn_factor,
-                yarn_beta_slow=cfg.yarn_beta_slow, yarn_beta_fast=cfg.yarn_beta_fast,
-                yarn_original_context=cfg.yarn_original_context)
+    return dict(mode="prefill", backend="eager", batch=1, seq_len=context, kv_len=context - 1, n_heads=cfg.n_heads,
+                n_kv_heads=cfg.n_kv_heads, **dataclasses.asdict(cfg.positions_spec()), table="cached")
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
