@@ -128,14 +128,17 @@ def ossbench_case(request: pytest.FixtureRequest):
     suite = Path(kwargs["suite"])
     suite = suite if suite.is_absolute() else config.rootpath / suite
     quick = config.getoption("ossbench_quick") if kwargs.get("quick") is None else bool(kwargs["quick"])
+    if pb is not None:
+        pb._mode = "ossbench_case"  # the case uses the benchmark fixture, even when it fails before timing
     try:
         record = run_suite_case(suite, str(kwargs["case"]), device=config.getoption("ossbench_device"), quick=quick)
     except UserError as e:
-        pytest.fail(str(e), pytrace=False)
+        record, error = None, str(e)
+    if record is None:
+        pytest.fail(error, pytrace=False)
     record.info = {**record.info, "pytest": {"nodeid": request.node.nodeid, "name": request.node.name}}
     config.stash[COLLECTOR].add(record, request.node.path, (record.timing or {}).get("device"))
     if pb is not None and record.status == "ok" and not pb.disabled:
-        pb._mode = "ossbench_case"
         pb.extra_info.update(case=record.id, flops=record.flops, bytes=record.bytes, tokens=record.tokens)
         feed_pytest_benchmark(pb, record.samples_ms, record.timing, record.stats.model_dump())
     if record.status == "skipped":
