@@ -21,7 +21,8 @@ from .measure.spec import BenchSpec
 
 
 class GpuBench:
-    """Times one callable per test. Set ``spec`` (a ``BenchSpec``), ``device`` ("auto", "cpu", "cuda:N"),
+    """Times one callable per test. Set ``spec`` (a ``BenchSpec``), ``device`` ("auto": the device of the
+    first tensor argument, else a GPU when torch sees one; "cpu", "cuda:N"),
     ``flops``/``bytes``/``tokens`` (the work per call: results files then derive TFLOP/s, GB/s, tokens/s)
     or ``extra_info`` before or after the call; ``measurement`` holds the ``Measurement`` afterwards."""
 
@@ -56,7 +57,7 @@ class GpuBench:
         def call() -> None:
             fn(*args, **kwargs)
 
-        device = None if self.device == "auto" else self.device
+        device = _device_of(args, kwargs) if self.device == "auto" else self.device
         try:
             self.measurement = bench(call, spec=self.spec, device=device)
         except Exception:
@@ -69,6 +70,17 @@ class GpuBench:
                                   {"median_ms": m.median_ms, "ci95_ms": list(m.ci95_ms), "n": m.n,
                                    "converged": m.converged})
         return fn(*args, **kwargs)
+
+
+def _device_of(args: tuple, kwargs: dict) -> str | None:
+    """For device "auto": where the first tensor argument lives (CPU work timed with CUDA events would read
+    as ~0 ms), else None (bench's default: a GPU when torch sees one)."""
+    import torch
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return str(value.device) if value.device.type in ("cpu", "cuda") else None
+    return None
 
 
 def feed_pytest_benchmark(fixture: Any, samples_ms: list[float], settings: dict[str, Any],

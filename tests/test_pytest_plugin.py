@@ -110,6 +110,8 @@ def test_ossbench_out_loads_and_renders(pytester, tmp_path):
     assert out.exit_code == 0, out.output
     html = (tmp_path / "report.html").read_text()
     assert "pytest/test_mm.py::test_matmul/n=16" in html and "matmuls" in html
+    gated = CliRunner().invoke(main, ["gate", "--baseline", str(path), str(path)])
+    assert gated.exit_code == 0, gated.output  # a run against itself is no regression
     exported = CliRunner().invoke(main, ["export", str(path), "--format", "pytest-benchmark",
                                          "-o", str(tmp_path / "export.json")])
     assert exported.exit_code == 0, exported.output
@@ -299,3 +301,20 @@ def test_matmul(gpu_bench):
     (case,) = load_results(pytester.path / "out" / "results.json").cases
     assert case.timing["device"].startswith("cuda:") and case.stats.n >= 10
     assert b["stats"]["data"] == pytest.approx([s / 1e3 for s in case.samples_ms], rel=1e-12)
+
+
+def test_the_switch_reads_dash_p_and_pytest_plugins():
+    from ossbench.pytest_shim import asked_for
+
+    assert asked_for(["ossbench"], None) and asked_for([" ossbench "], None) and asked_for([], "x, ossbench")
+    assert asked_for(["ossbench.pytest_shim"], None)
+    assert not asked_for([], None) and not asked_for(["no:ossbench", "ossbench_other"], "ossbench.x")
+
+
+def test_auto_device_follows_the_first_tensor_argument():
+    import torch
+
+    from ossbench.pytest_timing import _device_of
+
+    assert _device_of((1, torch.ones(1)), {}) == "cpu" and _device_of((), {"x": torch.ones(1)}) == "cpu"
+    assert _device_of((1, "a"), {}) is None
