@@ -140,6 +140,11 @@ def test_pytest_benchmark_compare_reads_autosaved_gpu_bench_runs(pytester):
     read = sorted((r["name"], float(r["median"])) for r in rows)
     assert [name for name, _ in read] == [name for name, _ in saved_medians] and len(read) == 4
     assert [m for _, m in read] == pytest.approx([m for _, m in saved_medians], rel=1e-6)
+    # and a later session compares its gpu_bench samples against the saved ones by pytest-benchmark's rules
+    later = _run(pytester, f"--benchmark-storage=file://{storage}", "--benchmark-compare=0001",
+                 "--benchmark-compare-fail=min:100000%")
+    later.assert_outcomes(passed=2)
+    later.stdout.fnmatch_lines(["*test_matmul[[]16[]] (0001*", "*test_matmul[[]16[]] (NOW)*"])
 
 
 def test_benchmark_skip_and_disable_apply_to_gpu_bench(pytester):
@@ -185,8 +190,13 @@ def test_twice(gpu_bench):
 
 def test_quick(gpu_bench):
     assert gpu_bench.spec == BenchSpec().quick()
+
+def test_both(gpu_bench, benchmark):
+    benchmark(abs, -1)
+    with pytest.raises(RuntimeError, match="already used pytest-benchmark"):
+        gpu_bench(abs, -1)
 ''')
-    _run(pytester, "--ossbench-quick").assert_outcomes(passed=2)
+    _run(pytester, "--ossbench-quick").assert_outcomes(passed=3)
 
 
 def test_ossbench_case_mark_runs_a_small_cpu_case(pytester):
@@ -318,3 +328,12 @@ def test_auto_device_follows_the_first_tensor_argument():
 
     assert _device_of((1, torch.ones(1)), {}) == "cpu" and _device_of((), {"x": torch.ones(1)}) == "cpu"
     assert _device_of((1, "a"), {}) is None
+
+
+def test_docs_name_exactly_the_plugins_options(pytester):
+    import re
+
+    help_text = _run(pytester, "--help").stdout.str()
+    offered = set(re.findall(r"(--ossbench-[a-z-]+)", help_text))
+    documented = set(re.findall(r"(--ossbench-[a-z-]+)", (Path(__file__).parent.parent / "docs" / "pytest.md").read_text()))
+    assert offered and offered == documented
