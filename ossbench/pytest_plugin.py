@@ -163,7 +163,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     collector = config.stash.get(COLLECTOR, None)
-    if collector is None or not collector.cases:
+    if collector is None:
+        return
+    if not collector.cases:
+        if config.getoption("ossbench_out"):
+            terminalreporter.line(f"ossbench: no test was timed, so {config.getoption('ossbench_out')}/results.json "
+                                  "was not written")
         return
     terminalreporter.section("ossbench")
     for c in collector.cases:

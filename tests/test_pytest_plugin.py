@@ -154,6 +154,7 @@ def test_benchmark_skip_and_disable_apply_to_gpu_bench(pytester):
     result = _run(pytester, "--benchmark-disable", "--ossbench-out", "out")
     result.assert_outcomes(passed=3)  # the function ran once, untimed: nothing recorded
     assert not (pytester.path / "out").exists()
+    result.stdout.fnmatch_lines(["ossbench: no test was timed, so out/results.json was not written"])
 
 
 def test_gpu_bench_works_without_pytest_benchmark(pytester):
