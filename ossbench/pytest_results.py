@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ FAMILY = "pytest"
 
 
 def _scalar(value: Any) -> str | int | float | bool | None:
-    """A parametrize value as a results-file scalar: JSON numbers, text and booleans as they are, anything
+    """A parametrize value as a results-file scalar: numbers (numpy's too), text and booleans as they are, anything
     else (a torch dtype, a function) by its text; a torch dtype without its ``torch.`` prefix."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else str(value)
     text = str(value)
     return text.removeprefix("torch.") if type(value).__module__ == "torch" else text
 

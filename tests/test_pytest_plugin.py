@@ -338,3 +338,14 @@ def test_docs_name_exactly_the_plugins_options(pytester):
     offered = set(re.findall(r"(--ossbench-[a-z-]+)", help_text))
     documented = set(re.findall(r"(--ossbench-[a-z-]+)", (Path(__file__).parent.parent / "docs" / "pytest.md").read_text()))
     assert offered and offered == documented
+
+
+def test_parametrize_values_become_results_scalars():
+    import numpy as np
+    import torch
+
+    from ossbench.pytest_results import _scalar
+
+    assert [_scalar(v) for v in (8, np.int64(8), 0.5, np.float32(0.5), True, "x", None)] == [8, 8, 0.5, 0.5, True, "x", None]
+    assert type(_scalar(np.int64(8))) is int and _scalar(torch.bfloat16) == "bfloat16"
+    assert _scalar(float("nan")) == "nan" and _scalar(len) == str(len)
