@@ -102,25 +102,38 @@ def sample_stats(samples_s: np.ndarray) -> dict[str, Any]:
     }
 
 
+def pytest_benchmark_options(timing: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """pytest-benchmark's per-benchmark `options`, from a case's `timing` (`Measurement.settings()`): how
+    ossbench took the samples, in pytest-benchmark's field names where it has one."""
+    return {"timer": "cuda events" if device_type == "cuda" else "time.perf_counter",
+            "min_rounds": timing.get("min_samples"), "min_time": timing.get("min_time_s"),
+            "max_time": timing.get("max_time_s"), "warmup": bool(timing.get("warmup_s", 0)),
+            "disable_gc": True, "cache": timing.get("cache")}  # bench pauses the collector while sampling
+
+
+def pytest_benchmark_extra_info(c: CaseResult) -> dict[str, Any]:
+    """pytest-benchmark's `extra_info` for a case: its variant, dtype, cost and derived rates."""
+    return {"variant": c.variant, "dtype": c.dtype, "flops": c.flops, "bytes": c.bytes, "tokens": c.tokens,
+            **{k: v for k, v in c.derived.model_dump().items() if v is not None}}
+
+
 def _benchmark(run: RunResult, c: CaseResult) -> dict[str, Any]:
     samples_s = np.asarray(c.samples_ms, float) / 1e3
     stats = sample_stats(samples_s)
     stats["data"] = samples_s.tolist()
     stats["iterations"] = 1  # each ossbench sample times one call
     param = ",".join(f"{k}={v}" for k, v in c.axes.items()) or None
-    timing = c.timing or run.timing
+    # A case timed by the pytest plugin keeps its test's name, so that this export and the file
+    # pytest-benchmark wrote in that session (`--benchmark-json`) name the benchmark alike.
+    test = c.info.get("pytest") if isinstance(c.info.get("pytest"), dict) else {}
     return {
         "group": c.family,
-        "name": c.id,
-        "fullname": f"{run.suite.name}::{c.id}",
+        "name": test.get("name") or c.id,
+        "fullname": test.get("nodeid") or f"{run.suite.name}::{c.id}",
         "params": dict(c.params),
         "param": param,
-        "extra_info": {"variant": c.variant, "dtype": c.dtype, "flops": c.flops, "bytes": c.bytes,
-                       "tokens": c.tokens, **{k: v for k, v in c.derived.model_dump().items() if v is not None}},
-        "options": {"timer": "cuda events" if run.environment.device_type == "cuda" else "time.perf_counter",
-                    "min_rounds": timing.get("min_samples"), "min_time": timing.get("min_time_s"),
-                    "max_time": timing.get("max_time_s"), "warmup": bool(timing.get("warmup_s", 0)),
-                    "disable_gc": False, "cache": timing.get("cache")},
+        "extra_info": pytest_benchmark_extra_info(c),
+        "options": pytest_benchmark_options(c.timing or run.timing, run.environment.device_type),
         "stats": stats,
     }
 
