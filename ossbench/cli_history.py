@@ -35,6 +35,9 @@ class _Fraction(click.ParamType):
               help="Exit 1 when a case got slower in the last --recent runs and the latest run is still slower.")
 @click.option("--recent", type=click.IntRange(min=1), default=3, show_default=True,
               help="A slower change starting in this many latest runs is new.")
+@click.option("--confirm", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs that must show a slower change (from its first run to the latest) before it is new: 2 waits "
+                   "one more run and so ignores a lone slow latest run.")
 @click.option("--min-change", type=_Fraction(), default="5%", show_default=True,
               help="Smallest change of the median reported: 5% or 0.05.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
@@ -42,7 +45,7 @@ class _Fraction(click.ParamType):
 @click.option("--window", type=click.IntRange(min=2), default=20, show_default=True,
               help="Runs each side of a change that its test uses (at most; up to the neighbouring change).")
 def history(paths: tuple[Path, ...], output: Path | None, json_file: Path | None, fail_on_new: bool, recent: int,
-            min_change: float, alpha: float, window: int) -> None:
+            confirm: int, min_change: float, alpha: float, window: int) -> None:
     """Change points per case over successive runs of one suite on one device (e.g. CI artefacts).
 
     RESULTS_OR_FOLDER: results files, or folders searched for them (every *.json below that is an ossbench
@@ -52,15 +55,17 @@ def history(paths: tuple[Path, ...], output: Path | None, json_file: Path | None
     latest runs start a regression; 2 for bad input (unreadable or foreign files, mixed suites or devices).
     See docs/history.md.
     """
+    from .changepoints import require_ruptures
     from .history import HistorySettings, load_history
     from .history_console import print_history
     from .outdir import check_output_file
 
+    require_ruptures()  # before reading any file: the optional `history` extra
+    settings = HistorySettings(alpha=alpha, min_change=min_change, recent=recent, window=window, confirm=confirm)
     to_stdout = json_file is not None and str(json_file) == "-"
     for option, path in (("-o", output), ("--json", None if to_stdout else json_file)):
         if path:
             check_output_file(path, option)
-    settings = HistorySettings(alpha=alpha, min_change=min_change, recent=recent, window=window)
     h = load_history(paths, settings)
     if to_stdout:
         click.echo(json.dumps(h.summary(), indent=1))

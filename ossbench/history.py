@@ -33,6 +33,12 @@ class HistorySettings:
     min_change: float = DEFAULT_MAX_SLOWDOWN  # smallest change of the median reported (0.05 = 5%)
     recent: int = DEFAULT_RECENT  # a slower change starting in the last `recent` runs is new
     window: int = DEFAULT_WINDOW  # runs each side of a change that its test uses
+    confirm: int = 1  # ok runs of the case from the change on (the latest included) before it counts as new
+
+    def __post_init__(self) -> None:
+        if self.confirm > self.recent:
+            raise UserError(f"--confirm {self.confirm} is more than --recent {self.recent}: no change could be "
+                            "new (a new change starts in the last --recent runs)")
 
 
 @dataclass(frozen=True)
@@ -247,12 +253,15 @@ def _median(values: list[float]) -> float:
 
 def _new_regression(changes: list[Change], medians: list[float], points: list[Point], n_runs: int,
                     settings: HistorySettings) -> Change | None:
-    """The earliest slower change starting in the last `recent` runs, when the latest run still shows it: its
-    median is nearer the slower level than the level before (a slowdown undone by the latest run is not new)."""
+    """The earliest slower change starting in the last `recent` runs, seen in at least `confirm` runs, when
+    the latest run still shows it: its median is nearer the slower level than the level before (a slowdown
+    undone by the latest run is not new)."""
     if not points or points[-1].run != n_runs - 1:
         return None  # the case did not run ok in the latest run: nothing of it is new
     slower = [c for c in changes if c.run.index >= n_runs - settings.recent and c.slower]
     if not slower:
         return None
     first = slower[0]
+    if sum(p.run >= first.run.index for p in points) < settings.confirm:
+        return None  # not yet seen in enough runs (--confirm)
     return first if medians[-1] >= (first.before_ms + first.after_ms) / 2 else None

@@ -17,7 +17,10 @@ def header_lines(h: History) -> list[str]:
     lines = [term_text(f"{h.suite} on {h.device}: {len(h.runs)} run(s) from {first.start_time} to "
                        f"{last.start_time}, {len(h.cases)} case(s)"),
              f"[dim]a change: p < {s.alpha:g} (t-test on run medians) and at least {s.min_change * 100:g}% "
-             f"(ratio of medians); new: starts in the last {s.recent} run(s)[/]"]
+             f"(ratio of medians); new: slower, starts in the last {s.recent} run(s)"
+             + (f", seen in {s.confirm} or more" if s.confirm > 1 else "") + "[/]"]
+    if len(h.runs) < 3:
+        lines.append(f"[yellow]{len(h.runs)} run(s): a change needs at least 3 runs to be found[/]")
     if h.skipped_files:
         lines.append(f"[dim]skipped {len(h.skipped_files)} JSON file(s) that are not ossbench results[/]")
     few = sum(len(c.points) < 3 for c in h.cases)

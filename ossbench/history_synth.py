@@ -115,28 +115,29 @@ class Rates:
     detected: float  # share of histories whose planted change was found (0 for a flat history)
     false_alarm: float  # share with a change reported away from the planted one (flat: any change)
     new_false_alarm: float  # share with a slower change in the last RECENT runs that was not planted there
+    new_false_confirm2: float  # the same, counting only changes seen in 2 runs or more (--confirm 2)
 
 
-def judge(changes: list[Detected], planted: Planted | None) -> tuple[bool, bool, bool]:
-    """(found, false alarm, false "new regression") for one history."""
+def judge(changes: list[Detected], planted: Planted | None) -> tuple[bool, bool, bool, bool]:
+    """(found, false alarm, false "new regression", false "new" seen in 2 runs) for one history."""
     def near(c: Detected) -> bool:
         return planted is not None and planted.lo <= c.index <= planted.hi and (c.ratio > 1) == planted.slower
 
     extra = [c for c in changes if not near(c)]
-    new_false = any(c.index >= N_RUNS - RECENT and c.ratio > 1 for c in extra)
-    return any(map(near, changes)), bool(extra), new_false
+    new = [c for c in extra if c.index >= N_RUNS - RECENT and c.ratio > 1]
+    return any(map(near, changes)), bool(extra), bool(new), any(c.index <= N_RUNS - 2 for c in new)
 
 
 def measure(scenario: Scenario, method: str = "pelt", histories: int = 200, seed: int = 0) -> Rates:
     rng = np.random.default_rng([seed, SCENARIOS.index(scenario)])
-    found = false = new_false = 0
+    found = false = new_false = new_false2 = 0
     for _ in range(histories):
         y, planted = scenario.make(rng)
         changes = find_changes(np.exp(y), alpha=DEFAULT_ALPHA, min_change=MIN_CHANGE, candidates=METHODS[method])
-        f, fa, nf = judge(changes, planted)
-        found, false, new_false = found + f, false + fa, new_false + nf
-    return Rates(scenario.name, method, histories, found / histories,
-                 false / histories, new_false / histories)
+        f, fa, nf, nf2 = judge(changes, planted)
+        found, false, new_false, new_false2 = found + f, false + fa, new_false + nf, new_false2 + nf2
+    return Rates(scenario.name, method, histories, found / histories, false / histories, new_false / histories,
+                 new_false2 / histories)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,12 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"{args.histories} histories of {N_RUNS} runs per scenario, seed {args.seed}; alpha {DEFAULT_ALPHA}, "
           f"min change {MIN_CHANGE:.0%}, segments >= {MIN_SEGMENT} runs, found = within {TOLERANCE} runs")
-    print(f"{'scenario':<16} {'method':<11} {'found':>6} {'false alarm':>12} {'false new':>10}")
+    print(f"{'scenario':<16} {'method':<11} {'found':>6} {'false alarm':>12} {'false new':>10} {'(confirm 2)':>12}")
     for s in SCENARIOS:
         for m in args.methods.split(","):
             r = measure(s, m, args.histories, args.seed)
             shown = "-" if s.name.startswith("flat") else f"{r.detected:.1%}"
-            print(f"{s.name:<16} {m:<11} {shown:>6} {r.false_alarm:>12.1%} {r.new_false_alarm:>10.1%}")
+            print(f"{s.name:<16} {m:<11} {shown:>6} {r.false_alarm:>12.1%} {r.new_false_alarm:>10.1%} "
+                  f"{r.new_false_confirm2:>12.1%}")
 
 
 if __name__ == "__main__":

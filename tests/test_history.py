@@ -165,10 +165,12 @@ def test_changepoints_small_and_exact_series():
     assert 0.01 < noise_sigma(y) < 0.04  # the step moves one difference: the noise estimate ignores it
 
 
-def test_missing_ruptures_is_a_clear_error(monkeypatch):
+def test_missing_ruptures_is_a_clear_error(monkeypatch, runs):
     monkeypatch.setitem(sys.modules, "ruptures", None)
     with pytest.raises(UserError, match=r"pip install 'ossbench\[history\]'"):
         find_changes(np.linspace(1, 2, 10), min_change=0.05)
+    r = invoke(runs)
+    assert r.exit_code == 2 and "needs the 'ruptures' package" in r.output and "Traceback" not in r.output
 
 
 def test_settings_reach_the_decision(runs):
@@ -194,3 +196,24 @@ def test_detection_and_false_alarm_rates_on_200_synthetic_histories(name):
     if least is not None:
         assert rates.detected >= least, rates
     assert rates.false_alarm <= most, rates
+
+
+def test_small_charts_are_valid_plotly_figures(runs):
+    import plotly.graph_objects as go
+
+    from ossbench.report.history_html import case_figure
+
+    h = load_history([runs])
+    for case in h.cases:
+        fig = case_figure(case, h)
+        go.Figure(fig)  # plotly's validators refuse any property plotly.js does not know
+        assert len(fig["layout"]["shapes"]) == len(case.changes)
+
+
+def test_confirm_waits_for_a_second_slow_run(runs, tmp_path):
+    assert invoke(runs, "--fail-on-new", "--confirm", "2").exit_code == 0  # the step at the latest run: one run
+    two = tmp_path / "two"
+    write_history(two, {NEW: step(N, N - 2, 1.2)})
+    assert invoke(two, "--fail-on-new", "--confirm", "2").exit_code == 1
+    r = invoke(two, "--confirm", "4")
+    assert r.exit_code == 2 and "--confirm 4 is more than --recent 3" in r.output, r.output
