@@ -151,6 +151,8 @@ def collect_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
             files.append(given)
         else:
             raise ResultsError("no such file or folder", path=str(given))
+    seen: set[Path] = set()
+    files = [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]  # named twice: once
     if not files:
         raise UserError("no results files found in " + ", ".join(map(str, paths))
                         + f" (a folder is searched for *.json files of schema {SCHEMA!r})")

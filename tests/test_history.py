@@ -217,3 +217,9 @@ def test_confirm_waits_for_a_second_slow_run(runs, tmp_path):
     assert invoke(two, "--fail-on-new", "--confirm", "2").exit_code == 1
     r = invoke(two, "--confirm", "4")
     assert r.exit_code == 2 and "--confirm 4 is more than --recent 3" in r.output, r.output
+
+
+def test_a_file_given_twice_counts_once_and_one_run_is_no_error(tmp_path):
+    (one,) = write_history(tmp_path / "one", {FLAT: flat(1)})
+    r = invoke(tmp_path / "one", one)
+    assert r.exit_code == 0 and "1 run(s)" in r.output and "needs at least 3 runs" in r.output, r.output
