@@ -20,7 +20,7 @@ from typing import Iterable
 from .changepoints import DEFAULT_ALPHA, DEFAULT_WINDOW, Detected, find_changes
 from .errors import ResultsError, UserError
 from .gate import DEFAULT_MAX_SLOWDOWN
-from .results import SCHEMA, RunResult, load_results
+from .results import SCHEMA, gc_paused, load_results
 
 DEFAULT_RECENT = 3  # runs: a change starting this close to the latest run is "new"
 _SCHEMA_HEAD = re.compile(r'^\s*\{\s*"schema"\s*:\s*"ossbench\.results/')
@@ -151,8 +151,10 @@ def collect_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
             files.append(given)
         else:
             raise ResultsError("no such file or folder", path=str(given))
-    seen: set[Path] = set()
-    files = [p for p in files if not (p.resolve() in seen or seen.add(p.resolve()))]  # named twice: once
+    unique: dict[Path, Path] = {}  # resolved -> as given: a file named twice (or inside a named folder) counts once
+    for p in files:
+        unique.setdefault(p.resolve(), p)
+    files = list(unique.values())
     if not files:
         raise UserError("no results files found in " + ", ".join(map(str, paths))
                         + f" (a folder is searched for *.json files of schema {SCHEMA!r})")
@@ -168,8 +170,35 @@ def _looks_like_results(path: Path) -> bool:
     return bool(_SCHEMA_HEAD.match(head))
 
 
-def parse_time(run: RunResult, path: str) -> datetime:
-    text = run.environment.start_time
+@dataclass(frozen=True)
+class _Digest:
+    """What a history keeps of one results file: a run's samples are dropped once read (hundreds of runs)."""
+
+    path: Path
+    series: tuple[str, str, str, str]  # suite name, suite profile, device type, device name
+    time: datetime
+    start_time: str
+    git_revision: str | None
+    cases: list[tuple[str, str, str, float | None, tuple[float, float] | None]]  # id, variant, status, median, CI
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, _, status, _, _ in self.cases:
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def digest(path: Path) -> _Digest:
+    run = load_results(path)
+    env = run.environment
+    cases = [(c.id, c.variant, c.status, c.stats.median if c.stats else None,
+              (c.stats.ci95_low, c.stats.ci95_high) if c.stats else None) for c in run.cases]
+    return _Digest(path, (run.suite.name, run.suite.profile, env.device_type, env.device_name),
+                   parse_time(env.start_time, str(path)), env.start_time, env.git_revision, cases)
+
+
+def parse_time(text: str, path: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -177,12 +206,11 @@ def parse_time(run: RunResult, path: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def check_one_series(runs: list[tuple[Path, RunResult]]) -> tuple[str, str]:
+def check_one_series(runs: list[_Digest]) -> tuple[str, str]:
     """(suite, device) shared by every run; a mixed history raises UserError naming each series' files."""
     groups: dict[tuple[str, str, str, str], list[str]] = {}
-    for path, run in runs:
-        key = (run.suite.name, run.suite.profile, run.environment.device_type, run.environment.device_name)
-        groups.setdefault(key, []).append(str(path))
+    for run in runs:
+        groups.setdefault(run.series, []).append(str(run.path))
     if len(groups) > 1:
         parts = []
         for (suite, profile, dtype, dname), files in sorted(groups.items(), key=lambda g: -len(g[1])):
@@ -190,46 +218,37 @@ def check_one_series(runs: list[tuple[Path, RunResult]]) -> tuple[str, str]:
             parts.append(f"{len(files)} file(s) of suite {suite!r} ({profile} profile) on {dname!r} ({dtype}): {shown}")
         raise UserError("a history is one suite on one device, these files mix " + str(len(groups))
                         + " series: " + "; ".join(parts))
-    _, first = runs[0]
-    return first.suite.name, f"{first.environment.device_name} ({first.environment.device_type})"
+    suite, _, dtype, dname = runs[0].series
+    return suite, f"{dname} ({dtype})"
 
 
 def load_history(paths: Iterable[str | os.PathLike], settings: HistorySettings = HistorySettings()) -> History:
-    """Load, check and order the runs, then find each case's changes."""
+    """Load, check and order the runs (by start time; ties keep the order given), then find each case's changes."""
     files, skipped = collect_files(list(paths))
-    loaded = [(p, load_results(p)) for p in files]
-    suite, device = check_one_series(loaded)
-    timed = sorted(((parse_time(r, str(p)), k, p, r) for k, (p, r) in enumerate(loaded)), key=lambda t: t[:2])
-    runs = [RunInfo(index=i, path=str(p), start_time=r.environment.start_time,
-                    git_revision=r.environment.git_revision, status_counts=_counts(r))
-            for i, (_, _, p, r) in enumerate(timed)]
-    ordered = [r for *_, r in timed]
+    with gc_paused():
+        digests = [digest(p) for p in files]
+    suite, device = check_one_series(digests)
+    ordered = [d for _, d in sorted(enumerate(digests), key=lambda kd: (kd[1].time, kd[0]))]
+    runs = [RunInfo(index=i, path=str(d.path), start_time=d.start_time, git_revision=d.git_revision,
+                    status_counts=d.status_counts) for i, d in enumerate(ordered)]
     return History(suite=suite, device=device, runs=runs, cases=build_cases(ordered, runs, settings),
                    settings=settings, skipped_files=skipped)
 
 
-def _counts(run: RunResult) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for c in run.cases:
-        counts[c.status] = counts.get(c.status, 0) + 1
-    return counts
-
-
-def build_cases(ordered: list[RunResult], runs: list[RunInfo], settings: HistorySettings) -> list[CaseHistory]:
+def build_cases(ordered: list[_Digest], runs: list[RunInfo], settings: HistorySettings) -> list[CaseHistory]:
     """Every case id seen in any run (first-seen order), with its points and changes."""
     points: dict[str, list[Point]] = {}
     not_ok: dict[str, list[tuple[int, str]]] = {}
     variants: dict[str, str] = {}
-    for info, run in zip(runs, ordered):
-        for c in run.cases:
-            variants.setdefault(c.id, c.variant)
-            points.setdefault(c.id, [])
-            not_ok.setdefault(c.id, [])
-            if c.status == "ok" and c.stats is not None:
-                ci = (c.stats.ci95_low, c.stats.ci95_high)
-                points[c.id].append(Point(info.index, c.stats.median, ci))
-            elif c.status != "skipped":
-                not_ok[c.id].append((info.index, c.status))
+    for index, run in enumerate(ordered):
+        for case_id, variant, status, median, ci in run.cases:
+            variants.setdefault(case_id, variant)
+            points.setdefault(case_id, [])
+            not_ok.setdefault(case_id, [])
+            if status == "ok" and median is not None:
+                points[case_id].append(Point(index, median, ci))
+            elif status != "skipped":
+                not_ok[case_id].append((index, status))
     return [case_history(cid, variants[cid], points[cid], not_ok[cid], runs, settings) for cid in points]
 
 
