@@ -150,11 +150,13 @@ def test_json_summary_and_page(runs, tmp_path):
     assert commit(12)[:12] in html
 
 
-def test_user_text_is_escaped_in_the_page(tmp_path):
-    hostile = "attention/<script>alert(1)</script>/x"
+def test_user_text_is_escaped_in_the_page_and_the_terminal(tmp_path):
+    hostile = "attention/<script>alert(1)</script>[bold]/x\x1b[31m"
     write_history(tmp_path, {hostile: step(8, 4, 1.5)})
     html = render_history_report(load_history([tmp_path]))
     assert "<script>alert(1)" not in html
+    r = invoke(tmp_path)
+    assert r.exit_code == 0 and "</script>[bold]/x\\x1b[31m" in r.output and "\x1b" not in r.output, r.output
 
 
 def test_changepoints_small_and_exact_series():
