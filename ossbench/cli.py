@@ -13,18 +13,8 @@ from pathlib import Path
 
 import click
 
+from .console import console as _console
 from .errors import UserError
-
-
-def _console(stderr: bool = False):
-    import os
-
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped to a file or CI log: rich would assume 80 columns and fold every case id; logs read better wide.
-    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
-    return Console(stderr=stderr, highlight=False, width=width)
 
 
 class _Group(click.Group):
@@ -51,6 +41,7 @@ def main() -> None:
       ossbench list                          layer families, parameters, modes and backends
       ossbench env                           device, driver, CUDA, torch, triton, peak table row
       ossbench calibrate                     measure this device's matmul and copy ceilings
+      ossbench history runs/                 change points per case over successive CI runs
     """
 
 
@@ -388,6 +379,10 @@ def calibrate(device: str, quick: bool, repeats: int | None, max_spread: float, 
             err.print("[yellow]saved despite the failed checks (--force): the file records forced: true.[/]")
         click.echo(f"saved: {path}")
 
+
+from .cli_history import history  # noqa: E402 - the command lives in its own module (cli.py stays short)
+
+main.add_command(history)
 
 if __name__ == "__main__":
     main()

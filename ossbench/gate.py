@@ -228,16 +228,16 @@ def smallest_p(n1: int, n2: int) -> float:
     return math.exp(-log_comb)
 
 
-def parse_fraction(text: str | float) -> float:
+def parse_fraction(text: str | float, what: str = "max slowdown") -> float:
     """'5%' -> 0.05, '0.05' -> 0.05. A bare number >= 1 is refused as ambiguous (write 5% or 0.05)."""
     s = str(text).strip()
     try:
         value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
     except ValueError:
-        raise UserError(f"max slowdown {text!r} is not a number (write 5% or 0.05)") from None
+        raise UserError(f"{what} {text!r} is not a number (write 5% or 0.05)") from None
     if not value > 0 or not np.isfinite(value):
-        raise UserError(f"max slowdown must be > 0 (got {text!r})")
+        raise UserError(f"{what} must be > 0 (got {text!r})")
     if not s.endswith("%") and value >= 1:
-        raise UserError(f"max slowdown {text!r} is ambiguous: write {s}% or {value / 100:g} (a fraction)")
+        raise UserError(f"{what} {text!r} is ambiguous: write {s}% or {value / 100:g} (a fraction)")
     return value
 
