@@ -190,7 +190,20 @@ def test_quick_is_a_delta_over_any_spec():
     assert {k: getattr(quick, k) for k in QUICK_CHANGES} == QUICK_CHANGES
     assert (quick.cache, quick.cuda_graph, quick.flush_bytes, quick.max_samples) == ("hot", True, 2**20, 50)
     # quick's 5 samples never pass a tighter cap (the spec would be invalid)
-    assert BenchSpec(min_samples=2, max_samples=3).quick().min_samples == 3
+    assert BenchSpec(min_samples=4, max_samples=4).quick().min_samples == 4
+
+
+def test_quick_only_ever_shortens_a_run():
+    # a CPU profile already shorter than quick's budgets keeps them (quick once raised max_time_s 0.2 -> 1)
+    short = BenchSpec(warmup_s=0.01, min_samples=3, min_time_s=0.02, max_time_s=0.2, target_rel_ci=0.1)
+    quick = short.quick()
+    assert (quick.warmup_s, quick.min_samples, quick.min_time_s, quick.max_time_s) == (0.01, 3, 0.02, 0.2)
+    assert quick.target_rel_ci == 0.1  # looser than quick's 5%: kept, a tighter one is loosened to 5%
+    assert BenchSpec(target_rel_ci=0.01).quick().target_rel_ci == 0.05
+    for spec in (BenchSpec(), short, BenchSpec(min_time_s=2.0, max_time_s=30.0, min_samples=50)):
+        q = spec.quick()
+        assert q.warmup_s <= spec.warmup_s and q.min_time_s <= spec.min_time_s and q.max_time_s <= spec.max_time_s
+        assert q.min_samples <= spec.min_samples and q.target_rel_ci >= spec.target_rel_ci
 
 
 def test_bench_takes_a_spec_or_keywords_not_both():

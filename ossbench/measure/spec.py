@@ -19,6 +19,7 @@ Cache = Literal["cold", "hot"]
 _Spec = TypeVar("_Spec", bound="BenchSpec")  # a method of a subclass (the suite's Timing) returns that subclass
 
 # `--quick`: a smoke run, not a measurement to quote (a loose CI target and a short budget).
+# Quick's bounds: each budget is at most this (a spec already shorter keeps its own), the CI target at least.
 QUICK_CHANGES: dict[str, Any] = dict(warmup_s=0.02, min_samples=5, min_time_s=0.05, max_time_s=1.0,
                                      target_rel_ci=0.05)
 
@@ -78,6 +79,9 @@ class BenchSpec(BaseModel):
         return self.model_validate({**self.model_dump(), **changes})
 
     def quick(self: _Spec) -> _Spec:
-        """This spec as a smoke run (``ossbench run --quick``): ``QUICK_CHANGES`` over it, with quick's
-        ``min_samples`` lowered to this spec's ``max_samples`` where that is smaller."""
-        return self.replace(**{**QUICK_CHANGES, "min_samples": min(QUICK_CHANGES["min_samples"], self.max_samples)})
+        """This spec as a smoke run (``ossbench run --quick``), never longer than the spec itself: each budget
+        of ``QUICK_CHANGES`` (warm-up, min/max time, min samples) only lowers this spec's, and its CI target
+        only loosens it; ``min_samples`` never exceeds ``max_samples``."""
+        shorter = {k: min(v, getattr(self, k)) for k, v in QUICK_CHANGES.items() if k != "target_rel_ci"}
+        shorter["min_samples"] = min(shorter["min_samples"], self.max_samples)
+        return self.replace(**shorter, target_rel_ci=max(QUICK_CHANGES["target_rel_ci"], self.target_rel_ci))
