@@ -68,9 +68,11 @@ def cases_table(run: RunResult) -> Table:
               caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
+    kinds = {c.memory.kind for c in run.cases if c.memory}
+    memory = "peak RSS growth" if kinds == {"rss"} else "memory"  # on CPU: the process's, not the case's
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
                ("GB/s", "right")] + ([("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
-               [("energy/token", "right")] if with_energy else []) + [("memory", "right"), ("status", "left")]
+               [("energy/token", "right")] if with_energy else []) + [(memory, "right"), ("status", "left")]
     for col, justify in columns:
         # ids and errors fold; figures never break across lines
         wraps = col in ("case", "status")
