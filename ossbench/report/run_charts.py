@@ -68,7 +68,10 @@ def metric_charts(run: RunResult, ids: ChartIds, colours: dict[str, str], *, val
     charts = []
     for mode, cases in by_mode(measured(run), lambda c: c.axes, lambda c: c.params).items():
         cases = [c for c in cases if value(c) is not None]
-        for axis in numeric_keys(_without_mode(c.axes) for c in cases):
+        axes = numeric_keys(_without_mode(c.axes) for c in cases)
+        if not axes and cases:  # a mode measured at one size: bars per variant instead of lines
+            charts.append(_bars(run, ids, colours, cases, value, band, title, mode, y_title, note))
+        for axis in axes:
             lines = lines_along(cases, axis, lambda c: _without_mode(c.axes), key_of)
             if not lines:
                 continue
@@ -89,11 +92,40 @@ def metric_charts(run: RunResult, ids: ChartIds, colours: dict[str, str], *, val
     return charts
 
 
+def _bars(run: RunResult, ids: ChartIds, colours: dict[str, str], cases: list[CaseResult],
+          value: Callable[[CaseResult], Any], band: Callable[[CaseResult], tuple[Any, Any]] | None,
+          title: str, mode: str | None, y_title: str, note: str) -> Chart:
+    """One bar per case (x: its variant, colour: its series; a group per sweep point), with `band` as
+    error bars: for a mode whose cases have no numeric axis to draw a line along."""
+    import plotly.graph_objects as go
+
+    key_of = series_keys(run)
+    points = list(dict.fromkeys(shape_text(c.axes) for c in cases))
+    fig = go.Figure()
+    for key in dict.fromkeys(key_of(c) for c in cases):
+        mine = [c for c in cases if key_of(c) == key]
+        errors = None
+        if band:
+            b = [band(c) for c in mine]
+            errors = dict(type="data", symmetric=False, array=[hi - value(c) for c, (_, hi) in zip(mine, b)],
+                          arrayminus=[value(c) - lo for c, (lo, _) in zip(mine, b)])
+        fig.add_trace(go.Bar(x=[plot_text(shape_text(c.axes) or "-") for c in mine], y=[value(c) for c in mine],
+                             name=plot_text(key), marker=dict(color=colours[key]), error_y=errors,
+                             hovertext=[plot_text(c.id) for c in mine],
+                             hovertemplate="%{hovertext}<br>%{y:.4g}<extra></extra>"))
+    at = points[0] if len(points) == 1 else "each sweep point"
+    fig.update_layout(**layout(title=_titled(f"{title} at {at}" if at else title, mode), x_title="sweep point",
+                               x_type="category", y_title=y_title, y_type=axis_type([value(c) for c in cases])),
+                      barmode="group")
+    return chart(ids, fig, note)
+
+
 def latency_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
     return metric_charts(
         run, ids, colours, value=lambda c: c.stats.median, band=lambda c: (c.stats.ci95_low, c.stats.ci95_high),
         title="Median latency", y_title="median latency (ms)", unit=" ms",
-        note="Filled bands: the 95% confidence interval of each median (distribution-free, from the samples).")
+        note="Filled bands (error bars on a bar chart): the 95% confidence interval of each median "
+             "(distribution-free, from the samples).")
 
 
 def speedup_charts(reports: list[PairReport], ids: ChartIds) -> list[Chart]:
@@ -121,7 +153,8 @@ def speedup_charts(reports: list[PairReport], ids: ChartIds) -> list[Chart]:
                 fig.add_trace(go.Scatter(x=labels, y=[o.judged_ratio for o in outcomes], mode="markers",
                                          name=f"{judged} ratio", marker=dict(symbol="line-ew-open", size=30,
                                                                              color=REFERENCE_COLOUR)))
-                fig.update_layout(**layout(title=_titled(base, mode), x_title="sweep point", y_title="speedup (x)"))
+                fig.update_layout(**layout(title=_titled(base, mode), x_title="sweep point", x_type="category",
+                                           y_title="speedup (x)"))
                 charts.append(chart(ids, fig, note))
                 continue
             for axis in axes:
