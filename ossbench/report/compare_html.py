@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compare import CaseComparison, CaseRun, Comparison, VsReference
+from ..headline import mode_of
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, over_ceiling
 from .ceilings import describe_ceilings
 from .page import Chart, ChartIds, chart, plot_text, render_page, write_page
@@ -97,10 +98,13 @@ def variant_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
     points = [Point(case, k, cell) for case in comparison.cases for k, cell in enumerate(case.runs)
               if cell is not None and cell.median_ms is not None]
     charts = []
-    for variant in dict.fromkeys(p.case.variant for p in points):
-        mine = [p for p in points if p.case.variant == variant]
-        for axis in numeric_keys(p.case.axes for p in mine):
-            lines = lines_along(mine, axis, lambda p: p.case.axes, lambda p: comparison.runs[p.run].label)
+    groups: dict[tuple[str, str | None], list[Point]] = {}
+    for p in points:  # per variant and mode: modes never share an axis
+        groups.setdefault((p.case.variant, mode_of(p.case.axes)), []).append(p)
+    for (variant, mode), mine in groups.items():
+        for axis in numeric_keys(_without_mode(p.case.axes) for p in mine):
+            lines = lines_along(mine, axis, lambda p: _without_mode(p.case.axes),
+                                lambda p: comparison.runs[p.run].label)
             dashes = dash_for(lines)
             fig = go.Figure()
             for line in lines:
@@ -111,7 +115,8 @@ def variant_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
                               name=line.label, colour=colours[line.key], dash=dashes[line.others],
                               hover=[f"{p.case.id} ({line.key})" for p in line.points], unit=" ms")
             drawn = [p for line in lines for p in line.points]
-            fig.update_layout(**layout(title=f"{variant}: median latency vs {axis}", x_title=axis,
+            title = f"{variant}: median latency vs {axis}" + (f" ({mode})" if mode else "")
+            fig.update_layout(**layout(title=title, x_title=axis,
                                        y_title="median latency (ms)",
                                        x_type=axis_type([p.case.axes[axis] for p in drawn]),
                                        y_type=axis_type([p.cell.median_ms for p in drawn])))
@@ -197,6 +202,10 @@ def ceiling_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
         note += (f" {above} bar(s) pass 100%: {CEILING_BELOW_MEASURED_TEXT} (rerun `ossbench calibrate` on a "
                  "quiet machine for that run's device).")
     return [chart(ids, fig, note)]
+
+
+def _without_mode(axes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in axes.items() if k != "mode"}
 
 
 def _vertical(fig: Any, x: float, name: str, line: dict[str, Any]) -> None:
