@@ -294,3 +294,12 @@ def test_kernels_side_by_side_per_shape_and_traces_linked(tmp_path) -> None:
     assert re.findall(r'<td class="num">([^<]+)</td>', only) == ["1 ms", "-"]
     assert '<a href="traces/full.json.gz">full.json.gz</a>' in section
     assert str(tmp_path) not in page
+
+
+def test_header_says_when_the_machine_was_loaded() -> None:
+    rng = np.random.default_rng(7)
+    cases = [_case("full", "prefill", 128, 1.0, rng)]
+    busy = render_report(_run(cases, env=_env(load={"loadavg": [7.8, 6.0, 3.0], "cpu_count": 2})))
+    assert "1-minute load average 7.8 on 2 CPUs" in busy and "(loaded:" in busy
+    quiet = render_report(_run(cases, env=_env(load={"loadavg": [0.3, 0.2, 0.1], "cpu_count": 2})))
+    assert "load average 0.3 on 2 CPUs" in quiet and "(loaded:" not in quiet
