@@ -303,3 +303,16 @@ def test_header_says_when_the_machine_was_loaded() -> None:
     assert "1-minute load average 7.8 on 2 CPUs" in busy and "(loaded:" in busy
     quiet = render_report(_run(cases, env=_env(load={"loadavg": [0.3, 0.2, 0.1], "cpu_count": 2})))
     assert "load average 0.3 on 2 CPUs" in quiet and "(loaded:" not in quiet
+
+
+def test_run_writes_its_report_against_a_shared_plotly_js(tmp_path) -> None:
+    from pathlib import Path
+
+    suite = Path(__file__).parent / "suites" / "tiny.yaml"
+    shared = tmp_path / "shared" / "plotly.min.js"
+    out = CliRunner().invoke(main, ["run", str(suite), "--device", "cpu", "--out", str(tmp_path / "run"),
+                                    "--filter", "window8/mode=decode", "--plotly-js", str(shared)])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert 'src="../shared/plotly.min.js"' in page and get_plotlyjs() not in page
+    assert shared.read_text() == get_plotlyjs()
