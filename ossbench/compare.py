@@ -106,7 +106,8 @@ class Comparison:
     runs: list[RunInfo]  # runs[0] is the reference
     cases: list[CaseComparison]  # cases of the reference that at least one other run has, in its order
     follows_tolerance: float = FOLLOWS_TOLERANCE
-    summaries: list[RunSummary | None] = field(default_factory=list)  # index-aligned with runs; [0] and runs without a shared ok case: None
+    # index-aligned with runs; None for [0] and for a run that shares no case that ran ok in both
+    summaries: list[RunSummary | None] = field(default_factory=list)
 
     @property
     def reference(self) -> RunInfo:
