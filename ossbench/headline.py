@@ -76,20 +76,30 @@ class BackendBest:
 
 
 @dataclass(frozen=True)
-class Fastest:
-    """At the largest point of one mode: each backend's fastest case, fastest first."""
+class Race:
+    """Backends that ran the same work (every parameter but the backend equal), fastest first; or, when no
+    work ran on two backends, each backend's fastest case whatever its work (``like_for_like`` False)."""
 
-    mode: str | None
-    axes: dict[str, Any]  # the point (the mode's largest), as the cases' axes
     by_backend: list[BackendBest]
+    like_for_like: bool
 
     @property
     def winner(self) -> BackendBest:
         return self.by_backend[0]
 
 
+@dataclass(frozen=True)
+class Fastest:
+    """At the largest point of one mode: which backend is fastest."""
+
+    mode: str | None
+    axes: dict[str, Any]  # the point (the mode's largest), as the cases' axes
+    races: list[Race]
+
+
 def fastest_by_mode(run: RunResult) -> list[Fastest]:
-    """Per mode: the largest point that some case ran (ok) at, and there each backend's fastest case."""
+    """Per mode, at the largest point some case ran (ok) at: for each work that ran on several backends,
+    the backends ranked; when none did, each backend's fastest case (different work, said so)."""
     by_mode: dict[str | None, list[CaseResult]] = {}
     for c in run.cases:
         if c.status == "ok" and c.stats is not None:
@@ -98,11 +108,26 @@ def fastest_by_mode(run: RunResult) -> list[Fastest]:
     for mode, cases in by_mode.items():
         top = max(cases, key=lambda c: size_of(c.axes)).axes  # the first case at the largest size: its point
         at_top = [c for c in cases if c.axes == top]
-        best: dict[str, CaseResult] = {}
+        works: dict[tuple, list[CaseResult]] = {}
         for c in at_top:
-            backend = str(c.params.get("backend") or DEFAULT_BACKEND)
-            if backend not in best or c.stats.median < best[backend].stats.median:
-                best[backend] = c
-        ranked = sorted((BackendBest(b, c) for b, c in best.items()), key=lambda b: b.median_ms)
-        out.append(Fastest(mode, dict(ranked[0].case.axes), ranked))
+            works.setdefault(_work(c), []).append(c)
+        races = [Race(_ranked(group), True) for group in works.values() if len({_backend(c) for c in group}) > 1]
+        out.append(Fastest(mode, dict(top), races or [Race(_ranked(at_top), False)]))
     return out
+
+
+def _backend(case: CaseResult) -> str:
+    return str(case.params.get("backend") or DEFAULT_BACKEND)
+
+
+def _work(case: CaseResult) -> tuple:
+    """What a case computes: its family and every parameter but the backend."""
+    return (case.family, tuple(sorted((k, repr(v)) for k, v in case.params.items() if k != "backend")))
+
+
+def _ranked(cases: list[CaseResult]) -> list[BackendBest]:
+    best: dict[str, CaseResult] = {}
+    for c in cases:
+        if _backend(c) not in best or c.stats.median < best[_backend(c)].stats.median:
+            best[_backend(c)] = c
+    return sorted((BackendBest(b, c) for b, c in best.items()), key=lambda b: b.median_ms)

@@ -93,19 +93,26 @@ def test_answer_gives_each_pair_its_largest_point_per_mode_before_the_detail() -
     assert "(bytes ratio 2x)" in top  # judged on bytes: 4e6 / 2e6
 
 
-def test_fastest_backend_per_mode_at_the_largest_point() -> None:
+def test_fastest_backend_per_mode_on_the_same_work() -> None:
     rng = np.random.default_rng(1)
     cases = [_case(v, mode, size, ms * size / 100, rng, backend=b)
              for mode, (_, sizes) in SIZES.items() for size in sizes
              for v, b, ms in (("full", "eager", 1.0), ("full-sdpa", "sdpa", 0.5 if mode == "decode" else 2.0))]
-    fastest = {f.mode: f for f in fastest_by_mode(_run(cases))}
+    window = _case("window", "prefill", 512, 0.01, rng, backend="eager")  # far faster, but other work
+    window.params["window"] = 8
+    fastest = {f.mode: f for f in fastest_by_mode(_run(cases + [window]))}
     assert fastest["prefill"].axes["seq_len"] == 512 and fastest["decode"].axes["kv_len"] == 4096
-    assert fastest["prefill"].winner.backend == "eager" and fastest["decode"].winner.backend == "sdpa"
-    assert [b.backend for b in fastest["decode"].by_backend] == ["sdpa", "eager"]
-    top = render_report(_run(cases))
+    (prefill,), (decode,) = fastest["prefill"].races, fastest["decode"].races
+    assert prefill.like_for_like and prefill.winner.backend == "eager" and prefill.winner.case.variant == "full"
+    assert [b.backend for b in decode.by_backend] == ["sdpa", "eager"]
+    top = render_report(_run(cases + [window]))
     top = top[top.index('id="answer"'):top.index('<dl class="meta">')]
-    assert re.search(r"<strong>prefill</strong>, seq_len=512: fastest backend\s+<strong>eager</strong>", top)
+    assert re.search(r"<strong>prefill</strong>, seq_len=512: fastest backend\s+<strong>eager</strong> on the same "
+                     r"work \(full, ", top)
     assert re.search(r"<strong>decode</strong>, batch=1, kv_len=4096: fastest backend\s+<strong>sdpa</strong>", top)
+    # No work on two backends: each backend's fastest case, said to be different work.
+    (race,) = fastest_by_mode(_run([window, _case("full", "prefill", 512, 1.0, rng, backend="sdpa")]))[0].races
+    assert not race.like_for_like and race.winner.case.variant == "window"
 
 
 def test_one_sample_reads_too_few_samples_not_nan_in_page_and_terminal() -> None:
