@@ -15,6 +15,11 @@ from .measure.roofline import dtype_key, over_ceiling, resolve_ceilings, rooflin
 from .records import Ceilings  # as `resolve_ceilings` shapes them: {"compute_tflops": {"bf16": ...}, ...}
 from .results import CaseResult, Environment, RunResult
 
+# A memory-bound case timed with a hot cache whose data fits in the cache: its "% of speed of light" is
+# against DRAM bandwidth, which a cache-resident working set does not need (it can read 976% "of it").
+HOT_CACHE_SHORT = "hot cache"
+HOT_CACHE_TEXT = "hot cache: data fits in cache, the DRAM roof is not its ceiling"
+
 
 def run_ceilings(env: Environment) -> Ceilings | None:
     """The ceilings a run's roofline used (``environment.ceilings``: calibrated where `ossbench calibrate`
@@ -47,11 +52,26 @@ def _over(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def ceiling_fractions(case: CaseResult, ceilings: Ceilings | None) -> tuple[float | None, float | None]:
+def cache_resident(case: CaseResult, cache_bytes: int | None) -> bool:
+    """The case was timed with a hot cache (no flush between samples) and its minimum bytes fit in the
+    device's last-level cache (`cache_bytes`; when unknown, as on CPU results, assumed to fit): its data may
+    be served from cache, so the DRAM bandwidth roof does not bound it."""
+    hot = (case.timing or {}).get("cache") == "hot"
+    return hot and bool(case.bytes) and (cache_bytes is None or case.bytes <= cache_bytes)
+
+
+def run_cache_bytes(env: Environment) -> int | None:
+    """The last-level cache a run's hot-cache cases may sit in: the GPU's L2; None when not recorded (CPU)."""
+    return getattr(env, "l2_cache_bytes", None)
+
+
+def ceiling_fractions(case: CaseResult, ceilings: Ceilings | None,
+                      cache_bytes: int | None = 0) -> tuple[float | None, float | None]:
     """(achieved TFLOP/s / the dtype's compute ceiling, achieved GB/s from the minimum bytes / bandwidth
-    ceiling), each None when unknown; 0.42 = 42%."""
+    ceiling), each None when unknown; 0.42 = 42%. The bandwidth fraction is None for a `cache_resident`
+    case (pass the run's `run_cache_bytes`; the default, no cache, fits nothing): DRAM is not its ceiling."""
     return (_over(case.derived.tflops, compute_ceiling(ceilings, case_key(case))),
-            _over(case.derived.gbps, bandwidth_ceiling(ceilings)))
+            None if cache_resident(case, cache_bytes) else _over(case.derived.gbps, bandwidth_ceiling(ceilings)))
 
 
 def ceiling_ratios(key: str, reference: Ceilings | None,
@@ -71,16 +91,19 @@ class Placement:
     fraction: float | None  # speed of light: floor time / measured median (1.0 = at the roof)
     key: str  # the compute ceiling it runs against ("bf16", "tf32", ...)
     reason: str | None = None  # why bound/fraction are unknown
+    hot_cache: bool = False  # memory-bound, timed hot and small enough for the cache: the DRAM roof is not its ceiling
 
     @property
     def over_ceiling(self) -> bool:
-        """Faster than the ceiling allows: the ceiling is wrong (shown as a warning, never as a percentage)."""
-        return over_ceiling(self.fraction)
+        """Faster than the ceiling allows: the ceiling is wrong (shown as a warning, never as a percentage).
+        Not for a `hot_cache` case, whose DRAM roof is simply not its ceiling."""
+        return over_ceiling(self.fraction) and not self.hot_cache
 
 
-def place(case: CaseResult, ceilings: Ceilings | None) -> Placement:
+def place(case: CaseResult, ceilings: Ceilings | None, cache_bytes: int | None = 0) -> Placement:
     """A case's arithmetic intensity, bound and fraction of the ceiling: the case's recorded ``roofline``,
-    else computed from its figures and `ceilings`."""
+    else computed from its figures and `ceilings`. A memory-bound case that is `cache_resident` (pass the
+    run's `run_cache_bytes`; the default, no cache, fits nothing) is marked ``hot_cache``."""
     record = getattr(case, "roofline", None)
     if record is not None and not isinstance(record, dict):
         record = record.model_dump()
@@ -93,13 +116,14 @@ def place(case: CaseResult, ceilings: Ceilings | None) -> Placement:
         if intensity is None and case.flops and case.bytes:
             intensity = case.flops / case.bytes
         return Placement(intensity, None, None, key, record.get("reason"))
-    return Placement(record.get("intensity"), record.get("bound"), record.get("speed_of_light"), key)
+    hot = record.get("bound") == "memory" and cache_resident(case, cache_bytes)
+    return Placement(record.get("intensity"), record.get("bound"), record.get("speed_of_light"), key, hot_cache=hot)
 
 
 def place_cases(run: RunResult) -> list[Placement]:
     """Every case's placement under the run's ceilings, index-aligned with ``run.cases``."""
-    ceilings = run_ceilings(run.environment)
-    return [place(c, ceilings) for c in run.cases]
+    ceilings, cache = run_ceilings(run.environment), run_cache_bytes(run.environment)
+    return [place(c, ceilings, cache) for c in run.cases]
 
 
 @dataclass(frozen=True)
@@ -112,5 +136,4 @@ class RunAnalysis:
 
 
 def analyze_run(run: RunResult) -> RunAnalysis:
-    ceilings = run_ceilings(run.environment)
-    return RunAnalysis(ceilings, [place(c, ceilings) for c in run.cases], evaluate(run))
+    return RunAnalysis(run_ceilings(run.environment), place_cases(run), evaluate(run))

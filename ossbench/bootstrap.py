@@ -32,6 +32,17 @@ def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Genera
     return (pick(u) + pick(u + (1.0 - u) * rng.beta(1, n - j, resamples))) / 2.0
 
 
+def ratio_of_medians_draws(reference: np.ndarray, other: np.ndarray, rng: np.random.Generator,
+                           resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, np.ndarray | None]:
+    """median(other) / median(reference) and `resamples` bootstrap draws of it (None when a side has fewer
+    than two samples: nothing to resample). `ratio_of_medians_ci` takes its percentiles; `ossbench.compare`
+    also combines the draws of many cases into a geometric mean's interval."""
+    ratio = float(np.median(other) / np.median(reference))
+    if min(len(reference), len(other)) < 2:
+        return ratio, None
+    return ratio, bootstrap_medians(other, resamples, rng) / bootstrap_medians(reference, resamples, rng)
+
+
 def ratio_of_medians_ci(reference: np.ndarray, other: np.ndarray, rng: np.random.Generator,
                         resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, tuple[float, float]]:
     """median(other) / median(reference) with a percentile bootstrap CI95.
@@ -41,10 +52,9 @@ def ratio_of_medians_ci(reference: np.ndarray, other: np.ndarray, rng: np.random
     cost one sort). Percentile rather than BCa: BCa's jackknife acceleration is unreliable for the median,
     a non-smooth statistic, and with many tied timer ticks it degenerates.
     """
-    ratio = float(np.median(other) / np.median(reference))
-    if min(len(reference), len(other)) < 2:  # one sample (a case that hit its budget): no interval exists
+    ratio, ratios = ratio_of_medians_draws(reference, other, rng, resamples)
+    if ratios is None:  # one sample (a case that hit its budget): no interval exists
         return ratio, (float("nan"), float("nan"))
-    ratios = bootstrap_medians(other, resamples, rng) / bootstrap_medians(reference, resamples, rng)
     lo, hi = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         lo = hi = ratio

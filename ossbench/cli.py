@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .cli_options import Fraction, plotly_js_option
 from .console import console as _console
 from .errors import UserError
 
@@ -65,9 +66,10 @@ def main() -> None:
 @click.option("--isolate/--no-isolate", default=None,
               help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
+@plotly_js_option
 def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
         profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool,
-        isolate: bool | None) -> None:
+        isolate: bool | None, plotly_js: str) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
@@ -80,6 +82,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
 
     from .outdir import claim_out_dir
     from .report import write_report
+    from .report.plotly_js import PlotlyJs
     from .run_console import (NOTHING_TO_RESUME, case_line, exit_code, notices, print_summary,
                               report_failed_line, start_lines, stopped_line, stopping_line)
     from .runner import plan_run, run_plan
@@ -88,7 +91,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     from .text import term_text
 
     out, err = _console(), _console(stderr=True)
-    resumed = None
+    plotly, resumed = PlotlyJs.parse(plotly_js), None
     if resume_dir:
         from .resume import plan_resume
 
@@ -128,7 +131,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
             result = run_plan(plan, on_case, stop=stop, resume=resumed)
         try:
-            report_path = write_report(result, plan.out_dir / "report.html")
+            report_path = write_report(result, plan.out_dir / "report.html", plotly=plotly)
         except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
             report_path = None
             err.print(report_failed_line(e), soft_wrap=True)
@@ -217,7 +220,8 @@ def env(device: str) -> None:
 @click.argument("results_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write [default: report.html beside RESULTS_FILE].")
-def report(results_file: Path, output: Path | None) -> None:
+@plotly_js_option
+def report(results_file: Path, output: Path | None, plotly_js: str) -> None:
     """Render the HTML report of RESULTS_FILE (a results.json, or the journal.jsonl of an interrupted run)."""
     from .outdir import check_output_file
     from .report import write_report
@@ -225,7 +229,7 @@ def report(results_file: Path, output: Path | None) -> None:
 
     target = check_output_file(output or results_file.with_name("report.html"), "-o" if output else "report")
     run_result = load_results(results_file)
-    path = write_report(run_result, target)
+    path = write_report(run_result, target, plotly=plotly_js)
     click.echo(str(path))
 
 
@@ -234,7 +238,10 @@ def report(results_file: Path, output: Path | None) -> None:
                 type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the comparison as a self-contained HTML file.")
-def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
+@click.option("--label", "labels", multiple=True, metavar="NAME",
+              help="Name a run (once per file, in order) [default: the device, with the run's folder if needed].")
+@plotly_js_option
+def compare(results_files: tuple[Path, ...], output: Path | None, labels: tuple[str, ...], plotly_js: str) -> None:
     """Compare runs case by case (other GPUs, versions, commits); the first file is the reference.
 
     Per case: the speedup over the reference with a bootstrap CI95, and each run's fraction of its device's
@@ -250,33 +257,23 @@ def compare(results_files: tuple[Path, ...], output: Path | None) -> None:
         from .outdir import check_output_file
 
         check_output_file(output, "-o")
+    if labels and len(labels) != len(results_files):
+        raise UserError(f"--label: give one per results file ({len(results_files)}), got {len(labels)}")
     runs = [load_results(p) for p in results_files]
     paths = [str(p) for p in results_files]
-    comparison = compare_runs(runs, run_labels(runs, paths), sources=paths)
+    comparison = compare_runs(runs, list(labels) or run_labels(runs, paths), sources=paths)
     print_comparison(comparison, _console())
     if output:
         from .report.compare_html import write_compare_report
 
-        click.echo(str(write_compare_report(comparison, output)))
-
-
-class _Fraction(click.ParamType):
-    name = "FRACTION"
-
-    def convert(self, value, param, ctx):
-        from .gate import parse_fraction
-
-        try:
-            return parse_fraction(value)
-        except UserError as e:
-            self.fail(str(e), param, ctx)
+        click.echo(str(write_compare_report(comparison, output, plotly=plotly_js)))
 
 
 @main.command()
 @click.option("--baseline", "baseline_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The stored baseline results file.")
 @click.argument("current_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--max-slowdown", type=_Fraction(),
+@click.option("--max-slowdown", type=Fraction(),
               help="Largest tolerated slowdown of a median: 5% or 0.05 [default: the suite's gate.max_slowdown, "
                    "else 5%].")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,

@@ -9,20 +9,8 @@ from pathlib import Path
 
 import click
 
+from .cli_options import Fraction, plotly_js_option
 from .console import console
-from .errors import UserError
-
-
-class _Fraction(click.ParamType):
-    name = "FRACTION"
-
-    def convert(self, value, param, ctx):
-        from .gate import parse_fraction
-
-        try:
-            return parse_fraction(value, what="min change")
-        except UserError as e:
-            self.fail(str(e), param, ctx)
 
 
 @click.command()
@@ -38,14 +26,15 @@ class _Fraction(click.ParamType):
 @click.option("--confirm", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs that must show a slower change (from its first run to the latest) before it is new: 2 waits "
                    "one more run and so ignores a lone slow latest run.")
-@click.option("--min-change", type=_Fraction(), default="5%", show_default=True,
+@click.option("--min-change", type=Fraction("min change"), default="5%", show_default=True,
               help="Smallest change of the median reported: 5% or 0.05.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Significance level of each change's t-test on the run medians.")
 @click.option("--window", type=click.IntRange(min=2), default=20, show_default=True,
               help="Runs each side of a change that its test uses (at most; up to the neighbouring change).")
+@plotly_js_option
 def history(paths: tuple[Path, ...], output: Path | None, json_file: Path | None, fail_on_new: bool, recent: int,
-            confirm: int, min_change: float, alpha: float, window: int) -> None:
+            confirm: int, min_change: float, alpha: float, window: int, plotly_js: str) -> None:
     """Change points per case over successive runs of one suite on one device (e.g. CI artefacts).
 
     RESULTS_OR_FOLDER: results files, or folders searched for them (every *.json below that is an ossbench
@@ -78,7 +67,7 @@ def history(paths: tuple[Path, ...], output: Path | None, json_file: Path | None
     if output:
         from .report.history_html import write_history_report
 
-        click.echo(str(write_history_report(h, output)), err=to_stdout)
+        click.echo(str(write_history_report(h, output, plotly=plotly_js)), err=to_stdout)
     if fail_on_new and h.new_regressions:
         console(stderr=True).print(f"[bold red]{len(h.new_regressions)} new regression(s)[/] (--fail-on-new)")
         sys.exit(1)

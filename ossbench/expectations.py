@@ -11,6 +11,8 @@ import numpy as np
 from .bootstrap import BOOTSTRAP_SEED, speedup_ci
 from .results import CaseResult, RunResult
 
+MIN_CI_SAMPLES = 2  # fewer samples in a case: its median has no confidence interval
+
 
 @dataclass(frozen=True)
 class PairOutcome:
@@ -23,6 +25,23 @@ class PairOutcome:
     met: bool | None  # None: no expectation, or a case did not run
     bound: str  # the expectation in words, e.g. "speedup >= 0.5 x flops ratio"
     speedup_ci95: tuple[float, float] | None = None  # percentile bootstrap CI95 of the speedup, from the samples
+    n: int | None = None  # the smaller sample count of the two cases (None: a case did not run)
+    relative_to: str = "none"  # what the expectation scales by: "none", "flops" or "bytes"
+
+    @property
+    def too_few_samples(self) -> bool:
+        """A case has fewer than MIN_CI_SAMPLES samples: no interval exists and the verdict rests on one number."""
+        return self.n is not None and self.n < MIN_CI_SAMPLES
+
+    @property
+    def judged_ratio(self) -> float | None:
+        """The cost-model ratio the expectation scales by (FLOP ratio when it is judged on none)."""
+        return self.bytes_ratio if self.relative_to == "bytes" else self.flops_ratio
+
+    @property
+    def judged_on(self) -> str:
+        """The name of `judged_ratio`: "bytes" or "FLOP"."""
+        return "bytes" if self.relative_to == "bytes" else "FLOP"
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,7 @@ class PairReport:
     candidate: str
     claim: str
     outcomes: list[PairOutcome]
+    relative_to: str = "none"  # the expectation's scale: "none", "flops" or "bytes"
 
     @property
     def met(self) -> bool | None:
@@ -54,7 +74,8 @@ def _evaluate_pair(run: RunResult, pair: dict[str, Any], rng: np.random.Generato
         cand = by_key.get((pair["candidate"], _key(c.axes)))
         if cand is not None:
             outcomes.append(_outcome(c, cand, expect, rng))
-    return PairReport(pair["baseline"], pair["candidate"], pair.get("claim", ""), outcomes)
+    return PairReport(pair["baseline"], pair["candidate"], pair.get("claim", ""), outcomes,
+                      expect.get("relative_to", "none"))
 
 
 def _key(axes: dict[str, Any]) -> tuple:
@@ -69,6 +90,9 @@ def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any], rng: np
     ran = base.status == "ok" and cand.status == "ok" and base.stats and cand.stats
     speedup = base.stats.median / cand.stats.median if ran else None
     ci = speedup_ci(base.samples_ms, cand.samples_ms, rng) if ran and base.samples_ms and cand.samples_ms else None
+    if ci is not None and not all(np.isfinite(ci)):
+        ci = None  # one sample on a side: no interval (shown as "too few samples", never as "nan")
+    n = min(len(base.samples_ms) or base.stats.n, len(cand.samples_ms) or cand.stats.n) if ran else None
     flops_ratio, bytes_ratio = _ratio(base.flops, cand.flops), _ratio(base.bytes, cand.bytes)
     relative_to = expect.get("relative_to", "none")
     scale = {"none": 1.0, "flops": flops_ratio, "bytes": bytes_ratio}[relative_to]
@@ -79,4 +103,5 @@ def _outcome(base: CaseResult, cand: CaseResult, expect: dict[str, Any], rng: np
     met = None
     if bound and speedup is not None and scale:
         met = (lo is None or speedup >= lo * scale) and (hi is None or speedup <= hi * scale)
-    return PairOutcome(base.id, cand.id, dict(base.axes), speedup, flops_ratio, bytes_ratio, met, bound, ci)
+    return PairOutcome(base.id, cand.id, dict(base.axes), speedup, flops_ratio, bytes_ratio, met, bound, ci, n,
+                       relative_to)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .analysis import Ceilings, Placement, place, place_cases
-from .expectations import PairReport
+from .analysis import HOT_CACHE_SHORT, Ceilings, Placement, place, place_cases
+from .expectations import PairOutcome, PairReport
 from .measure.roofline import CEILING_BELOW_MEASURED_SHORT, CEILING_BELOW_MEASURED_TEXT
 from .results import RunResult
 from .text import term_text
@@ -38,6 +38,8 @@ def sol_cell(p: Placement) -> str:
     if p.fraction is None:
         return "-"
     figure = f"{p.fraction * 100:.0f}% {'mem' if p.bound == 'memory' else 'comp'}"
+    if p.hot_cache:  # against DRAM, which a cache-resident working set does not need
+        return f"[dim]{HOT_CACHE_SHORT} ({figure} of DRAM)[/]"
     return beaten_ceiling_cell(figure) if p.over_ceiling else figure
 
 
@@ -66,9 +68,11 @@ def cases_table(run: RunResult) -> Table:
               caption=beaten_ceiling_caption(beaten), caption_justify="left")
     with_energy = any((c.power or {}).get("energy", {}).get("available") for c in run.cases)
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
+    kinds = {c.memory.kind for c in run.cases if c.memory}
+    memory = "peak RSS growth" if kinds == {"rss"} else "memory"  # on CPU: the process's, not the case's
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
                ("GB/s", "right")] + ([("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
-               [("energy/token", "right")] if with_energy else []) + [("memory", "right"), ("status", "left")]
+               [("energy/token", "right")] if with_energy else []) + [(memory, "right"), ("status", "left")]
     for col, justify in columns:
         # ids and errors fold; figures never break across lines
         wraps = col in ("case", "status")
@@ -91,16 +95,30 @@ def cases_table(run: RunResult) -> Table:
     return t
 
 
+def too_few_text(n: int | None) -> str:
+    """What stands where a CI95 cannot be computed (a case with one sample)."""
+    return f"too few samples (n={n})"
+
+
+def pair_ci_cell(o: PairOutcome) -> str:
+    """The speedup's CI95 in a terminal cell; "too few samples (n=1)" where a case has one sample."""
+    if o.too_few_samples:
+        return f"[dim]{too_few_text(o.n)}[/]"
+    return "-" if o.speedup_ci95 is None else f"{o.speedup_ci95[0]:.2f} to {o.speedup_ci95[1]:.2f}"
+
+
 def pairs_table(reports: list[PairReport]) -> Table:
     t = Table(title="compare pairs (speedup = baseline median / candidate median)", title_justify="left")
-    for col in ("baseline -> candidate", "at", "speedup", "FLOP ratio", "bytes ratio", "expectation"):
+    for col in ("baseline -> candidate", "at", "speedup", "CI95", "FLOP ratio", "bytes ratio", "expectation"):
         t.add_column(col, overflow="fold")
     for r in reports:
         for o in r.outcomes:
             verdict = {True: "[green]met[/]", False: "[red]not met[/]", None: "-"}[o.met]
+            if o.too_few_samples and o.met is not None:  # one number decided it: greyed, not green/red
+                verdict = f"[dim]{'met' if o.met else 'not met'} (too few samples)[/]"
             at = ",".join(f"{k}={v}" for k, v in o.axes.items())
-            t.add_row(term_text(f"{r.baseline} -> {r.candidate}"), term_text(at), _num(o.speedup), _num(o.flops_ratio),
-                      _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
+            t.add_row(term_text(f"{r.baseline} -> {r.candidate}"), term_text(at), _num(o.speedup), pair_ci_cell(o),
+                      _num(o.flops_ratio), _num(o.bytes_ratio), f"{o.bound} {verdict}" if o.bound else verdict)
     return t
 
 

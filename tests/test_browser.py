@@ -263,3 +263,35 @@ def test_compare_renders_offline(tiny_runs, xss_run, visit, tmp_path) -> None:
     page.locator("input.table-filter[data-table='compare-table']").fill("decode")
     assert page.locator("#compare-table tbody tr:not([hidden])").count() == sum(
         "decode" in c.id for c in comparison.cases)
+
+
+def test_report_opens_with_the_answer_and_fits_the_page(tiny_runs, tiny_report, visit, browser) -> None:
+    """The answer comes before the run's details; no table pushes the page wider than the window."""
+    v = visit(tiny_report)
+    v.assert_clean()
+    page = v.page
+    top = {sel: page.locator(sel).bounding_box()["y"] for sel in ("#answer", "dl.meta", "#expectations")}
+    assert top["#answer"] < top["dl.meta"] < top["#expectations"]
+    answer = page.inner_text("#answer")
+    for pair in evaluate(tiny_runs[0]):
+        assert f"{pair.candidate} vs {pair.baseline}" in answer
+    assert "fastest backend" in answer
+    for width in (1280, 800):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(500)  # plotly's responsive charts relayout after the resize
+        wide = page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e =>
+            e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && !e.closest('.table-wrap'))
+            .map(e => e.tagName + '.' + e.className).slice(0, 5)""")
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth"), (
+            width, wide)
+
+
+def test_shared_plotly_file_draws_every_chart(tiny_runs, visit, tmp_path) -> None:
+    """--plotly-js FILE: the page loads plotly.js from the shared copy by a relative path, nothing else."""
+    shared = tmp_path / "assets" / "plotly.min.js"
+    path = write_report(tiny_runs[0], tmp_path / "runs" / "a" / "report.html", plotly=shared)
+    v = visit(path)
+    assert v.errors == [] and v.dialogs == []
+    assert v.foreign_requests == [shared.resolve().as_uri()]
+    drawn = _drawn_plots(v.page)
+    assert drawn and all(n > 0 for n in drawn.values()), drawn

@@ -194,7 +194,8 @@ def test_the_same_file_twice_is_an_a_a_look(tmp_path):
     path = make_run(rng, "A", SLOW_GPU, {"attention/a/s=1": 1.0}).save(tmp_path / "r.json")
     result = CliRunner().invoke(main, ["compare", str(path), str(path)], env={"COLUMNS": "400"})  # no wrapped labels
     assert result.exit_code == 0, result.output
-    assert f"{path} #2" in result.output
+    assert "A test_the_same_file_twice_is_an0/r.json #2" in result.output  # short: device + folder/file, numbered
+    assert str(path) not in result.output
 
 
 def test_runs_sharing_no_case_are_bad_input_naming_both_files(tmp_path):
@@ -262,8 +263,12 @@ def test_run_labels_name_the_devices_else_the_files():
     rng = np.random.default_rng(40)
     slow, fast, slow_again = (make_run(rng, d, SLOW_GPU, {"attention/a/s=1": 1.0}) for d in ("slow", "fast", "slow"))
     assert run_labels([slow, fast], ["a.json", "b.json"]) == ["slow", "fast"]
-    assert run_labels([slow, slow_again], ["a.json", "b.json"]) == ["a.json", "b.json"]
-    assert run_labels([slow, slow_again], ["a.json", "a.json"]) == ["a.json #1", "a.json #2"]
+    assert run_labels([slow, slow_again], ["a.json", "b.json"]) == ["slow a.json", "slow b.json"]
+    assert run_labels([slow, slow_again], ["a.json", "a.json"]) == ["slow a.json #1", "slow a.json #2"]
+    # what `ossbench run` writes: DIR/results.json is named by its folder, never by the full path
+    assert run_labels([slow, slow_again], ["/home/u/reports/attention-cpu-1/results.json",
+                                           "/home/u/reports/attention-cpu-2/results.json"]) == [
+        "slow attention-cpu-1", "slow attention-cpu-2"]
     assert run_labels([slow, slow_again]) == ["slow #1", "slow #2"]  # no files: the repeated name, numbered
     assert [r.label for r in compare_runs([slow, slow_again]).runs] == ["slow #1", "slow #2"]
 

@@ -3,7 +3,17 @@ under them, is `ossbench.analysis`'s (`run_ceilings`, `place`)."""
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
+
+
+def shown_path(path: str | None) -> str | None:
+    """A local path as a shared report shows it: an absolute path (a home folder, a CI workspace) by its file
+    name only; a relative one (``suites/attention.yaml``) as it is. The full path stays in results.json."""
+    if not path:
+        return path
+    p = PurePath(path)
+    return p.name if p.is_absolute() or str(path).startswith("~") else str(path)
 
 
 def describe_ceilings(ceilings: dict[str, Any] | None, device_type: str) -> str:
@@ -19,5 +29,5 @@ def describe_ceilings(ceilings: dict[str, Any] | None, device_type: str) -> str:
     origin = [f"datasheet row {ceilings['datasheet']}"] if ceilings.get("datasheet") else []
     if ceilings.get("calibration"):
         forced = " (saved with --force despite failed checks)" if ceilings.get("calibration_forced") else ""
-        origin.append(f"calibration {ceilings['calibration']}{forced}")
+        origin.append(f"calibration {shown_path(ceilings['calibration'])}{forced}")
     return ", ".join(parts) + (f"; from {' and '.join(origin)}" if origin else "")

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..compare import CaseComparison, CaseRun, Comparison, VsReference
-from ..env import describe_peak
+from ..headline import mode_of
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT, over_ceiling
+from .ceilings import describe_ceilings
 from .page import Chart, ChartIds, chart, plot_text, render_page, write_page
+from .plotly_js import PlotlyJs
 from .plots import CHART_HEIGHT, add_band_line, axis_type, dash_for, layout, lines_along, numeric_keys, palette
 
 ROW_HEIGHT = 24  # px per case in the horizontal per-case charts
@@ -52,7 +54,9 @@ class PairRow:
         return bad[0] if bad else "ok"
 
 
-def render_compare_report(comparison: Comparison, title: str | None = None) -> str:
+def render_compare_report(comparison: Comparison, title: str | None = None, *, plotly: PlotlyJs | str | None = None,
+                          page_dir: str | os.PathLike | None = None) -> str:
+    """The comparison page as a string; ``plotly`` and ``page_dir`` as for `ossbench.report.render_report`."""
     ids = ChartIds()
     colours = palette(r.label for r in comparison.runs)
     sections = {
@@ -66,19 +70,25 @@ def render_compare_report(comparison: Comparison, title: str | None = None) -> s
     not_run = [(case, comparison.runs[k].label, cell) for case in comparison.cases
                for k, cell in enumerate(case.runs) if cell is not None and cell.status != "ok"]
     return render_page(
-        "compare.html.j2", [c for charts in sections.values() for c in charts],
+        "compare.html.j2", [c for charts in sections.values() for c in charts], plotly=plotly, page_dir=page_dir,
         title=title or f"ossbench compare: {comparison.reference.suite}: {' vs '.join(labels)}",
         comparison=comparison,
-        ceilings=[describe_peak(r.peak, r.device_type) for r in comparison.runs],
+        # the ceilings the fractions divide by (calibrated or datasheet), described as the run report does
+        ceilings=[describe_ceilings(r.ceilings, r.device_type) for r in comparison.runs],
+        summaries=[s for s in comparison.summaries if s is not None],
+        bandwidth_name=comparison.bandwidth_name,
+        has_bandwidth=any(cell and cell.bandwidth_fraction is not None for c in comparison.cases for cell in c.runs),
         sections=sections,
         rows=rows,
         not_run=not_run,
     )
 
 
-def write_compare_report(comparison: Comparison, path: str | os.PathLike) -> Path:
-    """Render and write atomically."""
-    return write_page(render_compare_report(comparison), path)
+def write_compare_report(comparison: Comparison, path: str | os.PathLike, *,
+                         plotly: PlotlyJs | str | None = None) -> Path:
+    """Render and write atomically (and the shared plotly.js file, with ``plotly=PATH``)."""
+    plotly = PlotlyJs.parse(plotly)
+    return write_page(render_compare_report(comparison, plotly=plotly, page_dir=Path(path).parent), path, plotly)
 
 
 def variant_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
@@ -88,10 +98,13 @@ def variant_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
     points = [Point(case, k, cell) for case in comparison.cases for k, cell in enumerate(case.runs)
               if cell is not None and cell.median_ms is not None]
     charts = []
-    for variant in dict.fromkeys(p.case.variant for p in points):
-        mine = [p for p in points if p.case.variant == variant]
-        for axis in numeric_keys(p.case.axes for p in mine):
-            lines = lines_along(mine, axis, lambda p: p.case.axes, lambda p: comparison.runs[p.run].label)
+    groups: dict[tuple[str, str | None], list[Point]] = {}
+    for p in points:  # per variant and mode: modes never share an axis
+        groups.setdefault((p.case.variant, mode_of(p.case.axes)), []).append(p)
+    for (variant, mode), mine in groups.items():
+        for axis in numeric_keys(_without_mode(p.case.axes) for p in mine):
+            lines = lines_along(mine, axis, lambda p: _without_mode(p.case.axes),
+                                lambda p: comparison.runs[p.run].label)
             dashes = dash_for(lines)
             fig = go.Figure()
             for line in lines:
@@ -102,7 +115,8 @@ def variant_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
                               name=line.label, colour=colours[line.key], dash=dashes[line.others],
                               hover=[f"{p.case.id} ({line.key})" for p in line.points], unit=" ms")
             drawn = [p for line in lines for p in line.points]
-            fig.update_layout(**layout(title=f"{variant}: median latency vs {axis}", x_title=axis,
+            title = f"{variant}: median latency vs {axis}" + (f" ({mode})" if mode else "")
+            fig.update_layout(**layout(title=title, x_title=axis,
                                        y_title="median latency (ms)",
                                        x_type=axis_type([p.case.axes[axis] for p in drawn]),
                                        y_type=axis_type([p.cell.median_ms for p in drawn])))
@@ -128,8 +142,8 @@ def speedup_chart(comparison: Comparison, ids: ChartIds, colours: dict[str, str]
             y=names, x=[v.speedup if v else None for v in vs], mode="markers", name=plot_text(label),
             marker=dict(color=colours[label], size=9),
             error_x=dict(type="data", symmetric=False,
-                         array=[v.speedup_ci95[1] - v.speedup if v else None for v in vs],
-                         arrayminus=[v.speedup - v.speedup_ci95[0] if v else None for v in vs]),
+                         array=[v.speedup_ci95[1] - v.speedup if v and v.speedup_ci95 else None for v in vs],
+                         arrayminus=[v.speedup - v.speedup_ci95[0] if v and v.speedup_ci95 else None for v in vs]),
             text=[plot_text(f"{label}: follows {v.follows}") if v else "" for v in vs],
             hovertemplate="%{y}<br>speedup %{x:.3g}x<br>%{text}<extra></extra>"))
         for what, dash in (("compute", "dash"), ("bandwidth", "dot")):
@@ -142,7 +156,7 @@ def speedup_chart(comparison: Comparison, ids: ChartIds, colours: dict[str, str]
     fig.update_layout(**layout(title=f"Speedup over {ref} (reference median / run median; right of 1 is faster)",
                                x_title="speedup (x)", y_title="", x_type=axis_type(speeds + [1.0]),
                                y_type="category", height=_rows_height(len(cases))))
-    fig.update_yaxes(autorange="reversed", automargin=True)
+    _every_label(fig, names)
     note = ("Error bars: percentile bootstrap CI95 of the ratio of medians, from the samples. Dashed lines: the "
             "ratio of the devices' compute ceilings for the cases' dtype; dotted: of their memory bandwidth. "
             "A speedup on a dotted line follows bandwidth, on a dashed line compute.")
@@ -161,7 +175,9 @@ def ceiling_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
     if not known:
         return []
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=("% of peak compute (dtype's ceiling)", "% of peak HBM bandwidth"))
+                        subplot_titles=("% of peak compute (dtype's ceiling)",
+                                        f"% of peak {comparison.bandwidth_name} bandwidth"
+                                        if comparison.bandwidth_name == "HBM" else "% of peak memory bandwidth"))
     names = [plot_text(c.id) for c in cases]
     for k, run in enumerate(comparison.runs):
         cells = [c.runs[k] for c in cases]
@@ -175,16 +191,21 @@ def ceiling_charts(comparison: Comparison, ids: ChartIds, colours: dict[str, str
                           row=1, col=col)
     fig.update_layout(**_bare_layout("Achieved fraction of each device's ceilings", _rows_height(len(cases))),
                       barmode="group")
-    fig.update_yaxes(autorange="reversed", automargin=True)
+    _every_label(fig, names)
     fig.update_xaxes(title_text="%", ticksuffix="%")
-    note = ("Each run against its own device's ceilings (environment.peak): achieved TFLOP/s over the dtype's "
-            "compute peak, and GB/s (from the cost model's minimum bytes) over the HBM peak. Runs without "
-            "known ceilings (CPU, devices not in the table) have no bars.")
+    note = ("Each run against its own device's ceilings (the ones in the runs table: calibrated, else the "
+            "datasheet's): achieved TFLOP/s over the dtype's compute peak, and GB/s (from the cost model's "
+            "minimum bytes) over the memory bandwidth peak. Runs without known ceilings have no bars, nor "
+            "have memory-bound cases timed with a hot cache that fit in it (DRAM is not their ceiling).")
     above = sum(over_ceiling(f) for cell in known for f in (cell.compute_fraction, cell.bandwidth_fraction))
     if above:
         note += (f" {above} bar(s) pass 100%: {CEILING_BELOW_MEASURED_TEXT} (rerun `ossbench calibrate` on a "
                  "quiet machine for that run's device).")
     return [chart(ids, fig, note)]
+
+
+def _without_mode(axes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in axes.items() if k != "mode"}
 
 
 def _vertical(fig: Any, x: float, name: str, line: dict[str, Any]) -> None:
@@ -199,4 +220,11 @@ def _bare_layout(title: str, height: int) -> dict[str, Any]:
 
 
 def _rows_height(n: int) -> int:
-    return max(CHART_HEIGHT, 140 + ROW_HEIGHT * n)
+    return max(CHART_HEIGHT, 160 + ROW_HEIGHT * n)
+
+
+def _every_label(fig: Any, names: list[str]) -> None:
+    """Name every case on the category axis (plotly otherwise drops labels it finds too dense); the
+    chart's height grows with the case count (`_rows_height`) so that they fit."""
+    fig.update_yaxes(autorange="reversed", automargin=True, tickmode="array", tickvals=names, ticktext=names,
+                     tickfont=dict(size=11))

@@ -4,8 +4,11 @@ and CPU runs lack some or all of them; the report then leaves those sections or 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
+from urllib.parse import quote
 
 from ..results import CaseResult
 
@@ -61,10 +64,13 @@ class KernelRow:
 class KernelBreakdown:
     rows: list[KernelRow]
     facts: list[tuple[str, str]]  # headline figures, (label, value) in words
+    trace: str | None = None  # the Chrome trace's file name
+    trace_href: str | None = None  # a relative link to it from the page's folder, when the file is there
 
 
-def kernel_breakdown(case: CaseResult) -> KernelBreakdown | None:
-    """The case's profiled kernels (heaviest first) and per-call figures; None when it was not profiled."""
+def kernel_breakdown(case: CaseResult, page_dir: str | os.PathLike | None = None) -> KernelBreakdown | None:
+    """The case's profiled kernels (heaviest first) and per-call figures; None when it was not profiled.
+    `page_dir`: the folder the page is written to, for the link to the case's trace."""
     prof = _record(case, "profile")
     top = _get(prof, "top")
     if not top:
@@ -80,9 +86,62 @@ def kernel_breakdown(case: CaseResult) -> KernelBreakdown | None:
     if _get(prof, "launch_bound") is not None:
         facts.append(("launch-bound", "yes: the host takes longer to issue a call than the device to run it"
                       if _get(prof, "launch_bound") else "no"))
-    if _get(prof, "trace"):
-        facts.append(("trace", str(_get(prof, "trace"))))
-    return KernelBreakdown(rows, facts)
+    trace = _get(prof, "trace")
+    name = PurePath(str(trace)).name if trace else None
+    return KernelBreakdown(rows, facts, name, trace_link(str(trace), page_dir) if trace else None)
+
+
+TRACES = "traces"  # the run's folder for Chrome traces (ossbench.depth), beside results.json and report.html
+
+
+def trace_link(recorded: str, page_dir: str | os.PathLike | None) -> str | None:
+    """A relative URL from the page's folder to a trace: ``traces/<name>`` beside the page (where `ossbench
+    run` puts them), else the recorded path when it exists from here; None when the file is not found."""
+    here = Path(page_dir or ".")
+    name = PurePath(recorded).name
+    for candidate in (here / TRACES / name, Path(recorded)):
+        if candidate.is_file():
+            return quote(Path(os.path.relpath(candidate.resolve(), here.resolve())).as_posix())
+    return None
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """The profiled cases of one shape (same family, mode and sweep point) side by side: the heaviest
+    kernels of any of them, each variant's time per call of it."""
+
+    shape: str  # "attention, prefill, seq_len=512"
+    cases: list[CaseResult]  # columns
+    rows: list[tuple[str, list[float | None]]]  # (kernel, ms per call in each case; None: not in its top list)
+    totals: list[float | None]  # device busy time per call of each case (CPU: host time per call)
+
+
+KERNEL_ROWS = 12  # rows of a side-by-side table: the heaviest kernels of any of its cases
+
+
+def kernel_tables(cases: list[CaseResult]) -> list[KernelTable]:
+    """One table per shape that has profiled cases, variants side by side (see `KernelTable`)."""
+    groups: dict[tuple, list[tuple[CaseResult, KernelBreakdown]]] = {}
+    for c in cases:
+        k = kernel_breakdown(c)
+        if k is not None:
+            key = (c.family, tuple((a, repr(v)) for a, v in c.axes.items()))
+            groups.setdefault(key, []).append((c, k))
+    tables = []
+    for (family, _), members in groups.items():
+        heaviest: dict[str, float] = {}
+        for _, k in members:
+            for row in k.rows:
+                heaviest[row.name] = max(heaviest.get(row.name, 0.0), row.ms_per_call or 0.0)
+        names = sorted(heaviest, key=heaviest.get, reverse=True)[:KERNEL_ROWS]
+        per_case = [{row.name: row.ms_per_call for row in k.rows} for _, k in members]
+        rows = [(name, [times.get(name) for times in per_case]) for name in names]
+        totals = [_get(_record(c, "profile"), "device_ms_per_call") or _get(_record(c, "profile"), "host_ms_per_call")
+                  for c, _ in members]
+        axes = members[0][0].axes
+        shape = ", ".join([family] + [str(v) if a == "mode" else f"{a}={v}" for a, v in axes.items()])
+        tables.append(KernelTable(shape, [c for c, _ in members], rows, totals))
+    return tables
 
 
 def _div(a: float | None, b: float) -> float | None:

@@ -20,19 +20,21 @@ import numpy as np
 from ..history import CaseHistory, History
 from ..units import fmt_ms
 from .page import Chart, ChartIds, plot_text, render_page, write_page
+from .plotly_js import PlotlyJs
 
 SMALL_HEIGHT = 250  # px per small chart
 SLOWER, FASTER, POINTS, LEVEL = "#c62828", "#2e7d32", "#1f77b4", "#888888"
 _AXIS = {"gridcolor": "#ebf0f8", "zeroline": False, "linecolor": "#c8d0dc"}
 
 
-def render_history_report(history: History, title: str | None = None) -> str:
+def render_history_report(history: History, title: str | None = None, *, plotly: PlotlyJs | str | None = None,
+                          page_dir: str | os.PathLike | None = None) -> str:
     ids = ChartIds()
     new = {c.case_id for c in history.new_regressions}
     order = sorted(history.cases, key=lambda c: (c.id not in new, not c.changes))
     charts = [Chart(ids(), case_figure(case, history)) for case in order]
     return render_page(
-        "history.html.j2", charts,
+        "history.html.j2", charts, plotly=plotly, page_dir=page_dir,
         title=title or f"ossbench history: {history.suite} on {history.device}",
         history=history,
         settings=history.settings,
@@ -42,9 +44,10 @@ def render_history_report(history: History, title: str | None = None) -> str:
     )
 
 
-def write_history_report(history: History, path: str | os.PathLike) -> Path:
-    """Render and write atomically."""
-    return write_page(render_history_report(history), path)
+def write_history_report(history: History, path: str | os.PathLike, *, plotly: PlotlyJs | str | None = None) -> Path:
+    """Render and write atomically (`plotly`: how the page gets plotly.js, see `PlotlyJs`)."""
+    plotly = PlotlyJs.parse(plotly)
+    return write_page(render_history_report(history, plotly=plotly, page_dir=Path(path).parent), path, plotly)
 
 
 def levels(case: CaseHistory) -> list[tuple[int, int, float]]:

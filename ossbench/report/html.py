@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis import Placement, RunAnalysis, analyze_run
+from ..analysis import HOT_CACHE_TEXT, Placement, RunAnalysis, analyze_run
+from ..headline import fastest_by_mode, pair_answers, shape_text
 from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT
 from ..results import CaseResult, RunResult, gc_paused
 from . import extras
-from .ceilings import describe_ceilings
+from .ceilings import describe_ceilings, shown_path
 from .page import Chart, ChartIds, render_page, write_page
+from .plotly_js import PlotlyJs
 from .run_charts import (energy_charts, kv_cache_bytes, latency_charts, memory_charts, roofline_chart,
                          speedup_charts, variant_colours)
 
@@ -49,40 +51,55 @@ def report_charts(run: RunResult, analysis: RunAnalysis) -> dict[str, list[Chart
     }
 
 
-def render_report(run: RunResult, title: str | None = None) -> str:
-    """The HTML report of one run, as a string."""
+def render_report(run: RunResult, title: str | None = None, *, plotly: PlotlyJs | str | None = None,
+                  page_dir: str | os.PathLike | None = None) -> str:
+    """The HTML report of one run, as a string. ``plotly``: inline (default), "cdn" or a shared file
+    (`ossbench.report.plotly_js`); ``page_dir``: the folder the page goes to (for relative links)."""
     with gc_paused():
-        return _render(run, title)
+        return _render(run, title, plotly, page_dir)
 
 
-def _render(run: RunResult, title: str | None) -> str:
+def _render(run: RunResult, title: str | None, plotly: PlotlyJs | str | None,
+            page_dir: str | os.PathLike | None) -> str:
     analysis = analyze_run(run)
     sections = report_charts(run, analysis)
     rows = [CaseRow(c, p, extras.energy_per_token_j(c), extras.mean_power_w(c), extras.throttled(c),
                     extras.dram_over_model(c), kv_cache_bytes(c), c.memory.model_dump() if c.memory else {})
             for c, p in zip(run.cases, analysis.placements)]
+    memory_kinds = {r.memory.get("kind") for r in rows if r.memory}
     return render_page(
-        "report.html.j2", [c for charts in sections.values() for c in charts],
+        "report.html.j2", [c for charts in sections.values() for c in charts], plotly=plotly, page_dir=page_dir,
         title=title or f"ossbench report: {run.suite.name}",
         suite=run.suite,
+        suite_path=shown_path(run.suite.path),
         env=run.environment,
         ceilings=describe_ceilings(analysis.ceilings, run.environment.device_type),
         counts=dict(Counter(c.status for c in run.cases)),
         pairs=analysis.pairs,
+        answers=pair_answers(analysis.pairs),
+        fastest=fastest_by_mode(run),
+        shape_text=shape_text,
         sections=sections,
         rows=rows,
         has_memory=any(c.memory for c in run.cases) or any(r.kv_cache_bytes for r in rows),
+        # What "peak memory" is: on CPU the process's peak RSS growth, not what the case allocates.
+        peak_label="process peak RSS growth" if memory_kinds == {"rss"} else "peak memory",
         has_energy=any(r.energy_per_token_j is not None for r in rows),
         has_power=any(r.mean_power_w is not None for r in rows),
         has_sol=any(r.placement.fraction is not None for r in rows),
         cases_over_ceiling=sum(r.placement.over_ceiling for r in rows),
+        cases_hot_cache=sum(r.placement.hot_cache and r.placement.fraction is not None for r in rows),
         ceiling_warning=CEILING_BELOW_MEASURED_TEXT,
+        hot_cache_text=HOT_CACHE_TEXT,
         has_dram=any(r.dram_over_model is not None for r in rows),
-        kernels=[(c, k) for c in run.cases if (k := extras.kernel_breakdown(c)) is not None],
+        kernels=[(c, k) for c in run.cases if (k := extras.kernel_breakdown(c, page_dir)) is not None],
+        kernel_tables=extras.kernel_tables(run.cases),
         problems=[c for c in run.cases if c.status != "ok"],
     )
 
 
-def write_report(run: RunResult, path: str | os.PathLike) -> Path:
-    """Render and write atomically: a crash mid-write never leaves a half-written report."""
-    return write_page(render_report(run), path)
+def write_report(run: RunResult, path: str | os.PathLike, *, plotly: PlotlyJs | str | None = None) -> Path:
+    """Render and write atomically: a crash mid-write never leaves a half-written report. With a shared
+    plotly.js file (``plotly=PATH``) the page refers to it by a relative path and the file is written too."""
+    plotly = PlotlyJs.parse(plotly)
+    return write_page(render_report(run, plotly=plotly, page_dir=Path(path).parent), path, plotly)

@@ -22,6 +22,7 @@ from markupsafe import Markup, escape
 from ..measure.roofline import fraction_text, over_ceiling
 from ..results import write_atomic
 from ..text import printable
+from .plotly_js import PlotlyJs, bundle
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -60,30 +61,29 @@ def plot_text(value: Any) -> str:
     return html.escape(printable(value), quote=False)
 
 
-def render_page(template: str, charts: list[Chart], **context: Any) -> str:
-    """Render ``template`` with ``charts`` (each needs a ``<div id=...>`` in the page, see base.html.j2)."""
+def render_page(template: str, charts: list[Chart], *, plotly: PlotlyJs | str | None = None,
+                page_dir: str | os.PathLike | None = None, **context: Any) -> str:
+    """Render ``template`` with ``charts`` (each needs a ``<div id=...>`` in the page, see base.html.j2).
+    ``plotly``: how the page gets plotly.js (`PlotlyJs`; default inline); ``page_dir``: where the page
+    will be written, for a shared file's relative path."""
     return _environment().get_template(template).render(
         charts=charts,
-        # 4.8 MB of JavaScript: only worth inlining when there is something to plot.
-        plotly_js=plotly_js() if charts else None,
+        # 4.8 MB of JavaScript when inlined: only worth carrying when there is something to plot.
+        plotly_script=PlotlyJs.parse(plotly).script_tag(page_dir) if charts else None,
         **context,
     )
 
 
-def write_page(text: str, path: str | os.PathLike) -> Path:
-    """Write atomically: a crash mid-write never leaves a half-written report."""
+def write_page(text: str, path: str | os.PathLike, plotly: PlotlyJs | str | None = None) -> Path:
+    """Write atomically: a crash mid-write never leaves a half-written report. With a shared plotly.js
+    file, that file is written too (when missing or from another plotly version)."""
+    PlotlyJs.parse(plotly).ensure_copy()
     return write_atomic(Path(path), text)
 
 
-@lru_cache(maxsize=1)
 def plotly_js() -> Markup:
-    from plotly.offline import get_plotlyjs
-
-    js = get_plotlyjs()
-    # Inlined as raw script text, so a "</script" inside would end the tag early and break the page.
-    if "</script" in js.lower():
-        raise RuntimeError("this plotly.js bundle contains '</script' and cannot be inlined")
-    return Markup(js)
+    """The plotly.js bundle the pages inline (see `ossbench.report.plotly_js`)."""
+    return bundle()
 
 
 @lru_cache(maxsize=1)
