@@ -278,8 +278,8 @@ def test_family_check_passes(arch, mode):
 def test_validation_names_the_half_at_fault():
     with pytest.raises(ValidationError, match="norm: rmsnorm"):
         params("gpt-oss", norm="layernorm")
-    with pytest.raises(ValidationError, match="attention: window"):
-        params("gpt-oss", window=64)  # longer than seq_len 12
+    with pytest.raises(ValidationError, match="attention: n_kv_heads"):
+        params("gpt-oss", n_kv_heads=3)  # does not divide the 4 heads
     with pytest.raises(ValidationError, match="top_k"):
         params("gpt-oss", top_k=5)
     with pytest.raises(ValidationError, match="dropout"):
