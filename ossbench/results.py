@@ -206,7 +206,14 @@ class RunResult(_Model):
             row.update(flops=c.flops, bytes=c.bytes, tokens=c.tokens, **c.derived.model_dump())
             row["peak_bytes"] = c.memory.peak_bytes if c.memory else None
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        # A column of integers with a gap (a failed case has no params; decode has no seq_len) would become
+        # float64 (seq_len 256.0 in a CSV): pandas' nullable Int64 keeps them integers, the gap missing.
+        for col in df.columns:
+            values = [row[col] for row in rows if row.get(col) is not None]
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                df[col] = pd.array([row.get(col) for row in rows], dtype="Int64")
+        return df
 
 
 def _from_journal(text: str, path: str) -> dict:
