@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .quiet import filtered_stderr, quiet_kineto
+from .quiet import quiet_profiler
 
 DRAM_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum")
 NCU_TIMEOUT_S = 600
@@ -76,7 +76,7 @@ def metrics_from_trace(trace: dict[str, Any], metrics: Sequence[str] = DRAM_METR
 
 def cupti_dram_bytes(fn: Callable[[], object], calls: int = 3) -> dict[str, Any]:
     """DRAM bytes of `calls` calls of fn through torch.profiler's CUPTI range profiler (in this process)."""
-    quiet_kineto()
+    quiet_profiler()
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -86,7 +86,7 @@ def cupti_dram_bytes(fn: Callable[[], object], calls: int = 3) -> dict[str, Any]
     fn()
     torch.cuda.synchronize()
     config = config_cls(profiler_metrics=list(DRAM_METRICS), profiler_measure_per_kernel=False)
-    with filtered_stderr(), profile(activities=[ProfilerActivity.CUDA], experimental_config=config) as prof:
+    with profile(activities=[ProfilerActivity.CUDA], experimental_config=config) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()

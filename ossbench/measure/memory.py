@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .quiet import filtered_stderr, quiet_kineto
+from .quiet import quiet_profiler
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -76,20 +76,16 @@ class CpuAllocations:
         self.peak_bytes: int | None = None
         self.error: str | None = None
         self._prof = None
-        self._quiet = None
 
     def start(self) -> "CpuAllocations":
-        quiet_kineto()
-        from torch.profiler import ProfilerActivity, profile
-
-        self._quiet = filtered_stderr()
-        self._quiet.__enter__()
         try:
+            quiet_profiler()
+            from torch.profiler import ProfilerActivity, profile
+
             self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self._prof.__enter__()
         except Exception as e:  # noqa: BLE001 - e.g. a profiler already running: the RSS figures remain
             self._prof, self.error = None, f"{type(e).__name__}: {e}"
-            self._quiet.__exit__(None, None, None)
         return self
 
     def stop(self) -> "CpuAllocations":
@@ -108,7 +104,6 @@ class CpuAllocations:
             self.error = f"{type(e).__name__}: {e}"
         finally:
             self._prof = None
-            self._quiet.__exit__(None, None, None)
         return self
 
     def __enter__(self) -> "CpuAllocations":

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .quiet import filtered_stderr, quiet_kineto
+from .quiet import quiet_profiler
 
 CALL = "ossbench.call"  # host: issuing one call
 WINDOW = "ossbench.window"  # host: one call and the synchronisation after it
@@ -51,7 +51,7 @@ def profile_calls(fn: Callable[[], object], device: str, *, calls: int = DEFAULT
 
     Returns the `profile` record of a case; writes a gzipped Chrome trace to `trace_path` when given.
     """
-    quiet_kineto()  # before torch.profiler starts for the first time in this process
+    quiet_profiler()  # before torch.profiler starts for the first time in this process
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -63,7 +63,7 @@ def profile_calls(fn: Callable[[], object], device: str, *, calls: int = DEFAULT
     for _ in range(warmup_calls):  # the profiler's own start-up must not meet a cold first call
         fn()
     sync()
-    with filtered_stderr(), profile(activities=activities) as prof:
+    with profile(activities=activities) as prof:
         for _ in range(calls):
             if flush is not None:
                 flush()

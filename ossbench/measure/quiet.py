@@ -2,10 +2,12 @@
 
 Two sources, both written by C++ straight to file descriptor 2 (so `contextlib.redirect_stderr` misses them):
 kineto's `profiler_start` / `profiler_stop` lines (two per session: about 50 in a `--profile` run) and the
-CPU allocator's warning when a block allocated before the session is freed inside it. Kineto reads
-`KINETO_LOG_LEVEL` once, when it first starts in a process: `quiet_kineto` sets it above kineto's highest
-level (unless the user set it). `filtered_stderr` catches what is printed anyway (kineto started before, or
-the allocator warning) and passes every other line through unchanged, after the session.
+CPU allocator's warning, once per process, when a block allocated before a memory-profiling session is
+freed inside it. `quiet_profiler` runs before a process's first session: it sets `KINETO_LOG_LEVEL` above
+kineto's highest level (kineto reads it once, when it first starts; a value the user set wins), then runs
+one empty session inside `filtered_stderr`, so that kineto's start-up and the allocator's one warning
+happen there. Real sessions are not filtered: a case that hangs inside one must still leave its stack dump
+(faulthandler, written to stderr) for the isolation's report.
 """
 
 from __future__ import annotations
@@ -22,9 +24,27 @@ NOISE = re.compile(r"^(USDT|STAGE|INFO|WARNING):.*(ActivityProfiler|profiler_st|
                    r"|Memory block of unknown size was allocated before the profiling started")
 
 
+_primed = False
+
+
 def quiet_kineto() -> None:
     """Ask kineto to print nothing; must run before the process's first profiler session to take effect."""
     os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET_LEVEL)
+
+
+def quiet_profiler() -> None:
+    """Call before opening a torch.profiler session (once per process does the work; then it returns)."""
+    global _primed
+    if _primed:
+        return
+    _primed = True
+    quiet_kineto()
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    held = [torch.empty(1)]
+    with filtered_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+        held.clear()  # a block from before the session freed inside it: the allocator's one warning, here
 
 
 @contextmanager
