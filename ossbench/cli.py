@@ -180,24 +180,28 @@ def list_() -> None:
     (plugins' included) with what each cannot express."""
     from rich.table import Table
 
+    from .text import term_text
     from .workloads import describe_backends, describe_families
 
     out = _console()
     for fam in describe_families():
-        t = Table(title=f"{fam['name']}: {fam['description']}", title_justify="left")
+        # every text through term_text: descriptions hold brackets ("over [tokens, width]") that rich would
+        # take for markup tags and drop, and a plugin's text is not ours to trust
+        t = Table(title=term_text(f"{fam['name']}: {fam['description']}"), title_justify="left")
         for col in ("parameter", "type / choices", "gpt-oss-20b default", "meaning"):
             t.add_column(col, overflow="fold")
         for p in fam["params"]:
-            t.add_row(p["name"], p["type"], p["default"], p["help"])
+            t.add_row(*(term_text(p[k]) for k in ("name", "type", "default", "help")))
         out.print(t)
         if fam["variants"]:
-            out.print("  ready-made variants: " + "; ".join(f"{k} = {v}" for k, v in fam["variants"].items()))
+            made = "; ".join(f"{k} = {v}" for k, v in fam["variants"].items())
+            out.print(term_text(f"  ready-made variants: {made}"))
     t = Table(title="backends (ossbench.backends; plugins from the `ossbench.backends` entry-point group)",
               title_justify="left")
     for col in ("family", "backend", "from", "limits", "what it is"):
         t.add_column(col, overflow="fold")
     for b in describe_backends():
-        t.add_row(b["family"], b["name"], b["origin"], b["limits"], b["description"])
+        t.add_row(*(term_text(b[k]) for k in ("family", "name", "origin", "limits", "description")))
     out.print(t)
 
 

@@ -19,11 +19,16 @@ TRACES = "traces"  # under the output directory: one gzipped Chrome trace per pr
 NCU_CALLS = 3  # calls profiled under Nsight Compute (it replays every kernel, so a few suffice)
 
 
-def memory_detail(read: dict, workload, m) -> dict:
+def memory_detail(watch, workload, m) -> dict:
+    """The case's memory record from its MemoryWatch; on CPU after one more call of the timed function,
+    counted through torch's CPU allocator (ossbench.measure.memory)."""
+    from .measure.memory import cpu_call_allocations
+
+    read = watch.read(cpu_call_allocations(workload.fn) if watch.device_type != "cuda" else None)
     mem = {**read, "persistent_bytes": workload.persistent_bytes,
            "kv_cache_model_bytes": workload.cost.extra.get("kv_cache_bytes"),
            "kv_cache_measured_bytes": getattr(workload, "measured", {}).get("kv_cache_bytes")}
-    if mem.get("timed_peak_bytes") is not None:
+    if mem.get("timed_peak_bytes") is not None and mem.get("transient_peak_bytes") is None:
         # On CUDA bench allocates its cold-cache flush buffer inside the timed phase; it is not the workload's.
         flush = m.flush_bytes if read["kind"] == "cuda" and m.flush_bytes else 0
         mem["transient_peak_bytes"] = max(0, mem["timed_peak_bytes"] - flush)

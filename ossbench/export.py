@@ -48,7 +48,8 @@ def _parquet(run: RunResult, path: Path) -> Path:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise UserError("parquet export needs the 'pyarrow' package (pip install pyarrow)") from None
+        raise UserError("parquet export needs the 'pyarrow' package: pip install 'ossbench[parquet]' "
+                        "(or pip install pyarrow)") from None
     df = run.to_dataframe()
     # Arrow needs one type per column; a parameter that is a number in one case and text in another
     # (e.g. window: 128 / "none") is stored as text.

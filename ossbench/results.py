@@ -55,7 +55,9 @@ class Derived(_Model):
 
 
 class Memory(_Model):
-    kind: Literal["cuda", "rss"]  # cuda: allocator peak; rss: growth of the process's peak RSS
+    # cuda: the caching allocator's peak; cpu_alloc: the case's tensors through torch's CPU allocator
+    # (profiler memory events); rss: growth of the process's peak RSS (older files, or no profiler)
+    kind: Literal["cuda", "cpu_alloc", "rss"]
     peak_bytes: int | None = None  # peak during the case (cuda: max_memory_allocated)
     persistent_bytes: int | None = None  # weights, caches, inputs held for the whole case
     reserved_bytes: int | None = None
@@ -64,7 +66,8 @@ class Memory(_Model):
     timed_peak_bytes: int | None = None  # peak while timing, above the level just before timing
     transient_peak_bytes: int | None = None  # timed_peak_bytes less bench's cache-flush buffer
     allocated_bytes: int | None = None  # cuda: still allocated at the end of the case, above its start
-    rss_growth_bytes: int | None = None  # rss: RSS at the end of the case minus at its start
+    rss_growth_bytes: int | None = None  # cpu: RSS at the end of the case minus at its start
+    rss_peak_bytes: int | None = None  # cpu: growth of the process's peak RSS over the case (warm-up included)
     kv_cache_model_bytes: float | None = None  # the cost model's KV-cache bytes (cost_extra)
     kv_cache_measured_bytes: float | None = None  # the workload's own measurement of its KV cache
 
@@ -203,7 +206,14 @@ class RunResult(_Model):
             row.update(flops=c.flops, bytes=c.bytes, tokens=c.tokens, **c.derived.model_dump())
             row["peak_bytes"] = c.memory.peak_bytes if c.memory else None
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        # A column of integers with a gap (a failed case has no params; decode has no seq_len) would become
+        # float64 (seq_len 256.0 in a CSV): pandas' nullable Int64 keeps them integers, the gap missing.
+        for col in df.columns:
+            values = [row[col] for row in rows if row.get(col) is not None]
+            if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                df[col] = pd.array([row.get(col) for row in rows], dtype="Int64")
+        return df
 
 
 def _from_journal(text: str, path: str) -> dict:

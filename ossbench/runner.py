@@ -271,7 +271,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()
-        record.memory = memory_detail(watch.read(), workload, m)
+        record.memory = memory_detail(watch, workload, m)
         if m.clock_batches:
             record.clocks, record.throttled = m.clock_report(), m.throttled
         if sampler is not None:
@@ -287,6 +287,7 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         record.status = "oom" if is_oom(e) else "failed"
         record.error = describe(e)
     finally:
+        watch.close()
         workload = None
         gc.collect()
         if device.is_cuda:

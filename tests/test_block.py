@@ -289,8 +289,8 @@ def test_family_check_passes(arch, mode):
 def test_validation_names_the_half_at_fault():
     with pytest.raises(ValidationError, match="norm: rmsnorm"):
         params("gpt-oss", norm="layernorm")
-    with pytest.raises(ValidationError, match="attention: window"):
-        params("gpt-oss", attention__window=64)  # longer than seq_len 12
+    with pytest.raises(ValidationError, match="n_kv_heads"):
+        params("gpt-oss", attention__n_kv_heads=3)  # does not divide the 4 heads
     with pytest.raises(ValidationError, match="top_k"):
         params("gpt-oss", mlp__top_k=5)
     with pytest.raises(ValidationError, match="dropout"):

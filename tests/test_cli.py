@@ -88,6 +88,20 @@ def test_list_and_env():
     assert env.exit_code == 0 and "torch" in env.output
 
 
+def test_list_prints_every_family_description_whole():
+    """Brackets in a description ("over [tokens, width]") are text, not rich markup to drop."""
+    from ossbench.workloads import describe_families
+
+    listing = CliRunner().invoke(main, ["list"], env={"COLUMNS": "1000"})
+    assert listing.exit_code == 0
+    out = " ".join(listing.output.split())  # one line, single spaces (rich pads titles)
+    for fam in describe_families():
+        assert " ".join(f"{fam['name']}: {fam['description']}".split()) in out
+        for p in fam["params"]:
+            assert " ".join(p["help"].split()) in out or len(p["help"]) > 200  # a long one is folded
+    assert "over [tokens, width]" in out and "over ," not in out
+
+
 def test_the_run_exit_decision_is_a_library_function():
     """`ossbench run`'s exit status comes from `run_console.exit_code`, which a Python caller can use too."""
     import signal

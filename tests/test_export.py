@@ -46,6 +46,18 @@ def test_csv_has_one_row_per_case(tmp_path):
     assert len(df) == 4
     assert {"id", "variant", "status", "median_ms", "ci95_low_ms", "n", "param.window", "seq_len"} <= set(df.columns)
     assert list(df["status"]) == ["ok", "ok", "ok", "failed"]
+    # integer parameters stay integers although the failed case has none (was "1024.0")
+    text = path.read_text()
+    assert "1024.0" not in text and ",1024," in text
+    assert run_df_ints(make_run(np.random.default_rng(0)).to_dataframe())
+
+
+def run_df_ints(df: pd.DataFrame) -> bool:
+    """In the DataFrame itself: nullable integers, the gap missing, numbers and text left as they were."""
+    assert str(df["seq_len"].dtype) == "Int64" and str(df["param.seq_len"].dtype) == "Int64"
+    assert df["seq_len"].tolist()[:3] == [1024, 2048, 3072] and pd.isna(df["seq_len"][3])
+    assert str(df["n"].dtype) == "Int64" and df["param.window"].dtype == object
+    return True
 
 
 def test_parquet_round_trip(tmp_path):
@@ -64,6 +76,7 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     run_file = make_run(np.random.default_rng(2)).save(tmp_path / "results.json")
     out = CliRunner().invoke(main, ["export", str(run_file), "--format", "parquet"], env=WIDE)
     assert out.exit_code == 2 and "pyarrow" in out.output and "Traceback" not in out.output
+    assert "ossbench[parquet]" in out.output
 
 
 def test_pytest_benchmark_stats_are_in_seconds():

@@ -85,7 +85,7 @@ def test_a_crash_mid_run_leaves_a_journal_of_finished_cases(tmp_path):
 def test_memory_and_cost_are_recorded(tmp_path):
     run = run_plan(plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path, filter_text="seq_len=64"))
     for c in run.cases:
-        assert c.memory.kind == "rss" and c.memory.persistent_bytes > 0
+        assert c.memory.kind == "cpu_alloc" and c.memory.persistent_bytes > 0
         assert c.flops > 0 and c.bytes > 0 and c.tokens == 64
         assert c.derived.tokens_per_s == pytest.approx(64 / (c.stats.median / 1e3))
     full, window = run.cases

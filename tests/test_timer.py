@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ossbench.measure.spec import QUICK_CHANGES, BenchSpec
-from ossbench.measure.timer import Measurement, bench, cpu_last_level_cache_bytes
+from ossbench.measure.timer import CPU_FLUSH_LLC_MULTIPLE, Measurement, bench, cpu_last_level_cache_bytes
 from ossbench.results import Stats
 
 # Small budgets keep the CPU tests fast; the rules are the same at the defaults.
@@ -100,9 +100,24 @@ def test_cold_and_hot_run(cache):
     m = bench(lambda: x.sum(), device="cpu", cache=cache, **QUICK)
     assert m.cache == cache and m.n >= 10 and m.median_ms > 0
     if cache == "cold":
-        assert m.flush_bytes == 2 * cpu_last_level_cache_bytes()
+        assert m.flush_bytes == CPU_FLUSH_LLC_MULTIPLE * cpu_last_level_cache_bytes()
+        assert m.flush_ms > 0 and 0 < m.flush_share < 1
     else:
-        assert m.flush_bytes is None
+        assert m.flush_bytes is None and m.flush_ms is None and m.flush_share is None
+
+
+def test_a_flush_that_dominates_the_sampling_time_is_said():
+    """A no-op call after a 64 MiB sweep: nearly all the sampling time is the flush, and bench says so
+    (in the one-line summary, and in stop_reason when the budget ran out)."""
+    m = bench(lambda: None, device="cpu", flush_bytes=64 * 2**20, warmup_s=0.0, min_samples=10**6,
+              max_samples=10**6, min_time_s=0.05, max_time_s=0.1)
+    assert not m.converged and m.flush_share > 0.5
+    assert "flush took" in m.stop_reason and "flush took" in str(m)  # said once, in the stop reason
+    done = bench(lambda: None, device="cpu", flush_bytes=64 * 2**20, warmup_s=0.0, min_samples=3,
+                 min_time_s=0.0, max_time_s=5.0, target_rel_ci=0.9)
+    assert done.converged and "[cold flush" in str(done) and "of the sampling time]" in str(done)
+    hot = bench(lambda: None, device="cpu", cache="hot", warmup_s=0.0, max_time_s=0.05)
+    assert "flush" not in str(hot) and "flush" not in hot.stop_reason
 
 
 def test_cuda_graph_on_cpu_raises():
@@ -123,7 +138,7 @@ def test_measurement_api():
     Stats.model_validate(m.stats())
     assert set(m.settings()) == {"cache", "warmup_s", "min_samples", "min_time_s", "max_time_s", "target_rel_ci",
                                  "cuda_graph", "graph_calls", "flush_bytes", "device", "warmup_calls", "max_samples",
-                                 "stop_reason"}
+                                 "stop_reason", "flush_ms"}
     text = str(m)
     # a no-op's samples are noise, so on a busy machine the CI target may be missed: a note then follows
     assert "(median, CI95, n=%d, hot, cpu)" % m.n in text and " ms ± " in text
@@ -229,9 +244,10 @@ def test_a_budget_given_alone_lowers_the_default_minimum_time_but_not_an_explici
 def test_measurement_settings_are_its_spec_with_bench_choices_filled_in():
     spec = BenchSpec(cache="cold", warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_rel_ci=0.5)
     m = bench(lambda: None, spec=spec, device="cpu")
-    assert m.spec == spec.replace(flush_bytes=2 * cpu_last_level_cache_bytes())  # the size bench chose
+    # the size bench chose
+    assert m.spec == spec.replace(flush_bytes=CPU_FLUSH_LLC_MULTIPLE * cpu_last_level_cache_bytes())
     assert m.settings() == {**m.spec.to_dict(), "stop_reason": m.stop_reason, "device": "cpu",
-                            "warmup_calls": m.warmup_calls}
+                            "warmup_calls": m.warmup_calls, "flush_ms": m.flush_ms}
     assert BenchSpec.from_dict({k: m.settings()[k] for k in BenchSpec.model_fields}) == m.spec
 
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .quiet import quiet_profiler
+
 DRAM_METRICS = ("dram__bytes_read.sum", "dram__bytes_write.sum")
 NCU_TIMEOUT_S = 600
 _BYTE_UNITS = {"byte": 1, "bytes": 1, "b": 1, "kbyte": 1e3, "kb": 1e3, "mbyte": 1e6, "mb": 1e6,
@@ -74,6 +76,7 @@ def metrics_from_trace(trace: dict[str, Any], metrics: Sequence[str] = DRAM_METR
 
 def cupti_dram_bytes(fn: Callable[[], object], calls: int = 3) -> dict[str, Any]:
     """DRAM bytes of `calls` calls of fn through torch.profiler's CUPTI range profiler (in this process)."""
+    quiet_profiler()
     import torch
     from torch.profiler import ProfilerActivity, profile
 

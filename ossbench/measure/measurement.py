@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 from .spec import BenchSpec, Cache
 from .stats import summarize
 
+FLUSH_DOMINATES = 0.5  # the flush took more than this share of the sampling time: bench says so
+
+
+def flush_share(flush_ms: float | None, median_ms: float) -> float | None:
+    """Share of the sampling time spent flushing, flush / (flush + call); None when the flush was not timed."""
+    return None if flush_ms is None else flush_ms / max(flush_ms + median_ms, 1e-12)
+
 
 @dataclass
 class Measurement:
@@ -40,6 +47,9 @@ class Measurement:
     clock_batches: list[dict] = field(default_factory=list)
     strict_clocks: bool = False
     discarded_samples: int = 0  # samples taken under throttling and re-taken (strict_clocks)
+    # CPU cold mode: median time of one cache flush (measured in warm-up; it precedes every sample, outside
+    # the timed region but inside the sampling budget). None when hot and on CUDA (an asynchronous zeroing).
+    flush_ms: float | None = None
 
     # How the samples were taken, which tools reproducing the conditions (the profiler, memory) read.
     @property
@@ -50,6 +60,11 @@ class Measurement:
     def flush_bytes(self) -> int | None:
         """Size of the buffer overwritten before each sample (None when hot)."""
         return self.spec.flush_bytes
+
+    @property
+    def flush_share(self) -> float | None:
+        """Share of the sampling time spent flushing (flush / (flush + median call)); None when not timed."""
+        return flush_share(self.flush_ms, self.median_ms)
 
     @property
     def cuda_graph(self) -> bool:
@@ -102,7 +117,7 @@ class Measurement:
     def settings(self) -> dict:
         """The spec this measurement ran with and how it ended (stored as a case's ``timing`` in results)."""
         return {**self.spec.to_dict(), "stop_reason": self.stop_reason, "device": self.device,
-                "warmup_calls": self.warmup_calls}
+                "warmup_calls": self.warmup_calls, "flush_ms": self.flush_ms}
 
     def __str__(self) -> str:
         mode = f"{self.cache}, cuda-graph x{self.graph_calls}" if self.cuda_graph else self.cache
@@ -110,6 +125,9 @@ class Measurement:
                 f"(median, CI95, n={self.n}, {mode}, {self.device})")
         if not self.converged:
             text += f" [not converged: {self.stop_reason}]"
+        share = self.flush_share
+        if share is not None and share > FLUSH_DOMINATES and "flush" not in self.stop_reason:
+            text += f" [cold flush {share:.0%} of the sampling time]"
         return text
 
     __repr__ = __str__

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .quiet import quiet_profiler
+
 CALL = "ossbench.call"  # host: issuing one call
 WINDOW = "ossbench.window"  # host: one call and the synchronisation after it
 _MARKERS = (CALL, WINDOW)
@@ -49,6 +51,7 @@ def profile_calls(fn: Callable[[], object], device: str, *, calls: int = DEFAULT
 
     Returns the `profile` record of a case; writes a gzipped Chrome trace to `trace_path` when given.
     """
+    quiet_profiler()  # before torch.profiler starts for the first time in this process
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 

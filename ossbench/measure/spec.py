@@ -57,7 +57,7 @@ class BenchSpec(BaseModel):
     target_rel_ci: float = Field(0.01, gt=0, lt=1)  # stop when the CI95 of the median is within ±1% of it
     cuda_graph: bool = False
     graph_calls: PositiveInt | None = None  # calls per graph replay; None: about 1 ms of GPU time, from warm-up
-    flush_bytes: Annotated[int, Field(ge=4)] | None = None  # None: 2 x L2 (>= 64 MiB) on CUDA, 2 x LLC on CPU
+    flush_bytes: Annotated[int, Field(ge=4)] | None = None  # None: 2 x L2 (>= 64 MiB) on CUDA, 1 x LLC on CPU
     # Keeps results files small: a 1 µs kernel would give ~500k samples in 0.5 s.
     max_samples: PositiveInt = 20_000
 

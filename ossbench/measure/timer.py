@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..hardware import Device
-from .measurement import Measurement
+from .measurement import FLUSH_DOMINATES, Measurement, flush_share
 from .spec import BenchSpec, Cache
 from .stats import median_ci95, relative_half_width, summarize
 
@@ -28,6 +28,10 @@ __all__ = ["BenchSpec", "Measurement", "bench", "cache_flusher", "cpu_last_level
 
 MIN_CUDA_FLUSH_BYTES = 64 * 2**20
 CPU_LLC_FALLBACK_BYTES = 32 * 2**20
+# CPU cold flush = this many LLCs. One suffices: on the 2-core VM (480 MiB L3, a sweep of 960 MiB costs
+# 60-90 ms) a working set read after a 1 x LLC sweep was within a few % of as slow as after a 2 x sweep,
+# at half the cost (docs/bench.md, "Cold vs hot"). Smaller sweeps evict only part of a small working set.
+CPU_FLUSH_LLC_MULTIPLE = 1
 GRAPH_TARGET_MS = 1.0  # default graph_calls: enough back-to-back calls to fill about this much GPU time
 MAX_GRAPH_CALLS = 1000  # a capture of more calls costs memory and capture time for no better figure
 MAX_BATCH = 8192  # samples recorded between two synchronisations / stopping checks
@@ -162,6 +166,10 @@ def _run(sampler, spec: BenchSpec, monitor=None, strict_clocks: bool = False) ->
         if remaining_s <= 0:
             converged = False
             stop_reason = _why_not(len(samples), min_samples, rel_ci, target_rel_ci, max_time_s)
+            share = flush_share(sampler.flush_ms, float(np.median(samples)))
+            if share is not None and share > FLUSH_DOMINATES:
+                stop_reason += (f"; the cold-cache flush took {share:.0%} of the sampling time "
+                                f"({sampler.flush_ms:.3g} ms per sample)")
             break
         # Double the batch (fewer synchronisations and checks), but never plan past the budget.
         fits = int(remaining_s / max(per_sample_wall_s, 1e-9))
@@ -185,6 +193,7 @@ def _run(sampler, spec: BenchSpec, monitor=None, strict_clocks: bool = False) ->
         n=s["n"], rel_ci=s["rel_ci"], converged=converged, device=sampler.device_name, spec=used,
         warmup_calls=warmup_calls, total_time_s=time.perf_counter() - t_begin, stop_reason=stop_reason,
         clock_batches=clock_batches, strict_clocks=strict_clocks, discarded_samples=discarded,
+        flush_ms=sampler.flush_ms,
     )
 
 
@@ -214,6 +223,7 @@ class _CudaSampler:
             self._flush_buf = torch.empty(self.flush_bytes // 4, dtype=torch.int32, device=dev)
         self._call = fn
         self.calls_per_sample = 1
+        self.flush_ms = None  # the zeroing is asynchronous: not timed on the host
         self._starts: list[torch.cuda.Event] = []
         self._ends: list[torch.cuda.Event] = []
 
@@ -271,7 +281,7 @@ class _CudaSampler:
 
 
 class _CpuSampler:
-    """``time.perf_counter_ns`` around each call; cold mode sweeps a buffer larger than the LLC first."""
+    """``time.perf_counter_ns`` around each call; cold mode sweeps a buffer the size of the LLC first."""
 
     device_name = "cpu"
     calls_per_sample = 1
@@ -280,9 +290,15 @@ class _CpuSampler:
         self.fn, self.cache = fn, cache
         self.flush_bytes = None
         self._flush_buf = None
+        self._flush_ms: list[float] = []
         if cache == "cold":
-            self.flush_bytes = int(flush_bytes or 2 * cpu_last_level_cache_bytes())
+            self.flush_bytes = int(flush_bytes or CPU_FLUSH_LLC_MULTIPLE * cpu_last_level_cache_bytes())
             self._flush_buf = _cpu_flush_buffer(self.flush_bytes)
+
+    @property
+    def flush_ms(self) -> float | None:
+        """Median time of one flush over the last warm-up calls; None when hot."""
+        return float(np.median(self._flush_ms[-5:])) if self._flush_ms else None
 
     def _flush(self) -> None:
         if self._flush_buf is not None:
@@ -296,6 +312,8 @@ class _CpuSampler:
         t1 = time.perf_counter_ns()
         self.fn()
         t2 = time.perf_counter_ns()
+        if self._flush_buf is not None:
+            self._flush_ms.append((t1 - t0) * 1e-6)
         return (t2 - t0) * 1e-9, (t2 - t1) * 1e-6
 
     def take(self, k: int) -> list[float]:

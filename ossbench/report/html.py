@@ -21,7 +21,7 @@ from . import extras
 from .ceilings import describe_ceilings, shown_path
 from .page import Chart, ChartIds, render_page, write_page
 from .plotly_js import PlotlyJs
-from .run_charts import (energy_charts, kv_cache_bytes, latency_charts, memory_charts, roofline_chart,
+from .run_charts import (MEMORY_KIND_TEXT, energy_charts, kv_cache_bytes, latency_charts, memory_charts, roofline_chart,
                          speedup_charts, variant_colours)
 
 
@@ -84,6 +84,7 @@ def _render(run: RunResult, title: str | None, plotly: PlotlyJs | str | None,
         has_memory=any(c.memory for c in run.cases) or any(r.kv_cache_bytes for r in rows),
         # What "peak memory" is: on CPU the process's peak RSS growth, not what the case allocates.
         peak_label="process peak RSS growth" if memory_kinds == {"rss"} else "peak memory",
+        memory_kind_text=MEMORY_KIND_TEXT,
         has_energy=any(r.energy_per_token_j is not None for r in rows),
         has_power=any(r.mean_power_w is not None for r in rows),
         has_sol=any(r.placement.fraction is not None for r in rows),

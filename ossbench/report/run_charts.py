@@ -272,19 +272,27 @@ def _add_roofs(fig: Any, ceilings: dict[str, Any] | None, keys: list[str], lo: f
     return notes
 
 
+# memory kinds that measure the case's own allocations (rss does not: see memory_charts)
+MEASURED_KINDS = ("cuda", "cpu_alloc")
+MEMORY_KIND_TEXT = {"cuda": "CUDA allocator", "cpu_alloc": "torch CPU allocator (tensors)",
+                    "rss": "process peak RSS growth"}
+
+
 def memory_charts(run: RunResult, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
     """What each case holds, per mode and numeric axis, and the cost model's KV cache where the family
-    reports one. On CUDA: the allocator's peak above the case's start. On CPU the only measurement is the
-    process's peak RSS growth, which is not the case's (freed memory is reused without growing it; the
-    first case of a process counts the warm-up): the chart shows the workload's own count of the tensors it
-    holds instead, and the RSS stays in the table, labelled as what it is."""
-    cuda = [c for c in run.cases if c.memory and c.memory.kind == "cuda"]
-    if cuda:
+    reports one. Measured where the allocator is watched: on CUDA the caching allocator's peak above the
+    case's start, on CPU torch's CPU allocator through profiler memory events (`cpu_alloc`). Older CPU
+    results hold only the process's peak RSS growth, which is not the case's (freed memory is reused without
+    growing it; the first case of a process counts the warm-up): for them the chart shows the workload's own
+    count of the tensors it holds instead, and the RSS stays in the table, labelled as what it is."""
+    measured = [c for c in run.cases if c.memory and c.memory.kind in MEASURED_KINDS]
+    if measured:
         charts = metric_charts(
-            run, ids, colours, value=lambda c: _mib(c.memory.peak_bytes if c.memory and c.memory.kind == "cuda"
-                                                   else None), band=None,
+            run, ids, colours, value=lambda c: _mib(c.memory.peak_bytes if c.memory and c.memory.kind in
+                                                   MEASURED_KINDS else None), band=None,
             title="Peak memory", y_title="peak allocated (MiB)", unit=" MiB",
-            note="The CUDA caching allocator's peak allocated bytes during the case, above its start.")
+            note="The allocator's peak allocated bytes during the case, above its start (CUDA: the caching "
+                 "allocator; CPU: torch's CPU allocator, tensors only).")
     else:
         charts = metric_charts(
             run, ids, colours, value=lambda c: _mib(c.memory.persistent_bytes if c.memory else None), band=None,

@@ -9,7 +9,8 @@ Modes:
 Cost model (per call of `fn`; see docs/attention.md):
 - pairs P: query/key pairs computed per sequence per head, counted by the layer's mask (Mask.pairs).
   Prefill/train causal: S(S+1)/2, or with a window W: W(W+1)/2 + (S-W)W; non-causal: S^2. Decode: the
-  keys the mask keeps for position kv_len (min(kv_len+1, W) for a window).
+  keys the mask keeps for position kv_len (min(kv_len+1, W) for a window). A window at least as long as
+  the case (W >= S, or W > kv_len in decode) is full causal attention there, and costs the same.
 - FLOPs = matmuls only, 2 per multiply-add: projections 2*T*hidden*(qkv_width + q_width) for T query
   tokens, attention 2 matmuls (QK^T, PV) = 4*B*n_heads*P*head_dim. Train = 3x forward (each matmul's
   backward is two matmuls of the same size; no recomputation counted). Softmax, RoPE, norm, bias and
@@ -37,7 +38,7 @@ from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .building import randn, timed_call
 from .attention_reference import reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
-from .fields import backend_of, cross_field_error, fits_memory
+from .fields import backend_of, fits_memory
 from .spec_params import spec_of, spec_params_model
 
 WEIGHT_STD = 0.02  # the usual init scale of transformer linears; the residual stream stays O(1)
@@ -69,24 +70,6 @@ class AttentionAxes(BaseModel):
         return self.spec.layer_mask
 
 
-def _window_fits(cls: type, v: int | None, info: ValidationInfo) -> int | None:
-    """A window no shorter than the case's tokens would be full attention: refused (an axis rule)."""
-    mode = info.data.get("mode")
-    if v is None or mode is None:
-        return v
-    if mode == "decode":
-        kv_len = info.data.get("kv_len")
-        if kv_len is not None and v > kv_len:
-            raise cross_field_error(f"window {v} is longer than the cache (kv_len {kv_len}): it would be "
-                                    f"full attention; use window: null or a longer kv_len", "kv_len", "window")
-    else:
-        seq_len = info.data.get("seq_len")
-        if seq_len is not None and v > seq_len:
-            raise cross_field_error(f"window {v} is longer than seq_len {seq_len}: it would be full "
-                                    f"attention; use window: null or a longer seq_len", "seq_len", "window")
-    return v
-
-
 def _causal_decode(cls: type, v: bool, info: ValidationInfo) -> bool:
     if not v and info.data.get("mode") == "decode":
         raise ValueError("causal: false in decode mode: decoding one token against a cache is causal")
@@ -97,7 +80,6 @@ def _causal_decode(cls: type, v: bool, info: ValidationInfo) -> bool:
 # probabilities is the block family's (GPT-2's attn_pdrop there), so attn_dropout stays at 0 here.
 AttentionParams = spec_params_model("AttentionParams", AttentionAxes, AttentionSpec, exclude=("attn_dropout",),
                                     validators={
-    "_window_fits": field_validator("window")(classmethod(_window_fits)),
     "_causal_decode": field_validator("causal")(classmethod(_causal_decode)),
     "_memory": model_validator(mode="after")(fits_memory(lambda p, dtype_bytes: attention_cost(p, dtype_bytes).bytes)),
 })
