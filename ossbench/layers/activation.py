@@ -8,8 +8,9 @@
 
 An activation's *width* is its output width: the FFN's intermediate size. SwiGLU reads twice that.
 
-`Activation(spec, backend="eager"|"compile")` (spec: `ActivationSpec`, layers/activation_spec.py): "eager" runs torch's op (F.gelu, F.silu: one kernel each) or,
-for SwiGLU, gpt-oss's expression op by op; "compile" runs the same function through torch.compile (both
+`Activation(spec, backend="eager"|"compile")` (spec: `ActivationSpec`, layers/activation_spec.py):
+"eager" runs torch's op (F.gelu, F.silu: one kernel each) or, for SwiGLU, gpt-oss's expression op by op;
+"compile" runs the same function through torch.compile (both
 registered at the end of this file, ossbench.backends).
 """
 

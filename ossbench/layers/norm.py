@@ -11,7 +11,8 @@ run is a float64 reference, not float32 in disguise). The result is cast back to
 (`attn.norm.scale`, `mlp.norm.scale`), so checkpoint state dicts load. GPT-2's LayerNorm is torch's
 `nn.LayerNorm` (parameters `weight`, `bias` in the model's dtype).
 
-`Norm(spec, backend=...)` (spec: `NormSpec`, layers/norm_spec.py) is the benchmarked layer of the norm family, with three backends that compute
+`Norm(spec, backend=...)` (spec: `NormSpec`, layers/norm_spec.py) is the benchmarked layer of the norm family,
+with three backends that compute
 the same function (registered at the end of this file, ossbench.backends):
 - "eager":   the formulas above, op by op (what gpt-oss's reference RMSNorm runs);
 - "compile": the same formulas through torch.compile (one fused kernel per direction);

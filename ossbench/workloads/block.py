@@ -120,7 +120,8 @@ class BlockParams(BaseModel):
     norm_eps: PositiveFloat
     dropout: float = Field(ge=0.0, lt=1.0, description="GPT-2's dropout on the attention probabilities and "
                                                        "after attention and the MLP; train mode only")
-    attention: BlockAttention = Field(description="the attention half: AttentionSpec's fields")  # type: ignore[valid-type]
+    attention: BlockAttention = Field(  # type: ignore[valid-type]
+        description="the attention half: AttentionSpec's fields")
     mlp: Annotated[Union[BlockDense, BlockMoE], Field(discriminator="kind")] = Field(  # type: ignore[valid-type]
         description="the MLP half: FFNSpec's fields (kind: dense) or MoESpec's (kind: moe)")
 
@@ -267,8 +268,8 @@ def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = D
     require_checked_dtype("block", TOLERANCE, dtype)
     training = p.mode == "train"
     dtype_bytes = torch.finfo(dtype).bits // 8
-    if reason := unsupported_reason(p.attn_backend, sinks=p.attention.sinks, device=device, training=training, dtype=dtype,
-                                    mask=p.attention_params().layer_mask):
+    if reason := unsupported_reason(p.attn_backend, sinks=p.attention.sinks, device=device, training=training,
+                                    dtype=dtype, mask=p.attention_params().layer_mask):
         raise SkipCase(reason)
     mp = p.mlp_params()
     if isinstance(mp, MoEParams) and (reason := backend_unsupported_reason("moe", mp.backend, device, dtype,
