@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ResultsError
 from .records import (Ceilings, ComparePairRecord, CountersRecord, GateSettings, PeakRow, PowerRecord,
-                      ProfileRecord, RooflineRecord)
+                      PredictedRecord, ProfileRecord, RooflineRecord)
 from .text import printable
 
 SCHEMA = "ossbench.results/1"
@@ -101,6 +101,7 @@ class CaseResult(_Model):
     memory: Memory | None = None
     numerics: Numerics | None = None
     duration_s: float | None = None  # wall time spent on the case, set-up included
+    predicted: PredictedRecord | None = None  # the run planner's time and peak memory for it (ossbench/plan.py)
     # Measurement depth (docs/results.md, docs/measure.md); absent or null when not measured.
     power: PowerRecord | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
     clocks: dict[str, Any] | None = None  # bench's per-batch SM clock and throttle record (strict_clocks)
@@ -162,6 +163,7 @@ class RunOptions(_Model):
     ncu: bool = False
     strict_clocks: bool = False
     isolate: bool | None = None  # --isolate / --no-isolate; None: the default for the device
+    max_minutes: float | None = None  # --max-minutes: the run budget (a resumed run gets it afresh)
 
 
 class RunResult(_Model):
