@@ -42,6 +42,9 @@ INIT_GBPS = {"cuda": 20.0, "cpu": 0.5}  # drawing the random weights and inputs 
 COMPILE_S = {"cuda": 30.0, "cpu": 15.0}  # a torch.compile'd backend's first call on a new shape (estimate)
 CASE_OVERHEAD_S = 0.1  # validation, garbage collection, recording
 DEFAULT_FLUSH_BYTES = 64 * 2**20  # the cold-cache flush buffer when the L2 size is not known
+# Peak ratios only for cases predicted to peak above this: on CPU the measured peak is the growth of the
+# process's peak RSS, which the allocator's reuse of freed memory makes meaningless for small cases.
+MIN_PEAK_FOR_RATIO = 64 * 2**20
 BUDGET = "run budget"  # how the error of a case the budget left unstarted begins
 NO_FIT = "does not fit"  # how the error of a case predicted not to fit in free memory begins
 
@@ -163,14 +166,17 @@ def free_memory_bytes(device: Device) -> int | None:
 
 
 def run_order(cases: Sequence[Case]) -> list[Case]:
-    """The order cases run in: the first sweep point of every variant, then the second of each, ... (variants
-    in suite order), so that a run cut short by its budget has a point of every variant. Results keep the
-    suite's order whatever the run order."""
-    by_variant: dict[str, list[Case]] = defaultdict(list)
+    """The order cases run in, so that a run cut short by its budget is still useful: round by round, the
+    next sweep point of every variant in every mode (round 1: the first prefill point of each variant, the
+    first decode point of each, ...; round 2: the second of each, ...). Groups come in suite order and
+    points keep their sweep order within a group. Results keep the suite's order whatever the run order."""
+    groups: dict[tuple[str, Any], list[Case]] = defaultdict(list)
     for c in cases:
-        by_variant[c.variant].append(c)
-    rounds = max((len(v) for v in by_variant.values()), default=0)
-    return [group[i] for i in range(rounds) for group in by_variant.values() if i < len(group)]
+        groups[(c.variant, dict(c.params).get("mode"))].append(c)
+    modes = list(dict.fromkeys(mode for _, mode in groups))
+    ordered = sorted(groups.items(), key=lambda kv: modes.index(kv[0][1]))  # stable: variants in suite order
+    rounds = max((len(g) for g in groups.values()), default=0)
+    return [group[i] for i in range(rounds) for _, group in ordered if i < len(group)]
 
 
 @dataclass
@@ -209,7 +215,8 @@ def predicted_totals(predictions: Iterable[Prediction]) -> dict[str, float]:
 
 def ratio_spread(cases: Iterable[Any]) -> dict[str, dict[str, float] | None]:
     """actual / predicted for the cases that ran (`ok`) with a prediction: time (`duration_s`) and peak
-    memory (`memory.peak_bytes`), each as {n, min, median, max}, or None when no case has both."""
+    memory (`memory.peak_bytes`, for predicted peaks of at least MIN_PEAK_FOR_RATIO), each as
+    {n, min, median, max}, or None when no case has both."""
     import statistics
 
     times, peaks = [], []
@@ -221,7 +228,7 @@ def ratio_spread(cases: Iterable[Any]) -> dict[str, dict[str, float] | None]:
         if c.duration_s and pred.get("time_s"):
             times.append(c.duration_s / pred["time_s"])
         peak = c.memory.peak_bytes if c.memory else None
-        if peak and pred.get("peak_bytes"):
+        if peak and (pred.get("peak_bytes") or 0) >= MIN_PEAK_FOR_RATIO:
             peaks.append(peak / pred["peak_bytes"])
 
     def spread(values: list[float]) -> dict[str, float] | None:
