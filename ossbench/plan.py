@@ -10,8 +10,9 @@ hundred GPU cases takes well under a second. The model of a case's wall time fol
     compile                             COMPILE_S per compiling backend (torch.compile, flex), x2 in train
     numerics check                      one call + the float64 reference (the forward's FLOPs at fp64 speed)
     warm-up                             warmup_s + one call
-    sampling                            min_samples x (call + cache flush), at least min_time_s, at most
-                                        max_time_s (at least one sample)
+    sampling                            n x (call + cache flush), at least min_time_s, at most max_time_s
+                                        (at least one sample); n: min_samples, or the samples the CI
+                                        target takes at the assumed noise NOISE_CV if more
 
 with one call = max(FLOPs / compute ceiling, bytes / bandwidth ceiling) / EFFICIENCY + CALL_OVERHEAD_S.
 The constants are rough on purpose; every run records the prediction next to what happened
@@ -41,6 +42,11 @@ CALL_OVERHEAD_S = {"cuda": 20e-6, "cpu": 100e-6}  # launches and Python per call
 INIT_GBPS = {"cuda": 20.0, "cpu": 0.5}  # drawing the random weights and inputs of the case
 COMPILE_S = {"cuda": 30.0, "cpu": 15.0}  # a torch.compile'd backend's first call on a new shape (estimate)
 CASE_OVERHEAD_S = 0.1  # validation, garbage collection, recording
+# The samples' assumed coefficient of variation, which sets how many samples the CI target takes: the CI95
+# of a median spans about 1.96 x 1.2533 x cv / sqrt(n) either side, relative to it. A shared 2-core VM is
+# far noisier than a GPU (cases there often spend the whole max_time_s).
+NOISE_CV = {"cuda": 0.03, "cpu": 0.25}
+MEDIAN_CI_FACTOR = 1.96 * 1.2533
 DEFAULT_FLUSH_BYTES = 64 * 2**20  # the cold-cache flush buffer when the L2 size is not known
 # Peak ratios only for cases predicted to peak above this: on CPU the measured peak is the growth of the
 # process's peak RSS, which the allocator's reuse of freed memory makes meaningless for small cases.
@@ -111,10 +117,11 @@ def predict_case(case: Case, timing: BenchSpec, ceilings: dict[str, Any], basis:
         flush = float(timing.flush_bytes or (max(2 * l2_bytes, DEFAULT_FLUSH_BYTES) if l2_bytes and device.is_cuda
                                              else DEFAULT_FLUSH_BYTES))
     sample_s = call_s + 2 * flush / bw  # the flush writes its buffer (and reads it) before every sample
+    samples = max(timing.min_samples, math.ceil((MEDIAN_CI_FACTOR * NOISE_CV[kind] / timing.target_rel_ci) ** 2))
     if sample_s >= timing.max_time_s:
         sampling = sample_s  # one sample
     else:
-        sampling = min(timing.max_time_s, max(timing.min_time_s, timing.min_samples * sample_s))
+        sampling = min(timing.max_time_s, max(timing.min_time_s, min(samples, timing.max_samples) * sample_s))
     train = bool(dict(case.params).get("mode") == "train")
     compiles = _compiles(fp.backends)
     forward_flops = fp.cost.flops / 3 if train else fp.cost.flops
