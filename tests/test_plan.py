@@ -212,3 +212,34 @@ def test_a_suite_without_a_mode_axis_keeps_its_order():
     suite = parse_suite(STEPS.read_text(), str(STEPS))
     cases = suite.cases("full")
     assert run_order(cases) == cases
+
+
+@pytest.mark.slow
+def test_the_budget_with_isolated_cases_counts_the_worker_start(tmp_path):
+    plan = plan_run(load_suite(STEPS), device="cpu", out_dir=tmp_path / "run", isolate=True, max_minutes=0.012)
+    run = run_plan(plan)
+    statuses = [c.status for c in run.cases]
+    assert statuses[0] == "ok"  # the first case always fits a budget longer than its prediction
+    assert "skipped" in statuses  # the worker's start (importing torch) and the case took the 0.72 s
+    assert all(c.error == "run budget (0.012 min) reached" for c in run.cases if c.status == "skipped")
+    assert [c.id for c in run.cases] == [c.id for c in plan.cases]
+
+
+def test_a_stop_request_wins_over_the_budget(tmp_path):
+    import signal
+
+    from ossbench.stopping import StopRequest
+
+    plan = plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path / "run", max_minutes=60)
+    stop = StopRequest()
+
+    def on_case(case, result):
+        if result is not None:
+            stop.signum = signal.SIGINT  # as Ctrl-C after the first case
+
+    run = run_plan(plan, on_case, stop=stop)
+    skipped = [c for c in run.cases if c.status == "skipped"]
+    assert len(skipped) == len(run.cases) - 1
+    assert all(c.error.startswith("interrupted (SIGINT)") for c in skipped)
+    plan, resumed = plan_resume(tmp_path / "run")
+    assert plan.max_minutes == 60 and len(resumed.ids_to_run(plan)) == len(skipped)
