@@ -232,9 +232,12 @@ def footprint(p: AttentionParams, dtype_bytes: int) -> Footprint:
     elif p.backend == "sdpa" and p.mask is None and p.window is not None:  # the window as a dense mask
         act += queries * keys * dtype_bytes
     act *= activation_factor(p.mode)
-    # the float64 check: q, k, v of every token and the scores of the rows it compares
+    # the float64 check: the weights and (decode) the cached keys and values cast to float64, q, k, v of
+    # every token and the scores of the rows it compares
     rows = queries if p.batch * p.n_heads * queries * queries <= FULL_REFERENCE_SCORES else 40
-    check = 8 * (tokens * (p.hidden + q_width + 2 * kv_width) + 2 * p.batch * p.n_heads * rows * keys)
+    cached = cost.extra["kv_cache_bytes"] / dtype_bytes if p.mode == "decode" else 0
+    check = 8 * (cost.extra["params"] + cached + tokens * (p.hidden + q_width + 2 * kv_width)
+                 + 2 * p.batch * p.n_heads * rows * keys)
     return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(max(act, check)),
                      backends=(("attention", p.backend),))
 

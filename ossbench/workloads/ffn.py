@@ -138,8 +138,9 @@ def ffn_footprint(mode: str, tokens: int, hidden: int, intermediate: int, activa
     cost = ffn_cost(mode, tokens, hidden, intermediate, activation, bias, norm, dtype_bytes)
     held = cost.extra["params"] * dtype_bytes + 2 * tokens * hidden * dtype_bytes
     act = tokens * (fc1_width(intermediate, activation) + intermediate + 2 * hidden) * dtype_bytes
-    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act * activation_factor(mode)),
-                     backends=())
+    check = 8 * cost.extra["params"]  # the float64 reference casts the weights
+    return Footprint(cost=cost, persistent_bytes=float(held),
+                     activation_bytes=float(max(act * activation_factor(mode), check)), backends=())
 
 
 def footprint(p: FFNParams, dtype_bytes: int) -> Footprint:
