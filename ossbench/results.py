@@ -190,7 +190,8 @@ class RunResult(_Model):
         raise KeyError(case_id)
 
     def to_dataframe(self):
-        """One row per case: id, family, variant, status, the sweep axes, params, stats, cost and derived."""
+        """One row per case: id, family, variant, status, the sweep axes, params, stats, cost and derived,
+        peak memory, duration and the run planner's predicted time and peak."""
         import pandas as pd
 
         rows = []
@@ -204,6 +205,9 @@ class RunResult(_Model):
                         for k, v in stats.items()})
             row.update(flops=c.flops, bytes=c.bytes, tokens=c.tokens, **c.derived.model_dump())
             row["peak_bytes"] = c.memory.peak_bytes if c.memory else None
+            row["duration_s"] = c.duration_s
+            predicted = c.predicted or {}  # the run planner's figures beside the actual ones (docs/run.md)
+            row["predicted_time_s"], row["predicted_peak_bytes"] = predicted.get("time_s"), predicted.get("peak_bytes")
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -243,3 +243,32 @@ def test_a_stop_request_wins_over_the_budget(tmp_path):
     assert all(c.error.startswith("interrupted (SIGINT)") for c in skipped)
     plan, resumed = plan_resume(tmp_path / "run")
     assert plan.max_minutes == 60 and len(resumed.ids_to_run(plan)) == len(skipped)
+
+
+def test_planning_the_full_gpu_suites_is_fast_and_marks_what_an_h100_cannot_hold():
+    import time
+
+    from ossbench.hardware import Device
+    from ossbench.measure.roofline import resolve_ceilings
+    from ossbench.peaks import peak_row
+
+    h100 = Device(type="cuda", index=0, name="NVIDIA H100 80GB HBM3", l2_cache_bytes=50 * 2**20,
+                  peak_row="H100 SXM")
+    ceilings = resolve_ceilings(peak_row("H100 SXM"), None)
+    cases = [c for name in ("attention", "moe") for c in load_suite(HERE.parent / "suites" / f"{name}.yaml").cases()]
+    assert len(cases) > 100
+    started = time.perf_counter()
+    preds = planner.predict_cases(cases, BenchSpec(), ceilings, h100, l2_bytes=h100.l2_cache_bytes,
+                                  free_bytes=79 * 2**30)
+    assert time.perf_counter() - started < 30  # milliseconds on a quiet machine: nothing is built
+    assert all(p.basis == "datasheet" for p in preds.values())
+    flex = preds["attention/full-gqa/mode=prefill,seq_len=1024"]
+    assert flex.phases["compile"] == planner.COMPILE_S["cuda"]  # flex compiles; sdpa does not
+    assert preds["attention/full-gqa-nosinks-sdpa/mode=prefill,seq_len=1024"].phases["compile"] == 0
+    assert flex.peak_bytes > 2 * 50 * 2**20  # the cold-cache flush buffer (2 x L2) counts on CUDA
+    # MHA decode at 128k tokens, batch 8: a 17 GB bf16 cache, cast to float64 by the check (4x): > 79 GiB
+    big = "attention/full-mha/mode=decode,batch=8,kv_len=131072"
+    assert [i for i, p in preds.items() if not p.fits] == [big]
+    h200 = planner.predict_cases([c for c in cases if c.id == big], BenchSpec(), ceilings, h100,
+                                 free_bytes=139 * 2**30)
+    assert h200[big].fits
