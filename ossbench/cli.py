@@ -137,9 +137,11 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
 
 def _print_plan(plan, ids: set[str] | None, out) -> None:
     from .plan_table import plan_notes, plan_table
+    from .run_console import load_notices
 
     out.print(plan_table(plan, ids))
-    for line in plan_notes(plan, ids):
+    for line in plan_notes(plan, ids) + [f"[yellow]machine loaded: {w}; CPU cases will take longer than "
+                                         f"predicted.[/]" for w in load_notices(plan.environment.get("load"))]:
         out.print(line, soft_wrap=True)
 
 
