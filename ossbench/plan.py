@@ -150,9 +150,12 @@ def _compiles(backends: Iterable[tuple[str, str]]) -> int:
 
 def predict_cases(cases: Sequence[Case], timing: BenchSpec, ceilings: dict[str, Any] | None, device: Device, *,
                   l2_bytes: int | None = None, free_bytes: float | None = None) -> dict[str, Prediction]:
+    """Each case's prediction by id; a case of a family without a footprint gets none (it runs unplanned)."""
+    from .workloads import get_family
+
     usable, basis = planning_ceilings(ceilings, device)
     return {c.id: predict_case(c, timing, usable, basis, device, l2_bytes=l2_bytes, free_bytes=free_bytes)
-            for c in cases}
+            for c in cases if get_family(c.family).footprint is not None}
 
 
 def free_memory_bytes(device: Device) -> int | None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .runner import RunPlan
 
 OVER_BUDGET = "over budget"
+UNPLANNED = "no footprint"  # a family that declares no footprint: its cases run unpredicted
 NO_FIT_MARK = "no fit"
 
 
@@ -33,9 +34,11 @@ def plan_rows(plan: RunPlan, ids: set[str] | None = None) -> list[dict]:
     run, skipped as not fitting, or (with a budget, assuming the predictions hold) left by the budget."""
     rows, elapsed, over = [], 0.0, False
     for case in run_order([c for c in plan.cases if ids is None or c.id in ids]):
-        p = plan.predictions[case.id]
+        p = plan.predictions.get(case.id)
         fate = "run"
-        if not p.fits:
+        if p is None:
+            fate = UNPLANNED
+        elif not p.fits:
             fate = NO_FIT_MARK
         elif plan.max_minutes is not None and (over or elapsed + p.time_s > plan.max_minutes * 60):
             fate, over = OVER_BUDGET, True
@@ -47,7 +50,7 @@ def plan_rows(plan: RunPlan, ids: set[str] | None = None) -> list[dict]:
 
 def plan_table(plan: RunPlan, ids: set[str] | None = None) -> Table:
     rows = plan_rows(plan, ids)
-    preds = [r["prediction"] for r in rows]
+    preds = [r["prediction"] for r in rows if r["prediction"] is not None]
     totals = predicted_totals(preds)
     basis = preds[0].basis if preds else "-"
     free = fmt_bytes(plan.free_bytes) if plan.free_bytes is not None else "unknown"
@@ -66,6 +69,9 @@ def plan_table(plan: RunPlan, ids: set[str] | None = None) -> Table:
     t.add_column("", footer=f"{totals['fitting']} fit" if totals["fitting"] < totals["cases"] else "")
     for i, r in enumerate(rows, 1):
         p = r["prediction"]
+        if p is None:
+            t.add_row(str(i), term_text(r["case"].id), "-", "-", "-", "-", "-", f"[dim]{UNPLANNED}[/]")
+            continue
         mark = {"run": "", NO_FIT_MARK: f"[red]{NO_FIT_MARK}[/]", OVER_BUDGET: f"[yellow]{OVER_BUDGET}[/]"}[r["fate"]]
         call = p.call_s * 1e3
         t.add_row(str(i), term_text(r["case"].id), fmt_s(p.time_s), fmt_s(p.phases["compile"] + p.phases["check"]),

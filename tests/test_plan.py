@@ -272,3 +272,17 @@ def test_planning_the_full_gpu_suites_is_fast_and_marks_what_an_h100_cannot_hold
     h200 = planner.predict_cases([c for c in cases if c.id == big], BenchSpec(), ceilings, h100,
                                  free_bytes=139 * 2**30)
     assert h200[big].fits
+
+
+def test_the_plan_table_shows_a_case_without_a_prediction(tmp_path):
+    from rich.console import Console
+
+    from ossbench.plan_table import plan_table
+
+    plan = plan_run(load_suite(TINY), device="cpu", out_dir=tmp_path / "run")
+    unplanned = plan.cases[0].id
+    del plan.predictions[unplanned]  # as for a family that declares no footprint
+    console = Console(width=300, record=True)
+    console.print(plan_table(plan))
+    text = console.export_text()
+    assert unplanned in text and "no footprint" in text and "total" in text
