@@ -159,9 +159,15 @@ def predict_cases(cases: Sequence[Case], timing: BenchSpec, ceilings: dict[str, 
 
 
 def free_memory_bytes(device: Device) -> int | None:
-    """What the device has free now: CUDA's free memory (`mem_get_info`), the host's MemAvailable on CPU;
-    None when unknown (then nothing is skipped for memory)."""
+    """What the device has free now: the GPU's free memory from NVML (`torch.cuda.mem_get_info` without
+    NVML, which creates a CUDA context here: with --isolate the run's parent otherwise holds none), the
+    host's MemAvailable on CPU; None when unknown (then nothing is skipped for memory)."""
     if device.is_cuda:
+        from .measure.nvml import free_memory_bytes as nvml_free
+
+        free = nvml_free(device.index)
+        if free is not None:
+            return free
         import torch
 
         return int(torch.cuda.mem_get_info(device.torch_device)[0])

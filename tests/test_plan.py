@@ -286,3 +286,17 @@ def test_the_plan_table_shows_a_case_without_a_prediction(tmp_path):
     console.print(plan_table(plan))
     text = console.export_text()
     assert unplanned in text and "no footprint" in text and "total" in text
+
+
+@pytest.mark.gpu
+def test_free_memory_on_a_gpu_agrees_with_torch():
+    import torch
+
+    from ossbench.measure.nvml import free_memory_bytes as nvml_free
+
+    dev = resolve_device("cuda")
+    free = planner.free_memory_bytes(dev)
+    torch_free, total = torch.cuda.mem_get_info(dev.torch_device)
+    assert 0 < free <= total
+    if nvml_free(dev.index) is not None:  # NVML and the runtime see the same device within a context's size
+        assert abs(free - torch_free) < 2 * 2**30
