@@ -138,6 +138,8 @@ class Backend:
     available: Callable[[str], str | None] = _always_available  # device type -> why it cannot run there
     description: str = ""
     origin: str = "ossbench"  # "ossbench" for the built-ins, else the plugin's distribution name
+    # it compiles a kernel per new shape on first call (torch.compile): the planner adds a compile time
+    compiles: bool = False
 
     def unsupported_reason(self, request: Request) -> str | None:
         """Why this backend cannot run `request`: not available on the device, or a feature it lacks."""
@@ -163,11 +165,12 @@ _PLUGINS = _Plugins()
 
 def register_backend(family: str, name: str, build: Callable[..., Any], *,
                      available: Callable[[str], str | None] | None = None, supports: Supports | None = None,
-                     description: str = "") -> Backend:
+                     description: str = "", compiles: bool = False) -> Backend:
     """Register backend `name` of `family`; `build` is what the family's layer calls (docs/backends.md).
 
     `available(device_type)` says why the backend cannot run on a device (None: it can), for what its
-    features do not cover (a missing package, an old torch); `supports` says what it can express.
+    features do not cover (a missing package, an old torch); `supports` says what it can express;
+    `compiles`: its first call on a new shape compiles a kernel (the run planner counts a compile time).
     A name is registered once per family: a plugin cannot replace a built-in."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"backend name {name!r}: use lower-case letters, digits and . _ + - (it goes into "
@@ -176,7 +179,7 @@ def register_backend(family: str, name: str, build: Callable[..., Any], *,
     if name in known:
         raise ValueError(f"{family} backend {name!r} is already registered (by {known[name].origin})")
     backend = Backend(family, name, build, supports or Supports(), available or _always_available, description,
-                      _PLUGINS.loading or "ossbench")
+                      _PLUGINS.loading or "ossbench", compiles)
     known[name] = backend
     return backend
 

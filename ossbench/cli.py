@@ -38,6 +38,7 @@ def main() -> None:
 
     \b
       ossbench run suites/attention.yaml     sweep variants, write results.json + report.html
+      ossbench plan suites/attention.yaml    each case's predicted time and memory, before running
       ossbench validate suites/*.yaml        check suites without running them
       ossbench list                          layer families, parameters, modes and backends
       ossbench env                           device, driver, CUDA, torch, triton, peak table row
@@ -46,13 +47,26 @@ def main() -> None:
     """
 
 
+_DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+_FILTER = click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
+_QUICK = click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
+_MAX_MINUTES = click.option(
+    "--max-minutes", type=click.FloatRange(min=0, min_open=True), metavar="M",
+    help="Run budget: start no case whose predicted time would take the run past M minutes; the rest are "
+         "skipped (\"run budget\"), results and report written, exit 0; `--resume` runs them (with M again, "
+         "or the --max-minutes given with it). Cases run one point of every variant first.")
+
+
 @main.command()
 @click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_DEVICE
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
-@click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
-@click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
+@_FILTER
+@_QUICK
+@_MAX_MINUTES
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print the run plan (each case's predicted time and peak memory, totals) and exit: `ossbench plan`.")
 @click.option("--profile", "profile_kernels", is_flag=True,
               help="Also run each case under torch.profiler: top kernels, launches, a Chrome trace per case.")
 @click.option("--ncu", is_flag=True, help="Measure DRAM bytes per case with Nsight Compute (ncu on the PATH).")
@@ -68,8 +82,8 @@ def main() -> None:
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
 @plotly_js_option
 def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
-        profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool,
-        isolate: bool | None, plotly_js: str) -> None:
+        max_minutes: float | None, show_plan: bool, profile_kernels: bool, ncu: bool, strict_clocks: bool,
+        resume_dir: Path | None, force: bool, isolate: bool | None, plotly_js: str) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
@@ -78,17 +92,10 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
     `--resume DIR` then runs the rest.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .outdir import claim_out_dir
-    from .report import write_report
+    from .run_console import NOTHING_TO_RESUME, execute, exit_code, notices, start_lines
+    from .runner import plan_run
     from .report.plotly_js import PlotlyJs
-    from .run_console import (NOTHING_TO_RESUME, case_line, exit_code, notices, print_summary,
-                              report_failed_line, start_lines, stopped_line, stopping_line)
-    from .runner import plan_run, run_plan
-    from .stopping import stop_on_signals
     from .suite import load_suite
-    from .text import term_text
 
     out, err = _console(), _console(stderr=True)
     plotly, resumed = PlotlyJs.parse(plotly_js), None
@@ -101,14 +108,17 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
                                       ("--isolate/--no-isolate", isolate is not None)) if v]
         if given:
             raise UserError(f"--resume continues with the options the run was started with; drop {', '.join(given)}")
-        plan, resumed = plan_resume(resume_dir, suite_file=suite_file, force=force)
+        plan, resumed = plan_resume(resume_dir, suite_file=suite_file, force=force, max_minutes=max_minutes)
     elif suite_file is None or force:
         raise click.UsageError("give SUITE_FILE, or --resume DIR" if suite_file is None else "--force needs --resume")
     else:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
                         quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
-                        isolate=isolate)
+                        isolate=isolate, max_minutes=max_minutes)
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
+    if show_plan:
+        _print_plan(plan, set(todo), out)
+        return
     for line in start_lines(plan, len(todo), resumed):
         err.print(line)
     if resumed and resumed.nothing_to_do(plan):
@@ -116,29 +126,37 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         sys.exit(exit_code(resumed.previous.cases))
     for line in notices(plan):
         err.print(line)
+    sys.exit(execute(plan, resumed, len(todo), out, err, plotly=plotly))
 
-    with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                               TimeElapsedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task("starting", total=len(todo))
 
-        def on_case(case, result) -> None:
-            if result is None:
-                progress.update(task, description=term_text(case.id))
-                return
-            progress.advance(task)
-            progress.console.print(case_line(case, result), soft_wrap=True)
+def _print_plan(plan, ids: set[str] | None, out) -> None:
+    from .plan_table import plan_notes, plan_table
+    from .run_console import load_notices
 
-        with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
-            result = run_plan(plan, on_case, stop=stop, resume=resumed)
-        try:
-            report_path = write_report(result, plan.out_dir / "report.html", plotly=plotly)
-        except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
-            report_path = None
-            err.print(report_failed_line(e), soft_wrap=True)
-    print_summary(result, plan, report_path, out)
-    if stop.requested:
-        err.print(stopped_line(stop, plan.out_dir), soft_wrap=True)
-    sys.exit(exit_code(result.cases, report_written=report_path is not None, stop=stop))
+    out.print(plan_table(plan, ids))
+    for line in plan_notes(plan, ids) + [f"[yellow]machine loaded: {w}; CPU cases will take longer than "
+                                         f"predicted.[/]" for w in load_notices(plan.environment.get("load"))]:
+        out.print(line, soft_wrap=True)
+
+
+@main.command()
+@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@_DEVICE
+@_FILTER
+@_QUICK
+@_MAX_MINUTES
+def plan(suite_file: Path, device: str, filter_text: str | None, quick: bool, max_minutes: float | None) -> None:
+    """Print the cases `ossbench run SUITE_FILE` would execute, in run order, with each one's predicted time
+    (set-up, compile, numerics check, warm-up, sampling) and peak memory, and the totals; builds nothing.
+
+    A case predicted not to fit in the device's free memory is marked (a run skips it with that reason);
+    with --max-minutes, so are the cases the budget would leave. Same as `ossbench run --plan`.
+    """
+    from .runner import plan_run
+    from .suite import load_suite
+
+    _print_plan(plan_run(load_suite(suite_file), device=device, filter_text=filter_text, quick=quick,
+                         max_minutes=max_minutes), None, _console())
 
 
 @main.command()
@@ -348,37 +366,20 @@ def calibrate(device: str, quick: bool, repeats: int | None, max_spread: float, 
     $OSSBENCH_CALIBRATION_DIR, else $XDG_CACHE_HOME/ossbench/calibration (~/.cache/...), one JSON per
     device; `ossbench run` then uses the calibrated ceilings (recorded in results as their source).
     """
-    from rich.markup import escape
-
-    from .measure.calibrate import CalibrationRefused, save_calibration
     from .measure.calibrate import calibrate as measure_ceilings
     from .runner import resolve_device
-    from .summary import calibration_table
+    from .summary import calibration_table, save_calibration_verdict
 
     dev = resolve_device(device)
     err = _console(stderr=True)
     err.print(f"calibrating {dev} ...")
     record = measure_ceilings(dev, quick=quick, repeats=repeats, max_spread=max_spread / 100)
     _console().print(calibration_table(record))
-    for line in record["load"]["warnings"]:
-        err.print(f"[yellow]machine loaded: {escape(line)}; ceilings measured under load read low.[/]")
-    problems = record["checks"]["problems"]
-    for p in problems:
-        err.print(f"[bold red]check failed:[/] {escape(p['message'])}")
-    if problems and not force:
-        what = "nothing saved" if no_save else "not saved"
-        err.print(f"[bold red]calibration refused ({what}):[/] rerun on a quiet machine, or pass --force to save "
-                  "it anyway (recorded as forced).")
+    saved = save_calibration_verdict(record, err, force=force, save=not no_save)
+    if saved is False:
         sys.exit(1)
-    if not no_save:
-        try:
-            path = save_calibration(record, force=force)
-        except CalibrationRefused as e:  # checks recomputed differently than shown: should not happen
-            err.print(f"[bold red]{escape(str(e))}[/]")
-            sys.exit(1)
-        if problems:
-            err.print("[yellow]saved despite the failed checks (--force): the file records forced: true.[/]")
-        click.echo(f"saved: {path}")
+    if saved:
+        click.echo(f"saved: {saved}")
 
 
 from .cli_history import history  # noqa: E402 - the command lives in its own module (cli.py stays short)

@@ -79,6 +79,21 @@ Number = float
 
 
 @_Measured
+class PredictedRecord(TypedDict, total=False):
+    """What the run planner predicted for a case before it ran (ossbench/plan.py, docs/results.md):
+    compare ``time_s`` with the case's ``duration_s`` and ``peak_bytes`` with its ``memory.peak_bytes``."""
+
+    time_s: Number
+    peak_bytes: Number
+    call_ms: Number
+    phases: dict[str, Number]  # setup, compile, check, warmup, sampling, overhead (seconds)
+    persistent_bytes: Number
+    activation_bytes: Number
+    basis: str  # the ceilings used: calibrated, datasheet, default
+    fits: bool
+
+
+@_Measured
 class RooflineRecord(TypedDict, total=False):
     """A case's place under the roofline (measure.roofline.roofline); the report reads these keys."""
 

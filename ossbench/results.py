@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ResultsError
 from .records import (Ceilings, ComparePairRecord, CountersRecord, GateSettings, PeakRow, PowerRecord,
-                      ProfileRecord, RooflineRecord)
+                      PredictedRecord, ProfileRecord, RooflineRecord)
 from .text import printable
 
 SCHEMA = "ossbench.results/1"
@@ -104,6 +104,7 @@ class CaseResult(_Model):
     memory: Memory | None = None
     numerics: Numerics | None = None
     duration_s: float | None = None  # wall time spent on the case, set-up included
+    predicted: PredictedRecord | None = None  # the run planner's time and peak memory for it (ossbench/plan.py)
     # Measurement depth (docs/results.md, docs/measure.md); absent or null when not measured.
     power: PowerRecord | None = None  # NVML readings during timing: power, energy per call/token, clocks, ...
     clocks: dict[str, Any] | None = None  # bench's per-batch SM clock and throttle record (strict_clocks)
@@ -165,6 +166,7 @@ class RunOptions(_Model):
     ncu: bool = False
     strict_clocks: bool = False
     isolate: bool | None = None  # --isolate / --no-isolate; None: the default for the device
+    max_minutes: float | None = None  # --max-minutes: the run budget (a resumed run gets it afresh)
 
 
 class RunResult(_Model):
@@ -191,7 +193,8 @@ class RunResult(_Model):
         raise KeyError(case_id)
 
     def to_dataframe(self):
-        """One row per case: id, family, variant, status, the sweep axes, params, stats, cost and derived."""
+        """One row per case: id, family, variant, status, the sweep axes, params, stats, cost and derived,
+        peak memory, duration and the run planner's predicted time and peak."""
         import pandas as pd
 
         rows = []
@@ -205,6 +208,9 @@ class RunResult(_Model):
                         for k, v in stats.items()})
             row.update(flops=c.flops, bytes=c.bytes, tokens=c.tokens, **c.derived.model_dump())
             row["peak_bytes"] = c.memory.peak_bytes if c.memory else None
+            row["duration_s"] = c.duration_s
+            predicted = c.predicted or {}  # the run planner's figures beside the actual ones (docs/run.md)
+            row["predicted_time_s"], row["predicted_peak_bytes"] = predicted.get("time_s"), predicted.get("peak_bytes")
             rows.append(row)
         df = pd.DataFrame(rows)
         # A column of integers with a gap (a failed case has no params; decode has no seq_len) would become

@@ -15,6 +15,7 @@ from .errors import UserError
 from .journal import JOURNAL
 from .results import CaseResult, RunResult, load_results
 from .runner import NOT_RUN, RunPlan, plan_run
+from .plan import BUDGET
 from .stopping import INTERRUPTED
 
 
@@ -34,9 +35,10 @@ class Resumed:
                 and plan.suite.sha256 == self.previous.suite.sha256)
 
 
-def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None,
-                force: bool = False) -> tuple[RunPlan, Resumed]:
-    """Re-plan the run recorded in `out_dir`; `suite_file` overrides the recorded suite path."""
+def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None, force: bool = False,
+                max_minutes: float | None = None) -> tuple[RunPlan, Resumed]:
+    """Re-plan the run recorded in `out_dir`; `suite_file` overrides the recorded suite path. The run's
+    budget (`--max-minutes`) applies afresh to the resumed run; `max_minutes` replaces it."""
     from .suite import load_suite
 
     out = Path(out_dir)
@@ -59,7 +61,8 @@ def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None,
                         f"re-plans from the changed suite, keeping the finished cases it still has")
     plan = plan_run(suite, device=options.device, out_dir=out, filter_text=options.filter, quick=options.quick,
                     profile=options.profile, ncu=options.ncu, strict_clocks=options.strict_clocks,
-                    isolate=options.isolate)
+                    isolate=options.isolate,
+                    max_minutes=options.max_minutes if max_minutes is None else max_minutes)
     then, now = previous.environment.device_name, plan.environment["device_name"]
     if then != now and not force:
         raise UserError(f"--resume {out}: the run started on {then} and this machine has {now}; its results "
@@ -79,7 +82,8 @@ def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None,
 
 
 def _never_ran(c: CaseResult) -> bool:
-    """Recorded without running: interrupted before it started, or not run after a lost CUDA context."""
+    """Recorded without running: interrupted before it started, left by the run budget, or not run after a
+    lost CUDA context."""
     error = c.error or ""
-    return ((c.status == "skipped" and error.startswith(INTERRUPTED))
+    return ((c.status == "skipped" and error.startswith((INTERRUPTED, BUDGET)))
             or (c.status == "failed" and error.startswith(NOT_RUN)))

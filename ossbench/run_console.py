@@ -7,11 +7,13 @@ Lines are rich markup with every user-provided name escaped (`term_text`); the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from .expectations import evaluate
+from .plan import BUDGET
+from .plan_table import prediction_line
 from .summary import STATUS_STYLE, cases_table, pairs_table
 from .text import term_text
 
@@ -88,6 +90,49 @@ def notices(plan: RunPlan) -> list[str]:
     return lines
 
 
+def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err: Console, *,
+            plotly: Any = None) -> int:
+    """Run the plan as `ossbench run` does: a progress bar and one line per case on `err`, SIGINT/SIGTERM
+    stopping after the case in flight, results and report written (`plotly`: how the report gets
+    plotly.js, `PlotlyJs`), the summary on `out`; the exit code."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .outdir import claim_out_dir
+    from .report import write_report
+    from .runner import run_plan
+    from .stopping import stop_on_signals
+
+    with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                               TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("starting", total=todo)
+
+        def on_case(case, result) -> None:
+            if result is None:
+                progress.update(task, description=term_text(case.id))
+                return
+            progress.advance(task)
+            progress.console.print(case_line(case, result), soft_wrap=True)
+
+        with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
+            result = run_plan(plan, on_case, stop=stop, resume=resumed)
+        try:
+            report_path = write_report(result, plan.out_dir / "report.html", plotly=plotly)
+        except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them
+            report_path = None
+            err.print(report_failed_line(e), soft_wrap=True)
+    print_summary(result, plan, report_path, out)
+    if stop.requested:
+        err.print(stopped_line(stop, plan.out_dir), soft_wrap=True)
+    elif any(c.status == "skipped" and (c.error or "").startswith(BUDGET) for c in result.cases):
+        err.print(budget_line(plan), soft_wrap=True)
+    return exit_code(result.cases, report_written=report_path is not None, stop=stop)
+
+
+def budget_line(plan: RunPlan) -> str:
+    return (f"[yellow]run budget ({plan.max_minutes:g} min) reached: the cases not started are recorded as "
+            f"skipped; to run them: ossbench run --resume {term_text(str(plan.out_dir))}[/]")
+
+
 def case_line(case: Case, result: CaseResult) -> str:
     """One finished case: its status, id and median."""
     return (f"  [{STATUS_STYLE[result.status]}]{result.status:>7}[/] {term_text(case.id)}"
@@ -123,5 +168,8 @@ def print_summary(result: RunResult, plan: RunPlan, report_path: Path | None, co
             console.print(f"DRAM counters unavailable: {term_text(reason)}")
     if plan.measure.profile:
         console.print(f"traces:  {plan.out_dir / 'traces'} (gzipped Chrome traces: open in https://ui.perfetto.dev)")
+    line = prediction_line(result)
+    if line:
+        console.print(line)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
                   f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path or 'not written'}")

@@ -24,6 +24,7 @@ from .failures import NumericsMismatch, context_lost, describe, is_oom
 from .hardware import Device, resolve_device  # resolve_device: re-exported for the CLI and Python callers
 from .journal import JOURNAL, Journal
 from .outdir import OutputError, claim_out_dir
+from .plan import Budget, Prediction, free_memory_bytes, predict_cases, run_order
 from .results import SCHEMA, CaseResult, Environment, RunOptions, RunResult, SuiteInfo
 from .stopping import StopRequest
 from .isolate import IsolatedRunner, default_isolation
@@ -71,11 +72,16 @@ class RunPlan:
     measure: MeasureOptions = field(default_factory=MeasureOptions)
     options: RunOptions | None = None  # how it was asked for, recorded for `--resume`
     isolate: bool = False  # each case in a child process with a timeout (ossbench/isolate.py)
+    # ossbench/plan.py: each case's predicted time and peak memory (a case predicted not to fit in free_bytes
+    # is skipped with that reason), and the run budget in minutes (None: no budget)
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    free_bytes: int | None = None
+    max_minutes: float | None = None
 
 
 def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
-             strict_clocks: bool = False, isolate: bool | None = None) -> RunPlan:
+             strict_clocks: bool = False, isolate: bool | None = None, max_minutes: float | None = None) -> RunPlan:
     from .env import capture
     from .suite import filter_cases
 
@@ -94,10 +100,15 @@ def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
     options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text, quick=quick,
-                         profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate)
+                         profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate,
+                         max_minutes=max_minutes)
     isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
+    free = free_memory_bytes(dev)
+    predictions = predict_cases(cases, timing, env["ceilings"], dev, l2_bytes=env.get("l2_cache_bytes"),
+                                free_bytes=free)
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
-                   environment=env, measure=measure, options=options, isolate=isolate)
+                   environment=env, measure=measure, options=options, isolate=isolate, predictions=predictions,
+                   free_bytes=free, max_minutes=max_minutes)
 
 
 def _measure_environment(device: Device, env: dict, measure: MeasureOptions) -> dict:
@@ -124,7 +135,10 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
 
     `stop`: once it is requested, the cases not yet started are recorded as skipped ("interrupted ...").
     `resume`: a run being continued (ossbench.resume): its finished cases are kept as recorded, not rerun.
-    The output folder is checked and locked first (ossbench.outdir); results.json is written in plan order.
+    Cases run in `plan.run_order` (a point of every variant first); a case predicted not to fit in free
+    memory is skipped with that reason, and once `plan.max_minutes` would be passed the rest are skipped
+    ("run budget ..."; not journaled, so `--resume` runs them). The output folder is checked and locked
+    first (ossbench.outdir); results.json is written in plan (suite) order.
     """
     kept = resume.kept if resume else {}
     with claim_out_dir(plan.out_dir):
@@ -138,29 +152,42 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
             with Journal(plan.out_dir / JOURNAL, header,
                          [_record(kept[c.id]) for c in plan.cases if c.id in kept]) as journal, isolated:
                 lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
-                for case in plan.cases:
+                budget = Budget(plan.max_minutes) if plan.max_minutes is not None else None
+                done: dict[str, CaseResult] = {}
+                for case in run_order(plan.cases):
                     if case.id in kept:
-                        run.cases.append(kept[case.id])
+                        done[case.id] = kept[case.id]
                         continue
                     if on_case:
                         on_case(case, None)
+                    predicted = plan.predictions.get(case.id)
+                    journaled = True  # a case recorded without running is not: `--resume` runs it
                     if lost:
-                        result, unrun = _unrun(case, "failed", lost), unrun + 1
+                        result, journaled = _unrun(case, "failed", lost), False
                     elif stop and stop.requested:
-                        result, unrun = _unrun(case, "skipped", stop.reason), unrun + 1
+                        result, journaled = _unrun(case, "skipped", stop.reason), False
+                    elif predicted is not None and not predicted.fits:  # a verdict for this device: journaled
+                        result = _unrun(case, "skipped", predicted.fit_reason or "")
+                    elif budget is not None and not budget.allows(predicted.time_s if predicted else 0.0):
+                        result, journaled = _unrun(case, "skipped", budget.reason), False
                     elif plan.isolate:  # a lost context dies with its child: the next case gets a fresh one
                         result = isolated.run(case)
-                        journal.append_case(_record(result))
                     else:
                         result = run_case(case, plan.device, plan.timing, measure)
                         if result.status == "failed" and context_lost(result.error):
                             lost = (f"{NOT_RUN} the CUDA context was lost in {case.id} ({result.error}); "
                                     f"every later kernel would fail too. `ossbench run --resume "
                                     f"{plan.out_dir}` runs them in a fresh process")
+                    if predicted is not None:
+                        result.predicted = predicted.record()
+                    if journaled:
                         journal.append_case(_record(result))
-                    run.cases.append(result)
+                    else:
+                        unrun += 1
+                    done[case.id] = result
                     if on_case:
                         on_case(case, result)
+                run.cases = [done[c.id] for c in plan.cases]
         finally:
             if measure.nvml_device is not None:
                 measure.nvml_device.close()

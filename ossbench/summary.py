@@ -149,3 +149,31 @@ def calibration_table(record: dict) -> Table:
                   "-" if datasheet is None else f"{datasheet:g}",
                   red_if(f"{value / datasheet:.0%}", label, "datasheet") if value and datasheet else "-", detail)
     return t
+
+
+def save_calibration_verdict(record: dict, err, *, force: bool, save: bool):
+    """What `ossbench calibrate` says after the table: machine-load warnings and failed checks on `err`;
+    then saves the record unless a check failed without `force`. Returns the saved path, None when not
+    asked to save, False when refused (the command exits 1)."""
+    from .measure.calibrate import CalibrationRefused, save_calibration
+
+    for line in record["load"]["warnings"]:
+        err.print(f"[yellow]machine loaded: {term_text(line)}; ceilings measured under load read low.[/]")
+    problems = record["checks"]["problems"]
+    for p in problems:
+        err.print(f"[bold red]check failed:[/] {term_text(p['message'])}")
+    if problems and not force:
+        what = "not saved" if save else "nothing saved"
+        err.print(f"[bold red]calibration refused ({what}):[/] rerun on a quiet machine, or pass --force to save "
+                  "it anyway (recorded as forced).")
+        return False
+    if not save:
+        return None
+    try:
+        path = save_calibration(record, force=force)
+    except CalibrationRefused as e:  # checks recomputed differently than shown: should not happen
+        err.print(f"[bold red]{term_text(str(e))}[/]")
+        return False
+    if problems:
+        err.print("[yellow]saved despite the failed checks (--force): the file records forced: true.[/]")
+    return path

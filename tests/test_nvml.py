@@ -395,3 +395,15 @@ def test_an_older_driver_without_the_clocks_event_function_falls_back_to_the_thr
     s.tick()
     events = s.summary()["clock_events"]
     assert events["throttled"] is True and events["reasons"] == ["sw_thermal_slowdown"]
+
+
+def test_free_memory_comes_from_nvml_without_a_cuda_context():
+    from ossbench.measure.nvml import free_memory_bytes
+
+    n = fake_nvml(FakeClock())
+    assert free_memory_bytes(0, nvml=n) == 68 * 2**30  # total 80 - used 12 (bindings without `free`)
+    n.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(free=5 * 2**30, used=75 * 2**30, total=80 * 2**30)
+    assert free_memory_bytes(0, nvml=n) == 5 * 2**30
+    assert n.state.inits == n.state.shutdowns  # every session closed
+    del n.nvmlDeviceGetMemoryInfo
+    assert free_memory_bytes(0, nvml=n) is None  # the planner then asks torch

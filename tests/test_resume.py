@@ -150,13 +150,14 @@ def test_a_changed_suite_is_refused_unless_forced_and_force_keeps_unchanged_case
     suite.write_text(TINY.read_text())
     out = tmp_path / "run"
     first = interrupted_run(suite, out, after=3)
-    assert [c.status for c in first.cases] == ["ok"] * 3 + ["skipped"] * 3
+    # run order (ossbench.plan.run_order): each variant's first prefill point, then its first decode point
+    assert [c.status for c in first.cases] == ["ok", "ok", "skipped", "skipped", "ok", "skipped"]
     # window8 gets a wider window: its finished case must rerun, full's are kept; a new variant is added.
     suite.write_text(TINY.read_text().replace("window8: {window: 8}", "window8: {window: 16}\n  wide: {window: 4}"))
     with pytest.raises(UserError, match="the suite .*tiny.yaml changed since the run started"):
         plan_resume(out)
     plan, resumed = plan_resume(out, force=True)
-    assert sorted(resumed.kept) == ["attention/full/mode=prefill,seq_len=32", "attention/full/mode=prefill,seq_len=64"]
+    assert sorted(resumed.kept) == ["attention/full/mode=decode,kv_len=64", "attention/full/mode=prefill,seq_len=32"]
     assert resumed.dropped == ["attention/window8/mode=prefill,seq_len=32"]
     run = run_plan(plan, resume=resumed)
     assert [c.id for c in run.cases] == [c.id for c in plan.cases] and len(run.cases) == 9

@@ -101,4 +101,5 @@ class Activation(nn.Module):
 # --- the built-in backends: the layer calls build(fn) once with the activation function and runs what it
 # returns (same signature)
 register_backend("activation", "eager", lambda fn: fn, description="torch's op, or gpt-oss's expression op by op")
-register_backend("activation", "compile", compile_fn, description="the same function through torch.compile")
+register_backend("activation", "compile", compile_fn, description="the same function through torch.compile",
+                 compiles=True)

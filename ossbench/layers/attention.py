@@ -371,6 +371,7 @@ register_backend("attention", "sdpa", layer_method("_sdpa"), description="torch 
                      "column and does not return the log-sum-exp needed to add one exactly")}))
 register_backend("attention", "flex", layer_method("_flex"),
                  description="torch.compile'd flex_attention with a block mask; sinks through its log-sum-exp",
+                 compiles=True,
                  supports=Supports(devices=frozenset({"cuda", "cpu"}), dropout=False, sinks=frozenset({"cuda"}),
                                    train=frozenset({"cuda"}), reasons={
                      "dropout": "flex_attention cannot drop out attention probabilities (GPT-2's attn_pdrop); "

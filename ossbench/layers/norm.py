@@ -117,5 +117,5 @@ def _fused(kind: str):
 register_backend("norm", "eager", lambda kind: FORMULAS[kind],
                  description="the formulas op by op (gpt-oss's reference)")
 register_backend("norm", "compile", lambda kind: compile_fn(FORMULAS[kind]),
-                 description="the same formulas through torch.compile")
+                 description="the same formulas through torch.compile", compiles=True)
 register_backend("norm", "fused", _fused, description="torch's F.layer_norm / F.rms_norm")

@@ -102,4 +102,4 @@ class RotaryPositions(nn.Module):
 # --- the built-in backends: a module calls build(fn) once with its arithmetic (add_positions, rotate_qk or
 # rotate_qk_per_call) and runs what it returns (same signature)
 register_backend("positions", "eager", lambda fn: fn, description="op by op")
-register_backend("positions", "compile", compile_fn, description="through torch.compile")
+register_backend("positions", "compile", compile_fn, description="through torch.compile", compiles=True)

@@ -277,6 +277,23 @@ def _handle_for(n: Any, torch_index: int):
     return n.nvmlDeviceGetHandleByIndex(_visible_index(torch_index))
 
 
+def free_memory_bytes(torch_index: int, *, nvml: Any | None = None) -> int | None:
+    """The GPU's free memory as NVML counts it (every process's use taken off), read without creating a
+    CUDA context in this process; None when NVML cannot say."""
+    try:
+        dev = open_device(torch_index, nvml=nvml)
+    except NvmlUnavailable:
+        return None
+    try:
+        info = dev.nvml.nvmlDeviceGetMemoryInfo(dev.handle)
+        free = getattr(info, "free", None)
+        return int(free if free is not None else info.total - info.used)
+    except Exception:  # noqa: BLE001 - not supported: the caller falls back
+        return None
+    finally:
+        dev.close()
+
+
 def status(device: Device, *, nvml: Any | None = None) -> dict[str, Any]:
     """NVML's availability for a run on `device`: {"available": True, "device": name} or {..False, "reason"}."""
     if not device.is_cuda:

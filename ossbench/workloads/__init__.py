@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import DEFAULT_SEED, Cost, Check, Family, Workload, case_seed
+from .base import DEFAULT_SEED, Cost, Check, Family, Footprint, Workload, case_seed
 from .nesting import override_properties
 
 # family name -> module exposing FAMILY; imported on first use (they import torch)
@@ -18,7 +18,7 @@ _MODULES = {
     "block": "ossbench.workloads.block",
 }
 
-__all__ = ["Cost", "Check", "Family", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",
+__all__ = ["Cost", "Check", "Family", "Footprint", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",
            "all_families", "describe_families", "describe_backends"]
 
 

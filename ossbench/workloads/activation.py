@@ -31,7 +31,7 @@ from ..errors import SkipCase
 from ..layers.activation import Activation, input_width
 from ..layers.activation_spec import ActivationSpec
 from ..layers.config import ModelConfig
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .ffn import ACTIVATION_FLOPS
@@ -113,6 +113,17 @@ def activation_cost(mode: str, activation: str, tokens: int, width: int, dtype_b
         "params": 0.0})
 
 
+def footprint(p: ActivationParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py): x (and its gradient) held; the output and the
+    formula's float32 intermediates per call."""
+    cost = activation_cost(p.mode, p.activation, p.tokens, p.width, dtype_bytes)
+    in_elems, out_elems = p.tokens * input_width(p.activation, p.width), p.tokens * p.width
+    held = in_elems * dtype_bytes * (2 if p.mode == "train" else 1)
+    act = (out_elems * dtype_bytes + 2 * in_elems * 4) * activation_factor(p.mode)
+    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act),
+                     backends=(("activation", p.backend),))
+
+
 # --- building
 def build(params: ActivationParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
@@ -164,4 +175,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

@@ -34,9 +34,9 @@ from ..layers import masks
 from ..layers.attention import Attention, KVCache, unsupported_reason
 from ..layers.attention_spec import AttentionSpec
 from ..layers.config import ModelConfig
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import randn, timed_call
-from .attention_reference import reference_decode, reference_prefill, reference_rows
+from .attention_reference import FULL_REFERENCE_SCORES, reference_decode, reference_prefill, reference_rows
 from .checks import combined_check, errors, require_checked_dtype
 from .fields import backend_of, fits_memory
 from .spec_params import spec_of, spec_params_model
@@ -196,6 +196,34 @@ def attention_cost(p: AttentionParams, dtype_bytes: int) -> Cost:
     })
 
 
+def footprint(p: AttentionParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py): its cost, the bytes `build` holds and one call's own."""
+    cost = attention_cost(p, dtype_bytes)
+    tokens = query_tokens(p)
+    q_width, kv_width = p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim
+    x_bytes = tokens * p.hidden * dtype_bytes
+    held = cost.extra["params"] * dtype_bytes + x_bytes * (2 if p.mode == "train" else 1)  # x (and dy)
+    if p.mode == "decode":
+        held += cost.extra["kv_cache_bytes"]
+    # one call: the norm's output, qkv and the rotated q, k, the attention output, the out projection
+    act = tokens * (2 * p.hidden + 2 * (q_width + 2 * kv_width) + q_width) * dtype_bytes
+    keys = cache_tokens(p) if p.mode == "decode" else p.seq_len
+    queries = 1 if p.mode == "decode" else p.seq_len
+    if p.backend == "eager":  # the dense score matrix and its fp32 softmax
+        act += 2 * 4 * p.batch * p.n_heads * queries * keys
+    elif p.backend == "sdpa" and p.mask is None and p.window is not None:  # the window as a dense mask
+        act += queries * keys * dtype_bytes
+    act *= activation_factor(p.mode)
+    # the float64 check: the weights and (decode) the cached keys and values cast to float64, q, k, v of
+    # every token and the scores of the rows it compares
+    rows = queries if p.batch * p.n_heads * queries * queries <= FULL_REFERENCE_SCORES else 40
+    cached = cost.extra["kv_cache_bytes"] / dtype_bytes if p.mode == "decode" else 0
+    check = 8 * (cost.extra["params"] + cached + tokens * (p.hidden + q_width + 2 * kv_width)
+                 + 2 * p.batch * p.n_heads * rows * keys)
+    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(max(act, check)),
+                     backends=(("attention", p.backend),))
+
+
 # --- building
 def make_module(p: AttentionParams, device: Any, dtype: torch.dtype, generator: torch.Generator, *,
                 attn_dropout: float = 0.0) -> Attention:
@@ -299,4 +327,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

@@ -61,6 +61,26 @@ class Workload:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """What a case will cost before anything is built, from its parameters alone (the run planner's input,
+    ossbench/plan.py): the cost model per call and the bytes the case will hold. No tensor is allocated."""
+
+    cost: Cost  # per call of the timed function, as `Workload.cost` will be (MoE: balanced routing assumed)
+    persistent_bytes: float  # weights, inputs (and dy in train), caches: what `Workload.persistent_bytes` counts
+    activation_bytes: float  # transient bytes one call allocates above that (intermediates, saved tensors)
+    backends: tuple[tuple[str, str], ...] = ()  # (family, backend name) of every backend the case runs
+
+
+# A training step keeps the forward's intermediates for the backward and makes gradients of the same sizes:
+# its transient bytes are taken as this many times one forward call's.
+TRAIN_ACTIVATION_FACTOR = 3
+
+
+def activation_factor(mode: str) -> int:
+    return TRAIN_ACTIVATION_FACTOR if mode == "train" else 1
+
+
 DEFAULT_SEED = 0  # what a Python caller of `build` gets without a seed; the runner always passes the case's
 
 
@@ -79,6 +99,8 @@ class Family:
     defaults: Callable[[Any], dict[str, Any]]  # ModelConfig -> default parameter values
     build: Callable[..., Workload]  # (params, torch.device, torch.dtype, *, seed: int) -> Workload
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # ready-made overrides, shown by `list`
+    # (params, dtype_bytes) -> Footprint, without building anything; None: the planner cannot predict the case
+    footprint: Callable[[Any, int], Footprint] | None = None
 
     # Outside the model, parameters are one flat mapping with dotted names for nested specs
     # (`attention.window`): see nesting.py.

@@ -46,14 +46,17 @@ from ..layers.ffn_spec import FFNSpec
 from ..layers.moe import MoE
 from ..layers.moe_spec import MoESpec
 from .attention import AttentionParams, attention_cost, check_against_reference, fill_decode_cache, make_module
+from .attention import footprint as attention_footprint
 from .attention import TOLERANCE as ATTENTION_TOLERANCE
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload
 from .building import randn, timed_call
 from .checks import require_checked_dtype
 from .fields import backend_of, fits_memory
 from .ffn import TOLERANCE as FFN_TOLERANCE
 from .ffn import FFNParams, check_ffn, ffn_cost, make_ffn
-from .moe import MoEParams, check_moe, gather_skip_reason, make_moe, moe_cost
+from .ffn import footprint as ffn_footprint
+from .moe import MoEParams, balanced_tokens_per_expert, check_moe, gather_skip_reason, make_moe, moe_cost
+from .moe import footprint as moe_footprint
 from .spec_params import spec_params_model
 
 # A block is an attention layer and an FFN/MoE layer, each checked against its own float64 reference:
@@ -249,6 +252,22 @@ def block_cost(p: BlockParams, dtype_bytes: int, tokens_per_expert: list[int] | 
                 tokens=p.tokens, extra=extra)
 
 
+def footprint(p: BlockParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py): the two halves' footprints, x held once, both halves'
+    transient bytes together (a training step keeps both for the backward); balanced routing."""
+    mp = p.mlp_params()
+    attn = attention_footprint(p.attention_params(), dtype_bytes)
+    if isinstance(mp, MoEParams):
+        mlp, counts = moe_footprint(mp, dtype_bytes), balanced_tokens_per_expert(mp)
+    else:
+        mlp, counts = ffn_footprint(mp, dtype_bytes), None
+    x_bytes = p.tokens * p.hidden * dtype_bytes * (2 if p.mode == "train" else 1)
+    return Footprint(cost=block_cost(p, dtype_bytes, counts),
+                     persistent_bytes=attn.persistent_bytes + mlp.persistent_bytes - x_bytes,
+                     activation_bytes=attn.activation_bytes + mlp.activation_bytes,
+                     backends=attn.backends + mlp.backends)
+
+
 # --- building
 def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Block:
     """The block with the attention and moe/ffn families' random weights."""
@@ -363,4 +382,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

@@ -30,7 +30,7 @@ from ..layers.config import ModelConfig
 from ..layers.ffn import DenseFFN, matched_ffn_intermediate
 from ..layers.ffn_spec import FFNSpec
 from ..layers.params import fc1_width, ffn_params, norm_params
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import default_tokens, fits_memory, top_k_fits
@@ -131,6 +131,22 @@ def ffn_cost(mode: str, tokens: int, hidden: int, intermediate: int, activation:
         "intermediate": float(intermediate)})
 
 
+def ffn_footprint(mode: str, tokens: int, hidden: int, intermediate: int, activation: str, bias: bool, norm: str,
+                  dtype_bytes: int, family: str = "ffn") -> Footprint:
+    """The case before it is built (ossbench/plan.py): weights, x and dy held; fc1's output, the activation
+    and fc2's output per call (also the moe family's dense cases)."""
+    cost = ffn_cost(mode, tokens, hidden, intermediate, activation, bias, norm, dtype_bytes)
+    held = cost.extra["params"] * dtype_bytes + 2 * tokens * hidden * dtype_bytes
+    act = tokens * (fc1_width(intermediate, activation) + intermediate + 2 * hidden) * dtype_bytes
+    check = 8 * cost.extra["params"]  # the float64 reference casts the weights
+    return Footprint(cost=cost, persistent_bytes=float(held),
+                     activation_bytes=float(max(act * activation_factor(mode), check)), backends=())
+
+
+def footprint(p: FFNParams, dtype_bytes: int) -> Footprint:
+    return ffn_footprint(p.mode, p.tokens, p.hidden, p.intermediate, p.activation, p.bias, p.norm, dtype_bytes)
+
+
 # --- building
 def make_ffn(p: FFNParams, device: Any, dtype: torch.dtype, generator: torch.Generator, *,
              residual: bool | None = None) -> DenseFFN:
@@ -221,4 +237,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

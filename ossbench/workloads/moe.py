@@ -45,10 +45,10 @@ from ..layers.ffn_spec import FFNSpec
 from ..layers.moe_spec import MoESpec
 from ..layers.mxfp4 import bytes_per_value
 from ..layers.params import moe_params
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import init_norm_, randn, timed_call
 from .checks import check_rows, combined_check, errors, input_grad_errors, require_checked_dtype
-from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, init_dense_ffn_
+from .ffn import ACTIVATION_FLOPS, TOLERANCE, dense_workload, ffn_footprint, init_dense_ffn_
 from .fields import backend_of, cross_field_error, default_tokens, fits_memory
 from .spec_params import spec_of, spec_params_model
 
@@ -158,6 +158,33 @@ def moe_cost(p: MoEParams, dtype_bytes: int, tokens_per_expert: list[int]) -> Co
         "params_active": float(counts["active"] + H),
         "expert_weight_bytes_stored": float(E * (weight_values * per_value + bias_values * dtype_bytes)),
     })
+
+
+def balanced_tokens_per_expert(p: MoEParams) -> list[int]:
+    """What a balanced router gives: the tokens' T x top_k slots spread evenly over the experts."""
+    slots = p.tokens * p.top_k
+    return [slots // p.n_experts + (1 if e < slots % p.n_experts else 0) for e in range(p.n_experts)]
+
+
+def footprint(p: MoEParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py), with balanced routing (a skewed router touches fewer
+    experts: the prediction then overestimates decode bytes)."""
+    if p.dense != "none":
+        width = matched_ffn_intermediate(p.dense, p.hidden, p.intermediate, p.n_experts, p.top_k,
+                                         bias=p.expert_bias, router_bias=p.router_bias)
+        return ffn_footprint(p.mode, p.tokens, p.hidden, width, "swiglu", p.expert_bias, "rmsnorm", dtype_bytes)
+    cost = moe_cost(p, dtype_bytes, balanced_tokens_per_expert(p))
+    T, k, H, I = p.tokens, p.top_k, p.hidden, p.intermediate
+    router = (H + 1) * p.n_experts * dtype_bytes + 4 * H  # gate weight and bias, the fp32 norm scale
+    held = cost.extra["expert_weight_bytes_stored"] + router + T * H * dtype_bytes * (2 if p.mode == "train" else 1)
+    # per call: router logits, each token slot's gathered input, mlp1's output, the SwiGLU, mlp2's output
+    act = T * p.n_experts * 4 + T * k * (H + 2 * I + I + H) * dtype_bytes
+    if p.backend == "gather":  # a copy of its experts' weights per token slot
+        act += T * k * 3 * H * I * dtype_bytes
+    if p.weights == "mxfp4":  # the touched experts decoded to the compute dtype each call
+        act += cost.extra["experts_touched"] * 3 * H * I * dtype_bytes
+    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act * activation_factor(p.mode)),
+                     backends=(("moe", p.backend),))
 
 
 # --- building
@@ -313,4 +340,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

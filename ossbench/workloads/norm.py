@@ -34,7 +34,7 @@ from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..layers.norm import Norm, fused_rms_norm_available
 from ..layers.norm_spec import NormSpec
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import init_norm_, randn, timed_call
 from .checks import require_checked_dtype, token_check
 from .fields import backend_of, default_tokens, fits_memory
@@ -112,6 +112,17 @@ def norm_cost(mode: str, norm: str, tokens: int, hidden: int, dtype_bytes: int, 
         "params": float(hidden * (1 if norm == "rmsnorm" else 2))})
 
 
+def footprint(p: NormParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py): x (and dy) held; the output and an fp32 copy per call."""
+    param_bytes = 4 * p.hidden * (1 if p.norm == "rmsnorm" else 2)  # at most fp32 (the memory rule's figure)
+    cost = norm_cost(p.mode, p.norm, p.tokens, p.hidden, dtype_bytes, param_bytes)
+    elems = p.tokens * p.hidden
+    held = param_bytes + elems * dtype_bytes * (2 if p.mode == "train" else 1)
+    act = elems * (dtype_bytes + 4) * activation_factor(p.mode)
+    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act),
+                     backends=(("norm", p.backend),))
+
+
 # --- building
 def make_norm(p: NormParams, device: Any, dtype: torch.dtype, generator: torch.Generator) -> Norm:
     """The norm with parameters near their trained values (scale ~1, bias ~0), never exactly 1 and 0."""
@@ -167,4 +178,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )

@@ -40,7 +40,7 @@ from ..layers.config import ModelConfig
 from ..layers.positions import LearnedPositions, RotaryPositions
 from ..layers.positions_spec import PositionsSpec
 from ..layers.rope import RopeSpec, apply_rotary, inv_freq_and_concentration, rotary_cos_sin
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload, activation_factor
 from .building import randn, timed_call
 from .checks import check_rows, combined_check, errors, require_checked_dtype
 from .fields import backend_of, cross_field_error, fits_memory
@@ -156,6 +156,21 @@ def positions_cost(p: PositionsParams, dtype_bytes: int) -> Cost:
 
 
 # --- building
+def footprint(p: PositionsParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py): the inputs (and their gradients) and the learned table
+    held; outputs of the inputs' sizes per call."""
+    cost = positions_cost(p, dtype_bytes)
+    B, S = p.batch, p.tokens_per_sequence
+    if p.positions == "learned":
+        inputs, table = B * S * p.hidden * dtype_bytes, p.max_position * p.hidden * dtype_bytes
+    else:
+        inputs, table = B * (p.n_heads + p.n_kv_heads) * S * p.head_dim * dtype_bytes, S * p.head_dim * dtype_bytes
+    held = table + inputs * (2 if p.mode == "train" else 1)
+    act = 2 * inputs * activation_factor(p.mode)  # the outputs and one intermediate of their size
+    return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act),
+                     backends=(("positions", p.backend),))
+
+
 def build(params: PositionsParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
@@ -268,4 +283,5 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
 )
