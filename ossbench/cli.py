@@ -60,6 +60,9 @@ def main() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
 @click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
+@click.option("--suite-profile", "suite_profile", metavar="NAME",
+              help="Run the suite's profile NAME (e.g. gpu-smoke; `ossbench validate` lists them) instead of the "
+                   "default: the `cpu:` profile on a CPU, the full suite elsewhere. `full` runs the full suite.")
 @click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
 @click.option("--profile", "profile_kernels", is_flag=True,
               help="Also run each case under torch.profiler: top kernels, launches, a Chrome trace per case.")
@@ -74,7 +77,8 @@ def main() -> None:
 @click.option("--isolate/--no-isolate", default=None,
               help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
-def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
+def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None,
+        suite_profile: str | None, quick: bool,
         profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool,
         isolate: bool | None) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
@@ -102,6 +106,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         from .resume import plan_resume
 
         given = [name for name, v in (("--out", out_dir), ("--filter", filter_text), ("--quick", quick),
+                                      ("--suite-profile", suite_profile),
                                       ("--profile", profile_kernels), ("--ncu", ncu),
                                       ("--strict-clocks", strict_clocks), ("--device", device != "auto"),
                                       ("--isolate/--no-isolate", isolate is not None)) if v]
@@ -113,7 +118,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     else:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
                         quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
-                        isolate=isolate)
+                        isolate=isolate, suite_profile=suite_profile)
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     for line in start_lines(plan, len(todo), resumed):
         err.print(line)
@@ -166,7 +171,8 @@ def validate(suite_files: tuple[Path, ...]) -> None:
             bad += 1
             continue
         cpu = f", {len(suite.cases('cpu'))} in its CPU profile" if suite.spec.cpu else ""
-        out.print(f"[green]ok[/] {escape(str(path))}: {len(suite.cases('full'))} case(s){cpu}")
+        named = "".join(f", {len(suite.cases(name))} in profile {escape(name)}" for name in suite.spec.profiles)
+        out.print(f"[green]ok[/] {escape(str(path))}: {len(suite.cases('full'))} case(s){cpu}{named}")
     sys.exit(2 if bad else 0)
 
 

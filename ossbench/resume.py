@@ -59,7 +59,7 @@ def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None,
                         f"re-plans from the changed suite, keeping the finished cases it still has")
     plan = plan_run(suite, device=options.device, out_dir=out, filter_text=options.filter, quick=options.quick,
                     profile=options.profile, ncu=options.ncu, strict_clocks=options.strict_clocks,
-                    isolate=options.isolate)
+                    isolate=options.isolate, suite_profile=options.suite_profile)
     then, now = previous.environment.device_name, plan.environment["device_name"]
     if then != now and not force:
         raise UserError(f"--resume {out}: the run started on {then} and this machine has {now}; its results "

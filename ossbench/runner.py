@@ -63,7 +63,7 @@ class RunPlan:
 
     suite: Suite
     device: Device  # resolved once, passed to every case, NVML and the environment
-    profile: str  # "full" or "cpu"
+    profile: str  # the suite profile: "full", "cpu" or a named one (Suite.profile_for)
     cases: list[Case]
     timing: Timing
     out_dir: Path
@@ -75,12 +75,15 @@ class RunPlan:
 
 def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
-             strict_clocks: bool = False, isolate: bool | None = None) -> RunPlan:
+             strict_clocks: bool = False, isolate: bool | None = None, suite_profile: str | None = None) -> RunPlan:
+    """Decide everything before the first case: device, suite profile (`suite_profile`, else the device's
+    default: "cpu" on a CPU when the suite has one), cases, timing, output folder, environment."""
     from .env import capture
     from .suite import filter_cases
 
     dev = resolve_device(device)
-    suite_profile = suite.profile_for(dev.type)
+    asked = suite_profile
+    suite_profile = suite.profile_for(dev.type, suite_profile)
     cases = filter_cases(suite.cases(suite_profile), filter_text)
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
@@ -93,7 +96,8 @@ def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path
                              out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
-    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text, quick=quick,
+    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text,
+                         suite_profile=asked, quick=quick,
                          profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate)
     isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
     return RunPlan(suite=suite, device=dev, profile=suite_profile, cases=cases, timing=timing, out_dir=out,
