@@ -335,9 +335,10 @@ def apply_sinks_from_lse(o: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor
 _FLEX = None
 # Compiled with dynamic shapes: one kernel per mask pattern, GQA flag and sink/no-sink call serves every
 # sequence length, head count and batch of a sweep, instead of a compile per shape. On the 2-core CPU VM a
-# 16-shape sweep (prefill 256-1024 tokens, full and window-128, 8 and 64 KV heads) spent 45 s compiling
-# with dynamic=True against 117 s with dynamic=False, with no slower calls (docs/attention.md). Sizes 0 and 1
-# are still specialised by dynamo, so decode (one query) compiles its own kernel.
+# 16-shape sweep (scripts/flex-compile-cost.py, cold compile cache) spent 45 s compiling with dynamic=True
+# against 117 s with dynamic=False (111 s vs 398 s under a heavier load), the calls themselves no slower
+# beyond that machine's noise (docs/attention.md). Not yet measured on a GPU. Sizes 0 and 1 are still
+# specialised by dynamo, so decode (one query) compiles its own kernel.
 FLEX_DYNAMIC = True
 
 
