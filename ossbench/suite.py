@@ -6,10 +6,9 @@ reduced `cpu:` profile used automatically on CPU; optional named `profiles:` (e.
 `ossbench run --suite-profile NAME`; and optional `compare` pairs with expectations.
 
 Every case's effective parameters are (lowest to highest priority): the family's defaults for the preset,
-the suite's `params` (and `mode`), the profile's `params`, the variant's overrides, the sweep point. All cases of
-every profile are
-validated when the suite loads, so a mistake is reported before anything runs, with the file, the line and
-the field path that supplied the bad value.
+the suite's `params` (and `mode`), the profile's `params`, the variant's overrides, the sweep point. All
+cases of every profile are validated when the suite loads, so a mistake is reported before anything runs,
+with the file, the line and the field path that supplied the bad value.
 """
 
 from __future__ import annotations
@@ -30,13 +29,13 @@ from .suite_cases import (DTYPE_BYTES, Case, Scalar, case_identifier, check_case
 from .suite_errors import did_you_mean, first_error, got, message
 from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
 
-__all__ = ["Case", "FULL", "Profile", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases", "load_suite", "parse_suite",
-           "suite_json_schema"]
+__all__ = ["Case", "FULL", "Profile", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases",
+           "load_suite", "parse_suite", "suite_json_schema"]
 
 DTYPES = tuple(DTYPE_BYTES)
 FULL = "full"  # the name of the suite's main profile (its top-level sweep, variants, timing)
 CPU = "cpu"  # the profile declared with `cpu:`, applied automatically on CPU
-# a named profile: lowercase words joined by '-' (it appears in results, output folder names and commands)
+# a named profile: lowercase words joined by '-' (it appears in results, reports and command lines)
 PROFILE_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
@@ -173,7 +172,9 @@ class SuiteSpec(_Strict):
     def _profile_names(cls, v: dict[str, Profile]) -> dict[str, Profile]:
         for name in v:
             if name in (FULL, CPU):
-                raise ValueError(f"profile name {name!r} is reserved: {'the main profile is the suite itself' if name == FULL else 'declare the CPU profile with the top-level `cpu:` key'}")
+                why = ("the full profile is the suite itself" if name == FULL
+                       else "declare the CPU profile with the top-level `cpu:` key")
+                raise ValueError(f"profile name {name!r} is reserved: {why}")
             if not PROFILE_NAME.fullmatch(name):
                 raise ValueError(f"profile name {name!r}: use lowercase letters, digits and '-' (e.g. gpu-smoke)")
         return v

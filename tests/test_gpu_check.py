@@ -71,12 +71,12 @@ def test_bad_options_exit_2(tmp_path):
     assert r.returncode == 2 and "not a folder" in r.stderr
 
 
-def _fake_wheel(folder: Path, name: str) -> Path:
+def _fake_wheel(folder: Path, name: str, requires: tuple[str, ...] = ()) -> Path:
     """A minimal pure-Python wheel that pip installs offline."""
     dist = f"{name}-1.0.dist-info"
     path = folder / f"{name}-1.0-py3-none-any.whl"
-    files = {f"{name}/__init__.py": "VALUE = 1\n",
-             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {f"{name}/__init__.py": "VALUE = 1\n", f"{dist}/METADATA": meta,
              f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
@@ -85,25 +85,38 @@ def _fake_wheel(folder: Path, name: str) -> Path:
     return path
 
 
-def test_wheels_install_only_the_missing_into_the_private_target(tmp_path, monkeypatch):
+def test_wheels_install_only_the_missing_and_what_they_need_into_the_private_target(tmp_path, monkeypatch):
     gpu_check = _script()
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    _fake_wheel(wheels, "ossbench_fake_dep")
-    monkeypatch.setattr(gpu_check, "_dist_names", lambda: ["click", "ossbench_fake_dep", "ossbench-absent-dep"])
+    # a needs b (which needs click, installed already) and, only for an extra, c (which has no wheel)
+    _fake_wheel(wheels, "ossbench_fake_a", ("ossbench-fake-b>=1", 'ossbench-fake-c; extra == "more"'))
+    _fake_wheel(wheels, "ossbench_fake_b", ("click",))
+    monkeypatch.setattr(gpu_check, "_dist_names", lambda: ["click", "ossbench_fake_a", "ossbench-absent-dep"])
     target = tmp_path / "out" / "site"
     status, note = gpu_check._install_missing(wheels, target, tmp_path / "out" / "wheels.log")
     log = (tmp_path / "out" / "wheels.log").read_text()
-    assert "missing: ossbench_fake_dep ossbench-absent-dep" in log  # click is installed: not asked for
-    assert (target / "ossbench_fake_dep" / "__init__.py").is_file()
-    assert status == "failed" and "no wheel" in note and "ossbench-absent-dep" in note
-    assert gpu_check._missing(["ossbench_fake_dep"], target) == []  # found in the target now
+    assert "missing: ossbench_fake_a ossbench-absent-dep\n" in log  # click is installed: not asked for
+    assert "needed by those: ossbench-fake-b\n" in log
+    assert (target / "ossbench_fake_a" / "__init__.py").is_file() and (target / "ossbench_fake_b").is_dir()
+    assert not list(target.glob("click*"))  # an installed package is never installed again
+    assert status == "failed" and "no wheel" in note and "ossbench-absent-dep" in note, note
+    assert "ossbench-fake-c" not in log
+    assert gpu_check._missing(["ossbench_fake_a", "ossbench-fake-b"], target) == []  # found in the target now
 
 
-def test_nothing_missing_installs_nothing(tmp_path):
+def test_nothing_missing_installs_nothing(tmp_path, monkeypatch):
     gpu_check = _script()
-    installed = [n for n in gpu_check._dist_names() if n not in ("torch", "triton")]
-    assert gpu_check._missing(installed, tmp_path) == []
+    monkeypatch.setattr(gpu_check, "_dist_names", lambda: ["click", "pydantic", "numpy"])
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert gpu_check._install_missing(wheels, tmp_path / "site", tmp_path / "log") == \
+        ("ok", "every dependency is installed already")
+
+
+def test_reads_the_dependencies_from_pyproject():
+    names = _script()._dist_names()
+    assert {"pydantic", "plotly", "filelock", "click", "torch"} <= set(names)
 
 
 def test_conftest_timeout_without_pytest_timeout(tmp_path):
