@@ -110,3 +110,17 @@ def test_validate_counts_every_profile():
 def test_schema_describes_profiles():
     schema = json.loads(CliRunner().invoke(main, ["schema"]).output)
     assert "profiles" in schema["properties"] and "Profile" in json.dumps(schema["$defs"])
+
+
+def test_resume_keeps_the_suite_profile(tmp_path):
+    from ossbench.resume import plan_resume
+
+    smoke = HERE / "suites" / "smoke.yaml"
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["run", str(smoke), "--device", "cpu", "--suite-profile", "gpu-smoke",
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    plan, resumed = plan_resume(out)
+    assert plan.profile == "gpu-smoke" and [c.id for c in plan.cases] == list(resumed.kept)
+    r = CliRunner().invoke(main, ["run", "--resume", str(out), "--suite-profile", "full"])
+    assert r.exit_code == 2 and "--suite-profile" in r.output
