@@ -49,6 +49,10 @@ def main() -> None:
 
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 _FILTER = click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
+_SUITE_PROFILE = click.option(
+    "--suite-profile", "suite_profile", metavar="NAME",
+    help="Run the suite's profile NAME (e.g. gpu-smoke; `ossbench validate` lists them) instead of the default: "
+         "the `cpu:` profile on a CPU, the full suite elsewhere. `full` runs the full suite.")
 _QUICK = click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
 _MAX_MINUTES = click.option(
     "--max-minutes", type=click.FloatRange(min=0, min_open=True), metavar="M",
@@ -63,6 +67,7 @@ _MAX_MINUTES = click.option(
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
 @_FILTER
+@_SUITE_PROFILE
 @_QUICK
 @_MAX_MINUTES
 @click.option("--plan", "show_plan", is_flag=True,
@@ -81,9 +86,10 @@ _MAX_MINUTES = click.option(
               help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
 @plotly_js_option
-def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
-        max_minutes: float | None, show_plan: bool, profile_kernels: bool, ncu: bool, strict_clocks: bool,
-        resume_dir: Path | None, force: bool, isolate: bool | None, plotly_js: str) -> None:
+def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None,
+        suite_profile: str | None, quick: bool, max_minutes: float | None, show_plan: bool, profile_kernels: bool,
+        ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool, isolate: bool | None,
+        plotly_js: str) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
@@ -103,6 +109,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         from .resume import plan_resume
 
         given = [name for name, v in (("--out", out_dir), ("--filter", filter_text), ("--quick", quick),
+                                      ("--suite-profile", suite_profile),
                                       ("--profile", profile_kernels), ("--ncu", ncu),
                                       ("--strict-clocks", strict_clocks), ("--device", device != "auto"),
                                       ("--isolate/--no-isolate", isolate is not None)) if v]
@@ -114,7 +121,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     else:
         plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
                         quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
-                        isolate=isolate, max_minutes=max_minutes)
+                        isolate=isolate, max_minutes=max_minutes, suite_profile=suite_profile)
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     if show_plan:
         _print_plan(plan, set(todo), out)
@@ -143,9 +150,11 @@ def _print_plan(plan, ids: set[str] | None, out) -> None:
 @click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
 @_DEVICE
 @_FILTER
+@_SUITE_PROFILE
 @_QUICK
 @_MAX_MINUTES
-def plan(suite_file: Path, device: str, filter_text: str | None, quick: bool, max_minutes: float | None) -> None:
+def plan(suite_file: Path, device: str, filter_text: str | None, suite_profile: str | None, quick: bool,
+         max_minutes: float | None) -> None:
     """Print the cases `ossbench run SUITE_FILE` would execute, in run order, with each one's predicted time
     (set-up, compile, numerics check, warm-up, sampling) and peak memory, and the totals; builds nothing.
 
@@ -156,7 +165,7 @@ def plan(suite_file: Path, device: str, filter_text: str | None, quick: bool, ma
     from .suite import load_suite
 
     _print_plan(plan_run(load_suite(suite_file), device=device, filter_text=filter_text, quick=quick,
-                         max_minutes=max_minutes), None, _console())
+                         max_minutes=max_minutes, suite_profile=suite_profile), None, _console())
 
 
 @main.command()
@@ -178,7 +187,8 @@ def validate(suite_files: tuple[Path, ...]) -> None:
             bad += 1
             continue
         cpu = f", {len(suite.cases('cpu'))} in its CPU profile" if suite.spec.cpu else ""
-        out.print(f"[green]ok[/] {escape(str(path))}: {len(suite.cases('full'))} case(s){cpu}")
+        named = "".join(f", {len(suite.cases(name))} in profile {escape(name)}" for name in suite.spec.profiles)
+        out.print(f"[green]ok[/] {escape(str(path))}: {len(suite.cases('full'))} case(s){cpu}{named}")
     sys.exit(2 if bad else 0)
 
 

@@ -121,7 +121,9 @@ class SuiteInfo(_Model):
     sha256: str
     family: str
     preset: str
-    profile: Literal["full", "cpu"] = "full"  # "cpu": the suite's reduced CPU profile was applied
+    # the suite profile that ran: "full" (the suite itself), "cpu" (its `cpu:` section, applied automatically
+    # on CPU) or a named one from its `profiles:` (`run --suite-profile NAME`)
+    profile: str = "full"
     compare: list[ComparePairRecord] = Field(default_factory=list)
     gate: GateSettings = Field(default_factory=dict)  # the suite's `gate:` thresholds (docs/gate.md)
 
@@ -161,6 +163,7 @@ class RunOptions(_Model):
     suite_file: str  # absolute path of the suite file
     device: str  # as resolved: cpu, cuda:N
     filter: str | None = None
+    suite_profile: str | None = None  # --suite-profile NAME; None: the default for the device
     quick: bool = False
     profile: bool = False
     ncu: bool = False

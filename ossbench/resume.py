@@ -61,7 +61,7 @@ def plan_resume(out_dir: str | Path, *, suite_file: str | Path | None = None, fo
                         f"re-plans from the changed suite, keeping the finished cases it still has")
     plan = plan_run(suite, device=options.device, out_dir=out, filter_text=options.filter, quick=options.quick,
                     profile=options.profile, ncu=options.ncu, strict_clocks=options.strict_clocks,
-                    isolate=options.isolate,
+                    isolate=options.isolate, suite_profile=options.suite_profile,
                     max_minutes=options.max_minutes if max_minutes is None else max_minutes)
     then, now = previous.environment.device_name, plan.environment["device_name"]
     if then != now and not force:

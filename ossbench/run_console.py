@@ -72,6 +72,11 @@ def notices(plan: RunPlan) -> list[str]:
     if plan.profile == "cpu":
         lines.append("[yellow]Running the suite's reduced CPU profile (its `cpu:` section): smaller shapes, "
                      "recorded as profile=cpu in the results. Use a GPU for the full suite.[/]")
+    elif plan.profile != "full":
+        about = plan.suite.profile_spec(plan.profile).description  # type: ignore[union-attr]
+        lines.append(f"[yellow]Running the suite profile {term_text(plan.profile)!r}"
+                     + (f" ({term_text(about)})" if about else "")
+                     + f", recorded as profile={term_text(plan.profile)} in the results: not the full suite.[/]")
     if plan.options and plan.options.quick:
         lines.append("[yellow]--quick: short time budget and a 5% CI target; numbers are a smoke test.[/]")
     nvml = plan.environment.get("nvml") or {}

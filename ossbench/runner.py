@@ -64,7 +64,7 @@ class RunPlan:
 
     suite: Suite
     device: Device  # resolved once, passed to every case, NVML and the environment
-    profile: str  # "full" or "cpu"
+    profile: str  # the suite profile: "full", "cpu" or a named one (Suite.profile_for)
     cases: list[Case]
     timing: Timing
     out_dir: Path
@@ -81,12 +81,16 @@ class RunPlan:
 
 def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path | None = None,
              filter_text: str | None = None, quick: bool = False, profile: bool = False, ncu: bool = False,
-             strict_clocks: bool = False, isolate: bool | None = None, max_minutes: float | None = None) -> RunPlan:
+             strict_clocks: bool = False, isolate: bool | None = None, max_minutes: float | None = None,
+             suite_profile: str | None = None) -> RunPlan:
+    """Decide everything before the first case: device, suite profile (`suite_profile`, else the device's
+    default: "cpu" on a CPU when the suite has one), cases, timing, output folder, environment."""
     from .env import capture
     from .suite import filter_cases
 
     dev = resolve_device(device)
-    suite_profile = suite.profile_for(dev.type)
+    asked = suite_profile
+    suite_profile = suite.profile_for(dev.type, suite_profile)
     cases = filter_cases(suite.cases(suite_profile), filter_text)
     if not cases:
         raise UserError(f"--filter {filter_text!r} matches none of the suite's cases")
@@ -99,9 +103,9 @@ def plan_run(suite: Suite, *, device: str | Device = "auto", out_dir: str | Path
                              out_dir=out, suite_path=suite.path, suite_profile=suite_profile)
     env.update(_measure_environment(dev, env, measure))
     measure.ceilings = env["ceilings"]
-    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text, quick=quick,
-                         profile=profile, ncu=ncu, strict_clocks=strict_clocks, isolate=isolate,
-                         max_minutes=max_minutes)
+    options = RunOptions(suite_file=str(Path(suite.path).resolve()), device=str(dev), filter=filter_text,
+                         suite_profile=asked, quick=quick, profile=profile, ncu=ncu, strict_clocks=strict_clocks,
+                         isolate=isolate, max_minutes=max_minutes)
     isolate = default_isolation(dev, len(cases)) if isolate is None else isolate
     free = free_memory_bytes(dev)
     predictions = predict_cases(cases, timing, env["ceilings"], dev, l2_bytes=env.get("l2_cache_bytes"),

@@ -2,35 +2,41 @@
 
 A suite names a layer family, a model preset, a dtype and a mode; a list of named variants (parameter
 overrides); sweep axes whose cartesian product gives the points to run; optional exclusions; an optional
-reduced `cpu:` profile used automatically on CPU; and optional `compare` pairs with expectations.
+reduced `cpu:` profile used automatically on CPU; optional named `profiles:` (e.g. `gpu-smoke`) chosen with
+`ossbench run --suite-profile NAME`; and optional `compare` pairs with expectations.
 
 Every case's effective parameters are (lowest to highest priority): the family's defaults for the preset,
-the suite's `params` (and `mode`), the variant's overrides, the sweep point. All cases of both profiles are
-validated when the suite loads, so a mistake is reported before anything runs, with the file, the line and
-the field path that supplied the bad value.
+the suite's `params` (and `mode`), the profile's `params`, the variant's overrides, the sweep point. All
+cases of every profile are validated when the suite loads, so a mistake is reported before anything runs,
+with the file, the line and the field path that supplied the bad value.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter,
                       ValidationError, WithJsonSchema, field_validator)
 
-from .errors import SuiteError
+from .errors import SuiteError, UserError
 from .measure.spec import BenchSpec
 from .suite_cases import (DTYPE_BYTES, Case, Params, Scalar, case_identifier, check_case_count, expand, family_of,
                           filter_cases, preset_of)
 from .suite_errors import did_you_mean, first_error, got, message
 from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
 
-__all__ = ["Case", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases", "load_suite", "parse_suite",
-           "suite_json_schema"]
+__all__ = ["Case", "FULL", "Profile", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases",
+           "load_suite", "parse_suite", "suite_json_schema"]
 
 DTYPES = tuple(DTYPE_BYTES)
+FULL = "full"  # the name of the suite's main profile (its top-level sweep, variants, timing)
+CPU = "cpu"  # the profile declared with `cpu:`, applied automatically on CPU
+# a named profile: lowercase words joined by '-' (it appears in results, reports and command lines)
+PROFILE_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 class _Strict(BaseModel):
@@ -112,9 +118,12 @@ def _check_sweep(blocks: list[SweepBlock]) -> list[SweepBlock]:
     return blocks
 
 
-class CpuProfile(_Strict):
-    """A reduced profile applied automatically when running on CPU: given keys replace the main ones
-    (`params` and `timing` are merged over the main ones; `variants` keeps only the named variants)."""
+class Profile(_Strict):
+    """A reduced profile: given keys replace the main ones (`params` and `timing` are merged over the main
+    ones; `variants` keeps only the named variants). The `cpu:` profile is applied automatically on CPU; a
+    named one (`profiles: {gpu-smoke: ...}`) when `ossbench run --suite-profile NAME` asks for it."""
+
+    description: str = ""  # what the profile is for, shown when it runs
 
     dtype: Literal[DTYPES] | None = None  # type: ignore[valid-type]
     params: Params = Field(default_factory=dict)
@@ -124,6 +133,9 @@ class CpuProfile(_Strict):
     timing: dict[str, Any] = Field(default_factory=dict)
 
     _sweep = field_validator("sweep")(lambda cls, v: None if v is None else _check_sweep(v))
+
+
+CpuProfile = Profile  # the name this class had when `cpu:` was the only profile
 
 
 class SuiteSpec(_Strict):
@@ -141,7 +153,8 @@ class SuiteSpec(_Strict):
     compare: list[ComparePair] = Field(default_factory=list)
     gate: GateSpec = Field(default_factory=GateSpec)
     profile: bool = False  # also run every case under torch.profiler (as `ossbench run --profile`)
-    cpu: CpuProfile | None = None
+    cpu: Profile | None = None
+    profiles: dict[str, Profile] = Field(default_factory=dict)  # named profiles: `run --suite-profile NAME`
     limits: Limits = Field(default_factory=Limits)
 
     _sweep = field_validator("sweep")(lambda cls, v: _check_sweep(v))
@@ -152,6 +165,18 @@ class SuiteSpec(_Strict):
         for name in v:
             if not name.strip() or any(ch in name for ch in "\n\r\t"):
                 raise ValueError(f"variant name {name!r} must be non-empty text on one line")
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, v: dict[str, Profile]) -> dict[str, Profile]:
+        for name in v:
+            if name in (FULL, CPU):
+                why = ("the full profile is the suite itself" if name == FULL
+                       else "declare the CPU profile with the top-level `cpu:` key")
+                raise ValueError(f"profile name {name!r} is reserved: {why}")
+            if not PROFILE_NAME.fullmatch(name):
+                raise ValueError(f"profile name {name!r}: use lowercase letters, digits and '-' (e.g. gpu-smoke)")
         return v
 
 
@@ -168,21 +193,42 @@ class Suite:
     def name(self) -> str:
         return self.spec.name
 
-    def profile_for(self, device_type: str) -> Literal["full", "cpu"]:
-        return "cpu" if device_type == "cpu" and self.spec.cpu is not None else "full"
+    def profile_names(self) -> list[str]:
+        """Every profile of the suite: "full" (the suite itself), "cpu" if declared, then the named ones."""
+        return [FULL] + ([CPU] if self.spec.cpu is not None else []) + list(self.spec.profiles)
 
-    def cases(self, profile: Literal["full", "cpu"] = "full") -> list[Case]:
+    def profile_spec(self, profile: str) -> Profile | None:
+        """The profile's overrides (None for "full"); a name the suite does not declare is a UserError."""
+        if profile == FULL:
+            return None
+        spec = self.spec.cpu if profile == CPU else self.spec.profiles.get(profile)
+        if spec is None:
+            raise UserError(f"{self.path}: no suite profile {profile!r}; it has: {', '.join(self.profile_names())}")
+        return spec
+
+    def profile_at(self, profile: str) -> YamlPath:
+        """Where the profile's overrides are in the YAML: ("cpu",) or ("profiles", NAME); () for "full"."""
+        return () if profile == FULL else (CPU,) if profile == CPU else ("profiles", profile)
+
+    def profile_for(self, device_type: str, requested: str | None = None) -> str:
+        """The profile a run uses: the one asked for, else "cpu" on a CPU when the suite has one, else "full"."""
+        if requested is not None:
+            self.profile_spec(requested)  # a name the suite lacks is refused here, before anything runs
+            return requested
+        return CPU if device_type == "cpu" and self.spec.cpu is not None else FULL
+
+    def cases(self, profile: str = FULL) -> list[Case]:
         return expand(self, profile)
 
-    def timing(self, profile: Literal["full", "cpu"] = "full") -> Timing:
-        if profile == "cpu" and self.spec.cpu and self.spec.cpu.timing:
-            return Timing.model_validate({**self.spec.timing.model_dump(), **self.spec.cpu.timing})
+    def timing(self, profile: str = FULL) -> Timing:
+        spec = self.profile_spec(profile)
+        if spec and spec.timing:
+            return Timing.model_validate({**self.spec.timing.model_dump(), **spec.timing})
         return self.spec.timing
 
-    def dtype(self, profile: Literal["full", "cpu"] = "full") -> str:
-        if profile == "cpu" and self.spec.cpu and self.spec.cpu.dtype:
-            return self.spec.cpu.dtype
-        return self.spec.dtype
+    def dtype(self, profile: str = FULL) -> str:
+        spec = self.profile_spec(profile)
+        return spec.dtype if spec and spec.dtype else self.spec.dtype
 
     def error(self, message: str, path: YamlPath) -> SuiteError:
         """A SuiteError pointing at the YAML node `path` (or its nearest ancestor that has a line)."""
@@ -219,7 +265,7 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     except ValidationError as e:
         raise first_error(probe, e, data, known_keys=_known_keys) from None
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
-    profiles: tuple[Literal["full", "cpu"], ...] = ("full", "cpu") if spec.cpu else ("full",)
+    profiles = suite.profile_names()
     for profile in profiles:  # counted before anything is expanded (or torch imported for the family)
         check_case_count(suite, profile)
     _check_references(suite)
@@ -237,12 +283,16 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
 def _known_keys(at: YamlPath) -> list[str]:
     """The field names allowed at a YAML path of the suite format (for "did you mean")."""
     model: Any = SuiteSpec
+    name_next = False  # the part after a mapping of named entries (profiles:) is a name, not a field
     for part in at:
-        if isinstance(part, int) or model is None:
+        if isinstance(part, int) or model is None or name_next:
+            name_next = False
             continue
         info = model.model_fields.get(part)
-        model = next((a for a in getattr(info.annotation, "__args__", (info.annotation,))
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None) if info else None
+        name_next = bool(info) and get_origin(info.annotation) is dict
+        args = get_args(info.annotation) if info else ()
+        model = next((a for a in args or (info.annotation,) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None) if info else None
     return list(model.model_fields) if model else []
 
 
@@ -264,46 +314,47 @@ def _check_references(suite: Suite) -> None:
         if name not in variants:
             raise suite.error(f"unknown variant {name!r}; the suite defines: {', '.join(spec.variants)}", at)
 
-    sweep_blocks = [("sweep",), ("cpu", "sweep")]
-    for base, blocks in zip(sweep_blocks, [spec.sweep, spec.cpu.sweep if spec.cpu else None]):
+    named = [(suite.profile_at(name), suite.profile_spec(name)) for name in suite.profile_names()[1:]]
+    for base, blocks in [(("sweep",), spec.sweep)] + [(at + ("sweep",), p.sweep) for at, p in named]:
         for i, block in enumerate(blocks or []):
             at = base + ((i,) if base + (0,) in suite.lines else ())
             for axis in block:
                 known_field(axis, at + (axis,))
-    for base, rules in ((("exclude",), spec.exclude), (("cpu", "exclude"), spec.cpu and spec.cpu.exclude)):
+    for base, rules in [(("exclude",), spec.exclude)] + [(at + ("exclude",), p.exclude) for at, p in named]:
         for i, rule in enumerate(rules or []):
             for key, value in rule.items():
                 known_field(key, base + (i, key), extra=("variant",))
                 if key == "variant":
                     known_variant(value, base + (i, key))
-    if spec.cpu and spec.cpu.variants is not None:
-        for i, name in enumerate(spec.cpu.variants):
-            known_variant(name, ("cpu", "variants", i))
+    for at, profile in named:
+        for i, name in enumerate(profile.variants or []):
+            known_variant(name, at + ("variants", i))
     for i, pair in enumerate(spec.compare):
         known_variant(pair.baseline, ("compare", i, "baseline"))
         known_variant(pair.candidate, ("compare", i, "candidate"))
         for key in pair.where:
             known_field(key, ("compare", i, "where", key))
     preset_of(suite)
-    if spec.cpu:
+    for name in suite.profile_names()[1:]:
         try:
-            suite.timing("cpu")
+            suite.timing(name)
         except ValidationError as e:
-            raise _cpu_timing_error(suite, e) from None
+            raise _profile_timing_error(suite, name, e) from None
 
 
-def _cpu_timing_error(suite: Suite, e: ValidationError) -> SuiteError:
-    """An error in the CPU profile's timing, which is validated merged over the main timing: reported at
-    the value that supplied it (the override where it set one of the fields involved, else the main one)."""
+def _profile_timing_error(suite: Suite, name: str, e: ValidationError) -> SuiteError:
+    """An error in a profile's timing, which is validated merged over the main timing: reported at the
+    value that supplied it (the override where it set one of the fields involved, else the main one)."""
     err = e.errors()[0]
-    override = suite.spec.cpu.timing if suite.spec.cpu else {}
+    at_profile = suite.profile_at(name)
+    override = suite.profile_spec(name).timing  # type: ignore[union-attr]
     key = str(err["loc"][0]) if err["loc"] else ""
     if err["type"] == "extra_forbidden":
         return suite.error(f"unknown field {key!r}" + did_you_mean(key, list(Timing.model_fields)),
-                           ("cpu", "timing", key))
+                           at_profile + ("timing", key))
     involved = (err.get("ctx") or {}).get("fields", (key,))
     blame = next((f for f in reversed(involved) if f in override), key)
-    at = ("cpu", "timing", blame) if blame in override else ("timing", blame)
+    at = at_profile + ("timing", blame) if blame in override else ("timing", blame)
     return suite.error(message(err) + (got(err) if blame == key else ""), at)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, PlainValidator, ValidationError
 
@@ -50,7 +50,7 @@ Params = Annotated[dict[str, Scalar], BeforeValidator(_dotted_names)]
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # Where a parameter's value can come from, lowest priority first; a cross-field error is reported at the
 # highest-priority place the user set one of the fields involved (what they most likely just changed).
-_SOURCES = ("preset", "params", "mode", "cpu.params", "variants", "sweep")
+_SOURCES = ("preset", "params", "mode", "profile.params", "variants", "sweep")
 
 
 @dataclass(frozen=True)
@@ -105,18 +105,18 @@ class _Plan:
         return self.sweep_at + ((i,) if self.blocks_are_list else ())
 
 
-def _plan(suite: Suite, profile: Literal["full", "cpu"]) -> _Plan:
+def _plan(suite: Suite, profile: str) -> _Plan:
     spec = suite.spec
-    cpu = spec.cpu if profile == "cpu" else None
-    sweep_at: YamlPath = ("cpu", "sweep") if cpu and cpu.sweep is not None else ("sweep",)
+    over = suite.profile_spec(profile)  # None for the main profile
+    sweep_at: YamlPath = suite.profile_at(profile) + ("sweep",) if over and over.sweep is not None else ("sweep",)
     return _Plan(sweep_at=sweep_at,
-                 blocks=(cpu.sweep if cpu and cpu.sweep is not None else spec.sweep) or [{}],
+                 blocks=(over.sweep if over and over.sweep is not None else spec.sweep) or [{}],
                  blocks_are_list=sweep_at + (0,) in suite.lines,
-                 variants=cpu.variants if cpu and cpu.variants is not None else list(spec.variants),
-                 excludes=cpu.exclude if cpu and cpu.exclude is not None else spec.exclude)
+                 variants=over.variants if over and over.variants is not None else list(spec.variants),
+                 excludes=over.exclude if over and over.exclude is not None else spec.exclude)
 
 
-def check_case_count(suite: Suite, profile: Literal["full", "cpu"]) -> None:
+def check_case_count(suite: Suite, profile: str) -> None:
     """Refuse a sweep whose product is above `limits.max_cases`, counted without expanding it."""
     plan, limit = _plan(suite, profile), suite.spec.limits.max_cases
     points = sum(math.prod(len(values) for values in block.values()) for block in plan.blocks)
@@ -127,10 +127,10 @@ def check_case_count(suite: Suite, profile: Literal["full", "cpu"]) -> None:
                           f"`limits: {{max_cases: {total}}}` if you mean it", plan.sweep_at)
 
 
-def expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
+def expand(suite: Suite, profile: str) -> list[Case]:
     spec, family, preset = suite.spec, family_of(suite), preset_of(suite)
     plan = _plan(suite, profile)
-    cpu = spec.cpu if profile == "cpu" else None
+    over = suite.profile_spec(profile)
     dtype = suite.dtype(profile)
     context = {"max_case_bytes": spec.limits.max_case_memory_gb * 1e9, "dtype_bytes": DTYPE_BYTES[dtype]}
 
@@ -141,8 +141,8 @@ def expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
     layers: list[tuple[dict[str, Scalar], YamlPath]] = [(spec.params, ("params",))]
     if spec.mode is not None:
         layers.append(({"mode": spec.mode}, ()))
-    if cpu:
-        layers.append((cpu.params, ("cpu", "params")))
+    if over:
+        layers.append((over.params, suite.profile_at(profile) + ("params",)))
     for values, at in layers:
         for k, v in values.items():
             base[k] = v
@@ -184,8 +184,9 @@ def expand(suite: Suite, profile: Literal["full", "cpu"]) -> list[Case]:
 def _rank(path: YamlPath) -> int:
     if not path:
         return _SOURCES.index("mode")
-    if path[0] == "cpu":
-        return _SOURCES.index("sweep" if path[1] == "sweep" else "cpu.params")
+    if path[0] in ("cpu", "profiles"):  # ("cpu", key, ...) or ("profiles", name, key, ...)
+        key = path[1] if path[0] == "cpu" else path[2]
+        return _SOURCES.index("sweep" if key == "sweep" else "profile.params")
     return _SOURCES.index(str(path[0]))
 
 

@@ -333,13 +333,21 @@ def apply_sinks_from_lse(o: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor
 
 # --- flex_attention plumbing
 _FLEX = None
+# Compiled with dynamic shapes: one kernel per mask pattern, GQA flag and sink/no-sink call serves every
+# sequence length, head count and batch of a sweep, instead of a compile per shape. On the 2-core CPU VM a
+# 16-shape sweep (scripts/flex-compile-cost.py, cold compile cache) spent 45 s compiling with dynamic=True
+# against 117 s with dynamic=False (111 s vs 398 s under a heavier load), the calls themselves no slower
+# beyond that machine's noise (docs/attention.md). Not yet measured on a GPU. Sizes 0 and 1 are still
+# specialised by dynamo, so decode (one query) compiles its own kernel.
+FLEX_DYNAMIC = True
 
 
 def _compiled_flex():
-    """flex_attention compiled once per process (each new shape compiles its own kernel).
+    """flex_attention compiled once per process (FLEX_DYNAMIC: shapes are symbolic, so kernels are reused).
 
-    Every distinct shape is a recompilation of the same function; dynamo's default limit of 8 per function
-    would silently drop a long sweep to the unfused eager path, so the limit is raised here.
+    A shape or mask the compiled kernels do not cover is a recompilation of the same function; dynamo's
+    default limit of 8 per function would silently drop a long sweep to the unfused eager path, so the
+    limit is raised here.
     """
     global _FLEX
     if _FLEX is None:
@@ -348,7 +356,7 @@ def _compiled_flex():
         for name, floor in (("recompile_limit", 512), ("accumulated_recompile_limit", 4096)):
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), floor))
-        _FLEX = torch.compile(flex_attention, dynamic=False)
+        _FLEX = torch.compile(flex_attention, dynamic=FLEX_DYNAMIC)
     return _FLEX
 
 
