@@ -377,9 +377,9 @@ def suite_json_schema() -> dict[str, Any]:
     props["variants"] = {"type": "object", "additionalProperties": overrides, "minProperties": 1}
     rule = {**overrides, "properties": {**names, "variant": {"type": "string"}}}  # an exclusion may name a variant
     props["exclude"] = {"type": "array", "items": rule}
-    cpu = schema["$defs"]["CpuProfile"]["properties"]
-    cpu["params"] = overrides
-    cpu["exclude"] = {"anyOf": [{"type": "array", "items": rule}, {"type": "null"}]}
+    profile = schema["$defs"]["Profile"]["properties"]  # cpu: and every named profile
+    profile["params"] = overrides
+    profile["exclude"] = {"anyOf": [{"type": "array", "items": rule}, {"type": "null"}]}
     schema["$defs"]["ComparePair"]["properties"]["where"] = overrides
     props["family"] = {"type": "string", "enum": [f.name for f in all_families()]}
     schema["title"] = "ossbench suite"
