@@ -240,7 +240,8 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
     family = get_family(case.family)
     seed = case_seed(case.id)  # fresh random data per case, the same whenever this case runs
     record = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
-                        params=case.params_dict, dtype=case.dtype, status="ok", seed=seed)
+                        params=case.params_dict, dtype=case.dtype, status="ok", seed=seed,
+                        device=str(device), rank=_rank())
     started = time.perf_counter()
     torch.manual_seed(seed)  # torch's global generator too: what draws outside the workload's (dropout masks)
     watch = MemoryWatch(device.type)
@@ -267,11 +268,19 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         watch.mark_timing()
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
         with sampler or nullcontext():
-            m = bench(workload.fn, spec=timing, device=device, monitor=sampler, strict_clocks=measure.strict_clocks)
+            if workload.group is not None:  # a collective: every rank times it together, slowest rank's time
+                from .measure.dist_timer import bench_collective
+
+                m = bench_collective(workload.fn, timing, device=device, group=workload.group)
+            else:
+                m = bench(workload.fn, spec=timing, device=device, monitor=sampler,
+                          strict_clocks=measure.strict_clocks)
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()
         record.memory = memory_detail(watch.read(), workload, m)
+        if workload.breakdown is not None:
+            record.phases_ms = workload.breakdown()
         if m.clock_batches:
             record.clocks, record.throttled = m.clock_report(), m.throttled
         if sampler is not None:
@@ -306,3 +315,12 @@ def _derive(record: CaseResult) -> None:
     d.tokens_per_s = record.tokens / seconds if record.tokens else None
     d.tflops = record.flops / seconds / 1e12 if record.flops else None
     d.gbps = record.bytes / seconds / 1e9 if record.bytes else None
+    if record.cost_extra.get("bus_bytes"):
+        d.busbw_gbps = record.cost_extra["bus_bytes"] / seconds / 1e9
+
+
+def _rank() -> int | None:
+    """This process's rank when a torch.distributed process group is up (a multi-rank run), else None."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
