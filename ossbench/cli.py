@@ -74,17 +74,26 @@ def main() -> None:
 @click.option("--isolate/--no-isolate", default=None,
               help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="Run on N local ranks under torchrun, one GPU each: the cases are shared out (collective "
+                   "families run on all ranks together), rank 0 writes one results.json (docs/distributed.md).")
 def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None, quick: bool,
         profile_kernels: bool, ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool,
-        isolate: bool | None) -> None:
+        isolate: bool | None, nproc: int | None) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
     could not be rendered (results.json is written in every case), 2 for a bad suite or option or an output
     folder that cannot be written (or is in use by another run). SIGINT (Ctrl-C) or SIGTERM stop the run
     after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
-    `--resume DIR` then runs the rest.
+    `--resume DIR` then runs the rest. Under torchrun (or with --nproc) each rank runs its share; only rank 0
+    reports, and its exit status covers every rank's cases.
     """
+    from .distributed import join_shard, rank_from_env, start_torchrun
+
+    rank = rank_from_env()
+    if nproc or (rank and resume_dir):
+        sys.exit(start_torchrun(nproc, rank, resume_dir, sys.argv[1:]))  # torchrun runs this once per rank
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .outdir import claim_out_dir
@@ -97,7 +106,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     from .text import term_text
 
     out, err = _console(), _console(stderr=True)
-    resumed = None
+    resumed = shard = None
     if resume_dir:
         from .resume import plan_resume
 
@@ -111,9 +120,12 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     elif suite_file is None or force:
         raise click.UsageError("give SUITE_FILE, or --resume DIR" if suite_file is None else "--force needs --resume")
     else:
-        plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
-                        quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
-                        isolate=isolate)
+        suite = load_suite(suite_file)
+        shard = join_shard(rank, device) if rank else None  # this rank's device and share of the cases
+        plan = plan_run(suite, device=str(shard.device) if shard else device, out_dir=out_dir,
+                        filter_text=filter_text, quick=quick, profile=profile_kernels, ncu=ncu,
+                        strict_clocks=strict_clocks, isolate=isolate)
+        plan = shard.adapt(plan) if shard else plan
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     for line in start_lines(plan, len(todo), resumed):
         err.print(line)
@@ -135,7 +147,11 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
             progress.console.print(case_line(case, result), soft_wrap=True)
 
         with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
-            result = run_plan(plan, on_case, stop=stop, resume=resumed)
+            result = run_plan(plan, on_case, stop=stop, resume=resumed, shard=shard)
+        if shard:
+            shard.close()
+            if shard.rank:  # rank 0 reports every rank's cases; a failure here is rank 0's exit status
+                sys.exit(stop.exit_code if stop.requested else 0)
         try:
             report_path = write_report(result, plan.out_dir / "report.html")
         except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them

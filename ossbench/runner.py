@@ -30,6 +30,7 @@ from .isolate import IsolatedRunner, default_isolation
 from .suite import Case, Suite, Timing
 
 if TYPE_CHECKING:
+    from .distributed import Shard
     from .resume import Resumed
 
 NOT_RUN = "not run:"  # how the error of a case left unrun after a lost CUDA context begins
@@ -119,12 +120,14 @@ def _measure_environment(device: Device, env: dict, measure: MeasureOptions) -> 
 
 
 def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None, *,
-             stop: StopRequest | None = None, resume: Resumed | None = None) -> RunResult:
+             stop: StopRequest | None = None, resume: Resumed | None = None, shard: Shard | None = None) -> RunResult:
     """Run every case of the plan. `on_case(case, None)` before a case starts, `(case, result)` after.
 
     `stop`: once it is requested, the cases not yet started are recorded as skipped ("interrupted ...").
     `resume`: a run being continued (ossbench.resume): its finished cases are kept as recorded, not rerun.
     The output folder is checked and locked first (ossbench.outdir); results.json is written in plan order.
+    `shard`: this rank's part of a multi-rank run (ossbench.distributed): it hands out the cases this rank
+    runs, hears of each result, and on rank 0 gathers every rank's into the results.
     """
     kept = resume.kept if resume else {}
     with claim_out_dir(plan.out_dir):
@@ -138,7 +141,7 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
             with Journal(plan.out_dir / JOURNAL, header,
                          [_record(kept[c.id]) for c in plan.cases if c.id in kept]) as journal, isolated:
                 lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
-                for case in plan.cases:
+                for case in (shard.cases(plan.cases) if shard else plan.cases):
                     if case.id in kept:
                         run.cases.append(kept[case.id])
                         continue
@@ -158,9 +161,15 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                                     f"every later kernel would fail too. `ossbench run --resume "
                                     f"{plan.out_dir}` runs them in a fresh process")
                         journal.append_case(_record(result))
+                    if shard:
+                        shard.publish(result)
+                        if lost:
+                            shard.leave()  # the other ranks take the rest
                     run.cases.append(result)
                     if on_case:
                         on_case(case, result)
+            if shard:
+                run.cases = shard.gather(run.cases, plan.cases)
         finally:
             if measure.nvml_device is not None:
                 measure.nvml_device.close()
