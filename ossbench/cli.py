@@ -147,7 +147,8 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
             progress.console.print(case_line(case, result), soft_wrap=True)
 
         with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
-            result = run_plan(plan, on_case, stop=stop, resume=resumed, shard=shard)
+            quiet = shard and shard.rank and shard.collective  # rank 0 prints the same cases
+            result = run_plan(plan, None if quiet else on_case, stop=stop, resume=resumed, shard=shard)
         if shard:
             shard.close()
             if shard.rank:  # rank 0 reports every rank's cases; a failure here is rank 0's exit status
