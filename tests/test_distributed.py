@@ -5,6 +5,9 @@ moe-ep against the single-process block; plus the pure parts (queue order, torch
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from ossbench.distributed import nproc_command, queue_order, rank_from_env
 from ossbench.errors import UserError
 from ossbench.results import load_results
 
+ROOT = Path(__file__).resolve().parent.parent
 SLEEPY = """\
 name: sleepy
 family: sleepy
@@ -91,6 +95,7 @@ def _preset():
 # --- 2 and 4 gloo ranks
 
 
+@pytest.mark.slow  # starts fresh interpreters that import torch
 def test_two_ranks_share_the_cases_and_rank_0_writes_one_results_file(tmp_path):
     suite = write_suite(tmp_path, {f"v{i}": "{seconds: 0.5}" for i in range(4)})
     out = tmp_path / "out"
@@ -106,6 +111,7 @@ def test_two_ranks_share_the_cases_and_rank_0_writes_one_results_file(tmp_path):
     assert (out / "report.html").exists() and not (out / "ranks" / "rank-1" / "report.html").exists()
 
 
+@pytest.mark.slow  # starts fresh interpreters that import torch
 def test_a_killed_rank_loses_only_its_case(tmp_path):
     suite = write_suite(tmp_path, {"doomed": "{die: true, seconds: 0.0}",
                                    **{f"v{i}": "{seconds: 0.2}" for i in range(3)}})
@@ -120,6 +126,7 @@ def test_a_killed_rank_loses_only_its_case(tmp_path):
     assert "rank 1 died while running it (no heartbeat for 3 s)" in run.case("sleepy/doomed").error
 
 
+@pytest.mark.slow  # starts fresh interpreters that import torch
 def test_comm_and_moe_ep_on_four_ranks(tmp_path):
     assert dist_helpers.launch(4, dist_helpers.collectives, str(tmp_path)) == [0, 0, 0, 0]
     found = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(4)]
@@ -159,13 +166,21 @@ timing: {{cache: cold, warmup_s: 0.0, min_samples: 5, min_time_s: 0.0, max_time_
 """
 
 
-def test_collective_suites_run_every_case_on_both_ranks_together(tmp_path):
-    comm = tmp_path / "comm.yaml"
-    comm.write_text(COLLECTIVE.format(name="c", family="comm", variants="  ar: {op: all_reduce, size: 65536}\n"
-                                                                        "  a2a: {op: all_to_all_uneven, size: 4100}"))
-    out = tmp_path / "out"
-    assert dist_helpers.launch(2, dist_helpers.cli, ["run", str(comm), "--device", "cpu", "--out", str(out)]) == [0, 0]
-    run = load_results(out / "results.json")
+def run_nproc(tmp_path: Path, suite: str, device: str) -> subprocess.CompletedProcess:
+    """`ossbench run SUITE --nproc 2` in a subprocess: the real torchrun, started by the CLI."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(suite)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "ossbench", "run", str(path), "--nproc", "2", "--device", device,
+                           "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # torchrun starts two fresh interpreters
+def test_collective_suites_run_every_case_on_both_ranks_together_under_torchrun(tmp_path):
+    done = run_nproc(tmp_path, COLLECTIVE.format(name="c", family="comm", variants=(
+        "  ar: {op: all_reduce, size: 65536}\n  a2a: {op: all_to_all_uneven, size: 4100}")), "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = load_results(tmp_path / "out" / "results.json")
     assert [c.status for c in run.cases] == ["ok", "ok"] and {c.rank for c in run.cases} == {0}
     for c in run.cases:
         assert c.stats.n >= 5 and "slowest of 2 ranks" in c.timing["stop_reason"]
@@ -174,3 +189,26 @@ def test_collective_suites_run_every_case_on_both_ranks_together(tmp_path):
         factor = 2 * 1 / 2 if c.params["op"] == "all_reduce" else 1 / 2
         assert c.derived.busbw_gbps == pytest.approx(c.derived.gbps * factor)
     assert run.case("comm/a2a").cost_extra["size_bytes"] == 4096  # 1025 float32 elements: 1024 ran
+
+
+@pytest.mark.gpu
+def test_comm_and_moe_ep_on_two_gpus(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs (NCCL refuses two ranks on one GPU)")
+    variants = "  ar: {op: all_reduce, size: 16777216}\n  a2a: {op: all_to_all, size: 16777216}"
+    done = run_nproc(tmp_path, COLLECTIVE.format(name="c", family="comm", variants=variants).replace(
+        "float32", "bfloat16"), "auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = load_results(tmp_path / "out" / "results.json")
+    assert all(c.status == "ok" and c.device == "cuda:0" for c in run.cases)
+    assert [d["device"] for d in run.environment.devices] == ["cuda:0", "cuda:1"]
+    ep = tmp_path / "ep"
+    ep.mkdir()
+    done = run_nproc(ep, COLLECTIVE.format(name="e", family="moe-ep", variants=(
+        "  decode: {mode: decode, tokens: 16, n_experts: 128}\n  prefill: {mode: prefill, tokens: 2048, skew: 1.0}"
+    )).replace("float32", "bfloat16"), "auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = load_results(ep / "out" / "results.json")
+    assert all(c.status == "ok" and c.numerics.ok and c.phases_ms["total"] > 0 for c in run.cases)
