@@ -77,6 +77,9 @@ def rank_device(spec: str, info: RankInfo) -> str:
 
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda:"):
+        raise UserError(f"--device {spec}: under torchrun each rank uses its own GPU, cuda:LOCAL_RANK; give "
+                        f"--device cuda (or auto), and choose the GPUs with CUDA_VISIBLE_DEVICES")
     return f"cuda:{info.local_rank}" if spec == "cuda" else spec
 
 

@@ -212,3 +212,27 @@ def test_comm_and_moe_ep_on_two_gpus(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run = load_results(ep / "out" / "results.json")
     assert all(c.status == "ok" and c.numerics.ok and c.phases_ms["total"] > 0 for c in run.cases)
+
+
+def test_each_rank_measures_on_its_own_gpu():
+    from ossbench.distributed import RankInfo, rank_device
+
+    info = RankInfo(rank=5, world_size=8, local_rank=1)
+    assert rank_device("cpu", info) == "cpu"
+    assert rank_device("cuda", info) == "cuda:1"
+    with pytest.raises(UserError, match="cuda:LOCAL_RANK"):
+        rank_device("cuda:3", info)  # every rank on one GPU: not what a sharded run is for
+
+
+def test_nproc_and_torchrun_do_not_mix_with_resume(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ossbench.cli import main
+
+    suite = write_suite(tmp_path, {"v": "{}"})
+    done = CliRunner().invoke(main, ["run", str(suite), "--nproc", "2", "--resume", str(tmp_path)])
+    assert done.exit_code == 2 and "--resume continues a run in one process" in done.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    done = CliRunner().invoke(main, ["run", str(suite), "--nproc", "2"])
+    assert done.exit_code == 2 and "under torchrun drop it" in done.output

@@ -39,6 +39,7 @@ from .fields import fits_memory
 
 Op = Literal["all_to_all", "all_to_all_uneven", "all_gather", "reduce_scatter", "all_reduce"]
 CHECK_ELEMENTS = 2**20  # outputs up to this many elements are checked whole, larger ones at this many points
+FILL_CHUNK = 2**24  # elements of the pattern computed at once
 # sums of a few small integers are exact in every dtype up to 8 ranks in bf16; beyond, rounding
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
@@ -170,8 +171,10 @@ def build(params: CommParams, device: Any, dtype: torch.dtype, *, seed: int = DE
     send = torch.empty(plan.send, device=device, dtype=dtype)
     recv = send if p.op == "all_reduce" else torch.empty(plan.recv, device=device, dtype=dtype)
 
-    def fill() -> None:
-        send.copy_(plan.sent(rank, torch.arange(plan.send, device=device)))
+    def fill() -> None:  # in chunks: the int64 positions of a 1 GiB buffer alone would be 4 GiB
+        for start in range(0, plan.send, FILL_CHUNK):
+            index = torch.arange(start, min(start + FILL_CHUNK, plan.send), device=device)
+            send[start:start + FILL_CHUNK].copy_(plan.sent(rank, index))
 
     fill()
     fn = _collective(p.op, send, recv, plan, group)
@@ -190,7 +193,8 @@ def build(params: CommParams, device: Any, dtype: torch.dtype, *, seed: int = DE
         fn()
         pos = torch.arange(plan.recv, device=device)
         if plan.recv > CHECK_ELEMENTS:
-            pos = torch.linspace(0, plan.recv - 1, CHECK_ELEMENTS, device=device).round().long()
+            # float64: float32 would round the last position of a large buffer past its end
+            pos = torch.linspace(0, plan.recv - 1, CHECK_ELEMENTS, dtype=torch.float64, device=device).round().long()
         ref = plan.expected(pos)
         abs_err = (recv[pos].double() - ref).abs().max().item()
         rel_err = abs_err / max(ref.abs().max().item(), 1e-300)

@@ -138,7 +138,10 @@ class ExpertParallelMoE:
         # each source's rows arrive sorted by expert: the local expert of every received row
         local_ids = torch.arange(n_local, device=x.device).repeat(world).repeat_interleave(by_source.flatten())
         ones = torch.ones(local_ids.numel(), 1, dtype=x.dtype, device=x.device)
-        y = self.local._grouped(recv, Routing(local_ids.unsqueeze(1), ones)).view(-1, full.hidden)  # [R, hidden]
+        if recv.shape[0]:  # [R, hidden]
+            y = self.local._grouped(recv, Routing(local_ids.unsqueeze(1), ones)).view(-1, full.hidden)
+        else:  # no token chose this rank's experts (decode at small batch)
+            y = recv
         if mark:
             mark("experts")
         back = rows.new_empty(T * k, full.hidden)
