@@ -78,6 +78,8 @@ def _render(run: RunResult, title: str | None) -> str:
         cases_over_ceiling=sum(r.placement.over_ceiling for r in rows),
         ceiling_warning=CEILING_BELOW_MEASURED_TEXT,
         has_dram=any(r.dram_over_model is not None for r in rows),
+        has_busbw=any(c.derived.busbw_gbps is not None for c in run.cases),  # comm: nccl-tests' bus bandwidth
+        has_phases=any(c.phases_ms for c in run.cases),  # moe-ep: time per phase
         kernels=[(c, k) for c in run.cases if (k := extras.kernel_breakdown(c)) is not None],
         problems=[c for c in run.cases if c.status != "ok"],
     )
