@@ -189,6 +189,7 @@ def test_collective_suites_run_every_case_on_both_ranks_together_under_torchrun(
         factor = 2 * 1 / 2 if c.params["op"] == "all_reduce" else 1 / 2
         assert c.derived.busbw_gbps == pytest.approx(c.derived.gbps * factor)
     assert run.case("comm/a2a").cost_extra["size_bytes"] == 4096  # 1025 float32 elements: 1024 ran
+    assert "busbw GB/s" in (tmp_path / "out" / "report.html").read_text()
 
 
 @pytest.mark.gpu
