@@ -35,11 +35,24 @@ def start_lines(plan: RunPlan, todo: int, resumed: Resumed | None) -> list[str]:
     """What the run is about to do: the suite, the case count, the device, the output folder; what a resume kept."""
     lines = [f"[bold]{term_text(plan.suite.name)}[/]: {todo} case(s) on {plan.device}, "
              f"dtype {plan.suite.dtype(plan.profile)} -> {plan.out_dir}"
-             + (", each case in a child process (--isolate)" if plan.isolate else "")]
+             + (", each case in a child process (--isolate)" if plan.isolate else "")
+             + _ranks_text(plan)]
     if resumed:
         lines.append(f"resuming: {len(resumed.kept)} finished case(s) kept from {resumed.source}"
                      + (f"; {len(resumed.dropped)} dropped by the re-plan" if resumed.dropped else ""))
     return lines
+
+
+def _ranks_text(plan: RunPlan) -> str:
+    """A multi-rank run (docs/distributed.md): how this rank's cases relate to the others'."""
+    env = plan.environment
+    if not env.get("world_size"):
+        return ""
+    from .workloads import get_family
+
+    together = get_family(plan.suite.spec.family).collective
+    return (f"; every case on all {env['world_size']} ranks together" if together
+            else f"; shared out over {env['world_size']} ranks")
 
 
 NOTHING_TO_RESUME = "nothing to resume: every case is in results.json already"
