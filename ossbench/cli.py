@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from .cli_options import Fraction, plotly_js_option
+from .cli_options import (DEVICE_OPTION, FILTER_OPTION, MAX_MINUTES_OPTION, QUICK_OPTION, SUITE_PROFILE_OPTION,
+                          Fraction, plotly_js_option)
 from .console import console as _console
 from .errors import UserError
 
@@ -47,29 +48,16 @@ def main() -> None:
     """
 
 
-_DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-_FILTER = click.option("--filter", "filter_text", metavar="TEXT", help="Run only cases whose id contains TEXT.")
-_SUITE_PROFILE = click.option(
-    "--suite-profile", "suite_profile", metavar="NAME",
-    help="Run the suite's profile NAME (e.g. gpu-smoke; `ossbench validate` lists them) instead of the default: "
-         "the `cpu:` profile on a CPU, the full suite elsewhere. `full` runs the full suite.")
-_QUICK = click.option("--quick", is_flag=True, help="Smoke run: short time budget, loose CI target (not for quoting).")
-_MAX_MINUTES = click.option(
-    "--max-minutes", type=click.FloatRange(min=0, min_open=True), metavar="M",
-    help="Run budget: start no case whose predicted time would take the run past M minutes; the rest are "
-         "skipped (\"run budget\"), results and report written, exit 0; `--resume` runs them (with M again, "
-         "or the --max-minutes given with it). Cases run one point of every variant first.")
-
 
 @main.command()
 @click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@_DEVICE
+@DEVICE_OPTION
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: reports/<suite>-<device>-<timestamp>/].")
-@_FILTER
-@_SUITE_PROFILE
-@_QUICK
-@_MAX_MINUTES
+@FILTER_OPTION
+@SUITE_PROFILE_OPTION
+@QUICK_OPTION
+@MAX_MINUTES_OPTION
 @click.option("--plan", "show_plan", is_flag=True,
               help="Print the run plan (each case's predicted time and peak memory, totals) and exit: `ossbench plan`.")
 @click.option("--profile", "profile_kernels", is_flag=True,
@@ -86,25 +74,34 @@ _MAX_MINUTES = click.option(
               help="Run each case in a child process with a timeout (timing.case_timeout_s): a crash, hang or "
                    "lost CUDA context fails only that case [default: on for CUDA with more than one case].")
 @plotly_js_option
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="Run on N local ranks under torchrun, one GPU each: the cases are shared out (collective "
+                   "families run on all ranks together), rank 0 writes one results.json (docs/distributed.md).")
 def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text: str | None,
         suite_profile: str | None, quick: bool, max_minutes: float | None, show_plan: bool, profile_kernels: bool,
         ncu: bool, strict_clocks: bool, resume_dir: Path | None, force: bool, isolate: bool | None,
-        plotly_js: str) -> None:
+        plotly_js: str, nproc: int | None) -> None:
     """Run SUITE_FILE's cases; write results.json and report.html.
 
     Exit 0 when every case ran (ok or skipped), 1 when some failed or ran out of memory, or the report
     could not be rendered (results.json is written in every case), 2 for a bad suite or option or an output
     folder that cannot be written (or is in use by another run). SIGINT (Ctrl-C) or SIGTERM stop the run
     after the case in flight: the rest are recorded as skipped, results and report written, exit 130 / 143;
-    `--resume DIR` then runs the rest.
+    `--resume DIR` then runs the rest. Under torchrun (or with --nproc) each rank runs its share; only rank 0
+    reports, and its exit status covers every rank's cases.
     """
+    from .distributed import join_shard, rank_from_env, start_torchrun
+
+    rank = rank_from_env()
+    if nproc or (rank and resume_dir):
+        sys.exit(start_torchrun(nproc, rank, resume_dir, sys.argv[1:]))  # torchrun runs this once per rank
+    from .report.plotly_js import PlotlyJs
     from .run_console import NOTHING_TO_RESUME, execute, exit_code, notices, start_lines
     from .runner import plan_run
-    from .report.plotly_js import PlotlyJs
     from .suite import load_suite
 
     out, err = _console(), _console(stderr=True)
-    plotly, resumed = PlotlyJs.parse(plotly_js), None
+    plotly, resumed, shard = PlotlyJs.parse(plotly_js), None, None
     if resume_dir:
         from .resume import plan_resume
 
@@ -119,12 +116,18 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
     elif suite_file is None or force:
         raise click.UsageError("give SUITE_FILE, or --resume DIR" if suite_file is None else "--force needs --resume")
     else:
-        plan = plan_run(load_suite(suite_file), device=device, out_dir=out_dir, filter_text=filter_text,
-                        quick=quick, profile=profile_kernels, ncu=ncu, strict_clocks=strict_clocks,
-                        isolate=isolate, max_minutes=max_minutes, suite_profile=suite_profile)
+        suite = load_suite(suite_file)
+        shard = join_shard(rank, device) if rank else None  # this rank's device and share of the cases
+        plan = plan_run(suite, device=str(shard.device) if shard else device, out_dir=out_dir,
+                        filter_text=filter_text, quick=quick, profile=profile_kernels, ncu=ncu,
+                        strict_clocks=strict_clocks, isolate=isolate, max_minutes=max_minutes,
+                        suite_profile=suite_profile)
+        plan = shard.adapt(plan) if shard else plan
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     if show_plan:
-        _print_plan(plan, set(todo), out)
+        from .plan_table import print_plan
+
+        print_plan(plan, set(todo), out)
         return
     for line in start_lines(plan, len(todo), resumed):
         err.print(line)
@@ -133,26 +136,16 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         sys.exit(exit_code(resumed.previous.cases))
     for line in notices(plan):
         err.print(line)
-    sys.exit(execute(plan, resumed, len(todo), out, err, plotly=plotly))
-
-
-def _print_plan(plan, ids: set[str] | None, out) -> None:
-    from .plan_table import plan_notes, plan_table
-    from .run_console import load_notices
-
-    out.print(plan_table(plan, ids))
-    for line in plan_notes(plan, ids) + [f"[yellow]machine loaded: {w}; CPU cases will take longer than "
-                                         f"predicted.[/]" for w in load_notices(plan.environment.get("load"))]:
-        out.print(line, soft_wrap=True)
+    sys.exit(execute(plan, resumed, len(todo), out, err, plotly=plotly, shard=shard))
 
 
 @main.command()
 @click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
-@_DEVICE
-@_FILTER
-@_SUITE_PROFILE
-@_QUICK
-@_MAX_MINUTES
+@DEVICE_OPTION
+@FILTER_OPTION
+@SUITE_PROFILE_OPTION
+@QUICK_OPTION
+@MAX_MINUTES_OPTION
 def plan(suite_file: Path, device: str, filter_text: str | None, suite_profile: str | None, quick: bool,
          max_minutes: float | None) -> None:
     """Print the cases `ossbench run SUITE_FILE` would execute, in run order, with each one's predicted time
@@ -161,10 +154,11 @@ def plan(suite_file: Path, device: str, filter_text: str | None, suite_profile: 
     A case predicted not to fit in the device's free memory is marked (a run skips it with that reason);
     with --max-minutes, so are the cases the budget would leave. Same as `ossbench run --plan`.
     """
+    from .plan_table import print_plan
     from .runner import plan_run
     from .suite import load_suite
 
-    _print_plan(plan_run(load_suite(suite_file), device=device, filter_text=filter_text, quick=quick,
+    print_plan(plan_run(load_suite(suite_file), device=device, filter_text=filter_text, quick=quick,
                          max_minutes=max_minutes, suite_profile=suite_profile), None, _console())
 
 

@@ -52,6 +52,7 @@ class Derived(_Model):
     tokens_per_s: float | None = None
     tflops: float | None = None  # achieved, from the cost model's FLOPs
     gbps: float | None = None  # achieved, from the cost model's minimum bytes (a floor, not a measurement)
+    busbw_gbps: float | None = None  # comm family: nccl-tests' bus bandwidth, cost_extra.bus_bytes / time
 
 
 class Memory(_Model):
@@ -112,6 +113,10 @@ class CaseResult(_Model):
     roofline: RooflineRecord | None = None  # intensity, bound, floor time and fraction of the ceiling
     profile: ProfileRecord | None = None  # torch.profiler breakdown (--profile): top kernels, launches, trace
     counters: CountersRecord | None = None  # measured DRAM bytes (CUPTI / ncu), or why unavailable
+    # Multi-rank runs (docs/distributed.md): the rank that recorded the case and its device ("cpu", "cuda:N")
+    rank: int | None = None
+    device: str | None = None
+    phases_ms: dict[str, float] | None = None  # Workload.breakdown: e.g. moe-ep's route/dispatch/experts/combine
 
 
 class SuiteInfo(_Model):
@@ -155,6 +160,10 @@ class Environment(_Model):
     # what else the machine was doing when the run was planned: loadavg, cpu_count, threads (CPU runs),
     # gpu_other_processes (CUDA runs)
     load: dict[str, Any] | None = None
+    # A run over several ranks (torchrun): how many, and each rank's host and device
+    # ({"rank", "local_rank", "host", "device", "device_name"}), in rank order
+    world_size: int | None = None
+    devices: list[dict[str, Any]] | None = None
 
 
 class RunOptions(_Model):

@@ -37,11 +37,24 @@ def start_lines(plan: RunPlan, todo: int, resumed: Resumed | None) -> list[str]:
     """What the run is about to do: the suite, the case count, the device, the output folder; what a resume kept."""
     lines = [f"[bold]{term_text(plan.suite.name)}[/]: {todo} case(s) on {plan.device}, "
              f"dtype {plan.suite.dtype(plan.profile)} -> {plan.out_dir}"
-             + (", each case in a child process (--isolate)" if plan.isolate else "")]
+             + (", each case in a child process (--isolate)" if plan.isolate else "")
+             + _ranks_text(plan)]
     if resumed:
         lines.append(f"resuming: {len(resumed.kept)} finished case(s) kept from {resumed.source}"
                      + (f"; {len(resumed.dropped)} dropped by the re-plan" if resumed.dropped else ""))
     return lines
+
+
+def _ranks_text(plan: RunPlan) -> str:
+    """A multi-rank run (docs/distributed.md): how this rank's cases relate to the others'."""
+    env = plan.environment
+    if not env.get("world_size"):
+        return ""
+    from .workloads import get_family
+
+    together = get_family(plan.suite.spec.family).collective
+    return (f"; every case on all {env['world_size']} ranks together" if together
+            else f"; shared out over {env['world_size']} ranks")
 
 
 NOTHING_TO_RESUME = "nothing to resume: every case is in results.json already"
@@ -96,10 +109,11 @@ def notices(plan: RunPlan) -> list[str]:
 
 
 def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err: Console, *,
-            plotly: Any = None) -> int:
+            plotly: Any = None, shard: Any = None) -> int:
     """Run the plan as `ossbench run` does: a progress bar and one line per case on `err`, SIGINT/SIGTERM
     stopping after the case in flight, results and report written (`plotly`: how the report gets
-    plotly.js, `PlotlyJs`), the summary on `out`; the exit code."""
+    plotly.js, `PlotlyJs`), the summary on `out`; the exit code. `shard`: this rank's part of a multi-rank
+    run (ossbench.distributed): rank 0 reports every rank's cases, the other ranks only run theirs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .outdir import claim_out_dir
@@ -119,7 +133,12 @@ def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err
             progress.console.print(case_line(case, result), soft_wrap=True)
 
         with stop_on_signals(lambda request: progress.console.print(stopping_line(request))) as stop:
-            result = run_plan(plan, on_case, stop=stop, resume=resumed)
+            quiet = shard and shard.rank and shard.collective  # rank 0 prints the same cases
+            result = run_plan(plan, None if quiet else on_case, stop=stop, resume=resumed, shard=shard)
+        if shard:
+            shard.close()
+            if shard.rank:  # rank 0 reports every rank's cases; a failure here is rank 0's exit status
+                return stop.exit_code if stop.requested else 0
         try:
             report_path = write_report(result, plan.out_dir / "report.html", plotly=plotly)
         except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not hide them

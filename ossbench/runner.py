@@ -31,6 +31,7 @@ from .isolate import IsolatedRunner, default_isolation
 from .suite import Case, Suite, Timing
 
 if TYPE_CHECKING:
+    from .distributed import Shard
     from .resume import Resumed
 
 NOT_RUN = "not run:"  # how the error of a case left unrun after a lost CUDA context begins
@@ -134,7 +135,7 @@ def _measure_environment(device: Device, env: dict, measure: MeasureOptions) -> 
 
 
 def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] | None = None, *,
-             stop: StopRequest | None = None, resume: Resumed | None = None) -> RunResult:
+             stop: StopRequest | None = None, resume: Resumed | None = None, shard: Shard | None = None) -> RunResult:
     """Run every case of the plan. `on_case(case, None)` before a case starts, `(case, result)` after.
 
     `stop`: once it is requested, the cases not yet started are recorded as skipped ("interrupted ...").
@@ -143,6 +144,8 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
     memory is skipped with that reason, and once `plan.max_minutes` would be passed the rest are skipped
     ("run budget ..."; not journaled, so `--resume` runs them). The output folder is checked and locked
     first (ossbench.outdir); results.json is written in plan (suite) order.
+    `shard`: this rank's part of a multi-rank run (ossbench.distributed): it hands out the cases this rank
+    runs (in the run order), hears of each result, and on rank 0 gathers every rank's into the results.
     """
     kept = resume.kept if resume else {}
     with claim_out_dir(plan.out_dir):
@@ -158,9 +161,12 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                 lost: str | None = None  # set once the CUDA context is unusable: later cases cannot run
                 budget = Budget(plan.max_minutes) if plan.max_minutes is not None else None
                 done: dict[str, CaseResult] = {}
-                for case in run_order(plan.cases):
+                order = run_order(plan.cases)
+                for case in (shard.cases(order) if shard else order):
                     if case.id in kept:
                         done[case.id] = kept[case.id]
+                        if shard:
+                            shard.publish(kept[case.id])  # rank 0 gathers it with the rest
                         continue
                     if on_case:
                         on_case(case, None)
@@ -188,10 +194,15 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                         journal.append_case(_record(result))
                     else:
                         unrun += 1
+                    if shard:
+                        shard.publish(result)
+                        if lost:
+                            shard.leave()  # the other ranks take the rest
                     done[case.id] = result
                     if on_case:
                         on_case(case, result)
-                run.cases = [done[c.id] for c in plan.cases]
+            run.cases = (shard.gather(list(done.values()), plan.cases) if shard
+                         else [done[c.id] for c in plan.cases])
         finally:
             if measure.nvml_device is not None:
                 measure.nvml_device.close()
@@ -271,7 +282,8 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
     family = get_family(case.family)
     seed = case_seed(case.id)  # fresh random data per case, the same whenever this case runs
     record = CaseResult(id=case.id, family=case.family, variant=case.variant, axes=case.axes_dict,
-                        params=case.params_dict, dtype=case.dtype, status="ok", seed=seed)
+                        params=case.params_dict, dtype=case.dtype, status="ok", seed=seed,
+                        device=str(device), rank=_rank())
     started = time.perf_counter()
     torch.manual_seed(seed)  # torch's global generator too: what draws outside the workload's (dropout masks)
     watch = MemoryWatch(device.type)
@@ -298,11 +310,19 @@ def run_case(case: Case, device: Device | str, timing: Timing, measure: MeasureO
         watch.mark_timing()
         sampler = NvmlSampler(measure.nvml_device) if measure.nvml_device is not None else None
         with sampler or nullcontext():
-            m = bench(workload.fn, spec=timing, device=device, monitor=sampler, strict_clocks=measure.strict_clocks)
+            if workload.group is not None:  # a collective: every rank times it together, slowest rank's time
+                from .measure.dist_timer import bench_collective
+
+                m = bench_collective(workload.fn, timing, device=device, group=workload.group)
+            else:
+                m = bench(workload.fn, spec=timing, device=device, monitor=sampler,
+                          strict_clocks=measure.strict_clocks)
         record.samples_ms = list(m.samples_ms)
         record.stats = m.stats()
         record.timing = m.settings()
         record.memory = memory_detail(watch, workload, m)
+        if workload.breakdown is not None:
+            record.phases_ms = workload.breakdown()
         if m.clock_batches:
             record.clocks, record.throttled = m.clock_report(), m.throttled
         if sampler is not None:
@@ -338,3 +358,12 @@ def _derive(record: CaseResult) -> None:
     d.tokens_per_s = record.tokens / seconds if record.tokens else None
     d.tflops = record.flops / seconds / 1e12 if record.flops else None
     d.gbps = record.bytes / seconds / 1e9 if record.bytes else None
+    if record.cost_extra.get("bus_bytes"):
+        d.busbw_gbps = record.cost_extra["bus_bytes"] / seconds / 1e9
+
+
+def _rank() -> int | None:
+    """This process's rank when a torch.distributed process group is up (a multi-rank run), else None."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None

@@ -70,8 +70,10 @@ def cases_table(run: RunResult) -> Table:
     with_dram = any((c.counters or {}).get("available") for c in run.cases)
     kinds = {c.memory.kind for c in run.cases if c.memory}
     memory = "peak RSS growth" if kinds == {"rss"} else "memory"  # on CPU: the process's, not the case's
+    with_busbw = any(c.derived.busbw_gbps is not None for c in run.cases)  # comm: GB/s is algbw, busbw beside it
     columns = [("case", "left"), ("median", "right"), ("± CI95", "right"), ("n", "right"), ("TFLOP/s", "right"),
-               ("GB/s", "right")] + ([("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
+               ("GB/s", "right")] + ([("busbw GB/s", "right")] if with_busbw else []) + (
+               [("DRAM GB/s", "right")] if with_dram else []) + [("SoL", "right")] + (
                [("energy/token", "right")] if with_energy else []) + [(memory, "right"), ("status", "left")]
     for col, justify in columns:
         # ids and errors fold; figures never break across lines
@@ -89,7 +91,7 @@ def cases_table(run: RunResult) -> Table:
             status += " [red](throttled)[/]"
         t.add_row(term_text(c.id), fmt_ms(s.median if s else None), f"{s.rel_ci * 100:.1f}%" if s else "-",
                   str(s.n) if s else "-", _num(c.derived.tflops, 3), _num(c.derived.gbps, 1),
-                  *([measured_gbps(c)] if with_dram else []), sol_cell(placement),
+                  *([_num(c.derived.busbw_gbps, 2)] if with_busbw else []), *([measured_gbps(c)] if with_dram else []), sol_cell(placement),
                   *([energy_per_token(c)] if with_energy else []),
                   fmt_bytes(c.memory.peak_bytes if c.memory else None), status)
     return t

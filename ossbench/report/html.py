@@ -93,6 +93,8 @@ def _render(run: RunResult, title: str | None, plotly: PlotlyJs | str | None,
         ceiling_warning=CEILING_BELOW_MEASURED_TEXT,
         hot_cache_text=HOT_CACHE_TEXT,
         has_dram=any(r.dram_over_model is not None for r in rows),
+        has_busbw=any(c.derived.busbw_gbps is not None for c in run.cases),  # comm: nccl-tests' bus bandwidth
+        has_phases=any(c.phases_ms for c in run.cases),  # moe-ep: time per phase
         kernels=[(c, k) for c in run.cases if (k := extras.kernel_breakdown(c, page_dir)) is not None],
         kernel_tables=extras.kernel_tables(run.cases),
         problems=[c for c in run.cases if c.status != "ok"],

@@ -16,6 +16,8 @@ _MODULES = {
     "norm": "ossbench.workloads.norm",
     "positions": "ossbench.workloads.positions",
     "block": "ossbench.workloads.block",
+    "comm": "ossbench.workloads.comm",
+    "moe-ep": "ossbench.workloads.moe_ep",
 }
 
 __all__ = ["Cost", "Check", "Family", "Footprint", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",

@@ -59,6 +59,12 @@ class Workload:
     # The random tensors the timed call reads, by name (x, dy, the decode cache's k and v, ...): what the
     # seed decided, for rebuilding a case and comparing its data. References only; nothing is copied.
     inputs: dict[str, Any] = field(default_factory=dict)
+    # The torch.distributed process group `fn` runs collectives over (comm, moe-ep); None: a local call. The
+    # runner then times it on every rank together (ossbench.measure.dist_timer.bench_collective).
+    group: Any = None
+    # Measured after timing, when the family has more to say than one time per call: e.g. moe-ep's time per
+    # phase (route, dispatch, experts, combine), recorded as the case's `phases_ms`.
+    breakdown: Callable[[], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,9 @@ class Family:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # ready-made overrides, shown by `list`
     # (params, dtype_bytes) -> Footprint, without building anything; None: the planner cannot predict the case
     footprint: Callable[[Any, int], Footprint] | None = None
+    # Its cases run on every rank of a process group together (collectives); a sharded run does not split
+    # them over the ranks (ossbench.distributed), and they never run in an isolated child process.
+    collective: bool = False
 
     # Outside the model, parameters are one flat mapping with dotted names for nested specs
     # (`attention.window`): see nesting.py.
