@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from ..errors import SkipCase
 from ..layers.config import ModelConfig
 from ..measure.dist_timer import all_max
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload
 from .fields import fits_memory
 
 Op = Literal["all_to_all", "all_to_all_uneven", "all_gather", "reduce_scatter", "all_reduce"]
@@ -207,6 +207,13 @@ def build(params: CommParams, device: Any, dtype: torch.dtype, *, seed: int = DE
                     inputs={"send": send}, group=group)
 
 
+def footprint(p: CommParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py), per rank: a send and a receive buffer of at most the
+    message size each (all-reduce works in place), nothing transient."""
+    held = float(p.size * (1 if p.op == "all_reduce" else 2))
+    return Footprint(cost=Cost(flops=0.0, bytes=float(p.size), tokens=0), persistent_bytes=held, activation_bytes=0.0)
+
+
 FAMILY = Family(
     name="comm",
     description="collectives over the process group (all-to-all, all-gather, reduce-scatter, all-reduce): "
@@ -215,5 +222,6 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
     collective=True,
 )

@@ -46,13 +46,13 @@ from ..layers.config import ModelConfig
 from ..layers.moe import MoE, Routing, load_max_over_mean
 from ..layers.moe_spec import MoESpec
 from ..measure.dist_timer import aligned, all_max
-from .base import DEFAULT_SEED, Check, Cost, Family, Workload
+from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload
 from .building import init_norm_, randn
 from .checks import errors, require_checked_dtype
 from .comm import require_group
 from .ffn import TOLERANCE
 from .fields import default_tokens
-from .moe import _skew_needs_bias, apply_skew, moe_cost
+from .moe import _skew_needs_bias, apply_skew, balanced_tokens_per_expert, moe_cost
 from .spec_params import spec_of, spec_params_model
 
 PHASES = ("route", "dispatch", "experts", "combine")
@@ -232,6 +232,19 @@ def build(params: MoEEPParams, device: Any, dtype: torch.dtype, *, seed: int = D
                     info=info, inputs={"x": x}, group=group, breakdown=lambda: _phase_times(ep, x, PHASE_CALLS))
 
 
+def footprint(p: MoEEPParams, dtype_bytes: int) -> Footprint:
+    """The case before it is built (ossbench/plan.py), per rank, with balanced routing of this rank's tokens:
+    the whole block (kept for the check) plus the rank's share of the experts (at most half: two or more
+    ranks), its tokens, and each slot's expert input and outputs in flight."""
+    whole = types.SimpleNamespace(**{**p.model_dump(), "weights": "dtype"})
+    cost = moe_cost(whole, dtype_bytes, balanced_tokens_per_expert(whole))
+    experts = cost.extra["expert_weight_bytes_stored"]
+    router = (p.hidden + 1) * p.n_experts * dtype_bytes + 4 * p.hidden
+    held = 1.5 * experts + router + p.tokens * p.hidden * dtype_bytes
+    act = p.tokens * p.top_k * (2 * p.hidden + 3 * p.intermediate) * dtype_bytes
+    return Footprint(cost=cost, persistent_bytes=held, activation_bytes=float(act))
+
+
 FAMILY = Family(
     name="moe-ep",
     description="gpt-oss's MoE block with experts split over the ranks: route, all-to-all dispatch, local "
@@ -240,5 +253,6 @@ FAMILY = Family(
     defaults=defaults,
     build=build,
     variants=VARIANTS,
+    footprint=footprint,
     collective=True,
 )
