@@ -125,7 +125,7 @@ def run(suite_file: Path | None, device: str, out_dir: Path | None, filter_text:
         plan = shard.adapt(plan) if shard else plan
     todo = resumed.ids_to_run(plan) if resumed else [c.id for c in plan.cases]
     if show_plan:
-        from .plan_table import print_plan
+        from .run_console import print_plan
 
         print_plan(plan, set(todo), out)
         return
@@ -154,7 +154,7 @@ def plan(suite_file: Path, device: str, filter_text: str | None, suite_profile: 
     A case predicted not to fit in the device's free memory is marked (a run skips it with that reason);
     with --max-minutes, so are the cases the budget would leave. Same as `ossbench run --plan`.
     """
-    from .plan_table import print_plan
+    from .run_console import print_plan
     from .runner import plan_run
     from .suite import load_suite
 

@@ -14,8 +14,6 @@ from .text import term_text
 from .units import fmt_bytes
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from .results import RunResult
     from .runner import RunPlan
 
@@ -106,13 +104,3 @@ def prediction_line(result: RunResult) -> str | None:
     if not parts:
         return None
     return "actual / predicted (min / median / max): " + "; ".join(parts)
-
-
-def print_plan(plan: RunPlan, ids: set[str] | None, out: Console) -> None:
-    """The plan table, then its notes (cases that do not fit, the budget, a loaded machine), on `out`."""
-    from .run_console import load_notices
-
-    out.print(plan_table(plan, ids))
-    for line in plan_notes(plan, ids) + [f"[yellow]machine loaded: {w}; CPU cases will take longer than "
-                                         f"predicted.[/]" for w in load_notices(plan.environment.get("load"))]:
-        out.print(line, soft_wrap=True)

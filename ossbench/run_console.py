@@ -13,7 +13,7 @@ from rich.console import Console
 
 from .expectations import evaluate
 from .plan import BUDGET
-from .plan_table import prediction_line
+from .plan_table import plan_notes, plan_table, prediction_line
 from .summary import STATUS_STYLE, cases_table, pairs_table
 from .text import term_text
 
@@ -197,3 +197,11 @@ def print_summary(result: RunResult, plan: RunPlan, report_path: Path | None, co
         console.print(line)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
                   f"\nresults: {plan.out_dir / 'results.json'}\nreport:  {report_path or 'not written'}")
+
+
+def print_plan(plan: RunPlan, ids: set[str] | None, out: Console) -> None:
+    """The plan table, then its notes (cases that do not fit, the budget, a loaded machine), on `out`."""
+    out.print(plan_table(plan, ids))
+    for line in plan_notes(plan, ids) + [f"[yellow]machine loaded: {w}; CPU cases will take longer than "
+                                         f"predicted.[/]" for w in load_notices(plan.environment.get("load"))]:
+        out.print(line, soft_wrap=True)
