@@ -389,5 +389,9 @@ def calibrate(device: str, quick: bool, repeats: int | None, max_spread: float, 
         click.echo(f"saved: {path}")
 
 
+from .cli_fit import fit  # noqa: E402 - a command kept in its own module (cli.py stays short)
+
+main.add_command(fit)
+
 if __name__ == "__main__":
     main()
