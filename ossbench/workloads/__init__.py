@@ -16,6 +16,7 @@ _MODULES = {
     "norm": "ossbench.workloads.norm",
     "positions": "ossbench.workloads.positions",
     "block": "ossbench.workloads.block",
+    "model": "ossbench.workloads.model",
 }
 
 __all__ = ["Cost", "Check", "Family", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",
