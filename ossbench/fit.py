@@ -5,8 +5,8 @@
   bf16 rest (embedding, attention, router, expert biases, unembedding) and the float32 norm scales;
 - the KV cache for `context` tokens per sequence (ossbench/workloads/attention.py's `kv_cache_bytes`: a
   windowed layer keeps its last `window` tokens, a full layer every token);
-- activations and workspace of one forward step with the chosen backends (an estimate, see
-  `activation_bytes`): one layer's working set is live at a time;
+- activations and workspace of one forward step with the chosen backends (an estimate, the model family's
+  `activation_bytes`, which its cases record too): one layer's working set is live at a time;
 and compares the total with the card's memory. `ossbench fit` prints it; the run planner can call it.
 
 Not counted: the CUDA context and kernels (a few hundred MB outside torch's allocator) and allocator
@@ -22,9 +22,10 @@ from typing import Literal
 from .errors import UserError
 from .layers.config import ModelConfig
 from .layers.mxfp4 import BLOCK
-from .layers.storage import Experts, expert_weight_values, weight_bytes
+from .layers.storage import Experts, weight_bytes
 from .peaks import PEAK_TABLE
 from .workloads.attention import kv_cache_bytes
+from .workloads.model import activation_bytes
 
 MIN_HEADROOM = 0.05  # of the card's memory, left for the CUDA context, kernels and fragmentation
 CARDS_GB = (16, 24, 80, 141)  # the common sizes of `fit --table`: consumer 16/24 GB, H100 80 GB, H200 141 GB
@@ -61,38 +62,6 @@ class MemoryPlan:
     @property
     def fits(self) -> bool | None:
         return None if self.capacity is None else self.total <= (1 - MIN_HEADROOM) * self.capacity
-
-
-def activation_bytes(cfg: ModelConfig, experts: Experts, context: int, batch: int, mode: Mode, *,
-                     attn_backend: str = "flex", moe_backend: str = "grouped", dtype_bytes: int = 2) -> dict[str, int]:
-    """The working set of one layer's forward step (the largest part of a step; layers run one after
-    another, so one layer's is live at a time), by part. Decode: `batch` tokens against `context` cached
-    ones; prefill: batch x context tokens in one pass. An estimate of the big buffers, not an allocator
-    trace: validated on a GPU against torch.cuda.max_memory_allocated when one is lent (docs/model.md)."""
-    H, I, k = cfg.hidden, cfg.intermediate, cfg.top_k
-    queries = 1 if mode == "decode" else context
-    T = batch * queries  # tokens in the step
-    residual = 3 * T * H * dtype_bytes  # the layer's input, the mid-layer residual, its output
-    qkv = 2 * T * cfg.qkv_width * dtype_bytes  # the fused projection and q, k after RoPE
-    if attn_backend == "eager":  # scores and probabilities in float32, [B, Hq, S, keys]
-        attention = 2 * batch * cfg.n_heads * queries * context * 4
-    else:  # fused kernels: the output and a float32 log-sum-exp per query and head
-        attention = T * cfg.q_width * dtype_bytes + batch * cfg.n_heads * queries * 4
-    slots = T * k
-    moe = slots * (H + 2 * I + I + H) * dtype_bytes  # grouped rows: input, mlp1 out, SwiGLU out, mlp2 out
-    touched = min(cfg.n_experts, slots)
-    one_expert = expert_weight_values(cfg) * dtype_bytes
-    if moe_backend == "gather":
-        decoded = slots * one_expert  # every token slot's expert weights gathered
-    elif experts == "mxfp4":  # the touched experts decoded to the dtype (values, then scaled)
-        decoded = (1 if moe_backend == "loop" else touched) * one_expert * 2
-    else:
-        decoded = 0 if moe_backend == "grouped" else (one_expert if moe_backend == "loop" else touched * one_expert)
-    logits = batch * cfg.vocab * dtype_bytes  # the last position's logits only (time to first token)
-    out = {"residual": residual, "qkv": qkv, "attention": attention, "moe": moe, "expert_decode": decoded,
-           "logits": logits}
-    out["total"] = sum(out.values())
-    return out
 
 
 def memory_plan(cfg: ModelConfig, experts: Experts, context: int, batch: int = 1, *, mode: Mode = "decode",

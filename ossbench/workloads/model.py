@@ -38,7 +38,7 @@ from ..errors import SkipCase
 from ..layers.attention import KVCache, unsupported_reason
 from ..layers.config import ModelConfig
 from ..layers.model import Model
-from ..layers.storage import layer_bytes, weight_bytes
+from ..layers.storage import expert_weight_values, layer_bytes, weight_bytes
 from .attention import attention_pairs, kv_bytes
 from .base import DEFAULT_SEED, Check, Cost, Family, Workload
 from .block import TOLERANCE, BlockParams, block_cost, check_block
@@ -47,6 +47,10 @@ from .fields import backend_of, fits_memory
 from .moe import available_bytes, gather_skip_reason
 
 CHECK_ALL_LAYERS = 4
+# the stored weights by kind (layers/storage.py) as each case records them (cost_extra.stored_<group>_bytes)
+STORED_GROUPS = {"experts": ("expert_weights", "expert_blocks", "expert_scales", "expert_biases"),
+                 "attention": ("attention", "norms"), "router": ("router",),
+                 "embeddings": ("embedding", "unembedding")}
 MEMORY_FRACTION = 0.95  # a case whose weights and caches need more of the device's free memory is skipped
 # The ModelConfig fields a gpt-oss model varies; the rest stay gpt-oss's (RMSNorm, YaRN, biases, untied).
 CONFIG_FIELDS = ("hidden", "n_layers", "vocab", "max_position", "norm_eps", "n_heads", "n_kv_heads", "head_dim",
@@ -158,6 +162,38 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 # --- cost model
+def activation_bytes(cfg: ModelConfig, experts: str, context: int, batch: int, mode: str, *,
+                     attn_backend: str = "flex", moe_backend: str = "grouped", dtype_bytes: int = 2) -> dict[str, int]:
+    """The working set of one layer's forward step (the largest part of a step; layers run one after
+    another, so one layer's is live at a time), by part. Decode: `batch` tokens against `context` cached
+    ones; prefill: batch x context tokens in one pass. An estimate of the big buffers, not an allocator
+    trace (docs/model.md); `ossbench fit` adds it to the weights and caches."""
+    H, I, k = cfg.hidden, cfg.intermediate, cfg.top_k
+    queries = 1 if mode == "decode" else context
+    T = batch * queries  # tokens in the step
+    residual = 3 * T * H * dtype_bytes  # the layer's input, the mid-layer residual, its output
+    qkv = 2 * T * cfg.qkv_width * dtype_bytes  # the fused projection and q, k after RoPE
+    if attn_backend == "eager":  # scores and probabilities in float32, [B, Hq, S, keys]
+        attention = 2 * batch * cfg.n_heads * queries * context * 4
+    else:  # fused kernels: the output and a float32 log-sum-exp per query and head
+        attention = T * cfg.q_width * dtype_bytes + batch * cfg.n_heads * queries * 4
+    slots = T * k
+    moe = slots * (H + 2 * I + I + H) * dtype_bytes  # grouped rows: input, mlp1 out, SwiGLU out, mlp2 out
+    touched = min(cfg.n_experts, slots)
+    one_expert = expert_weight_values(cfg) * dtype_bytes
+    if moe_backend == "gather":
+        decoded = slots * one_expert  # every token slot's expert weights gathered
+    elif experts == "mxfp4":  # the touched experts decoded to the dtype (values, then scaled)
+        decoded = (1 if moe_backend == "loop" else touched) * one_expert * 2
+    else:
+        decoded = 0 if moe_backend == "grouped" else (one_expert if moe_backend == "loop" else touched * one_expert)
+    logits = batch * cfg.vocab * dtype_bytes  # the last position's logits only (time to first token)
+    out = {"residual": residual, "qkv": qkv, "attention": attention, "moe": moe, "expert_decode": decoded,
+           "logits": logits}
+    out["total"] = sum(out.values())
+    return out
+
+
 def model_cost(p: Any, dtype_bytes: int, tokens_per_expert: list[list[int]]) -> Cost:
     """The blocks' costs (tokens_per_expert: each layer's routing) plus the embedding and the head."""
     cfg, n = p.config, p.n_blocks
@@ -179,9 +215,15 @@ def model_cost(p: Any, dtype_bytes: int, tokens_per_expert: list[list[int]]) -> 
     embedding_bytes = 2 * p.tokens * cfg.hidden * dtype_bytes  # the rows read, the hidden states written
     head_flops = 2.0 * p.batch * cfg.hidden * cfg.vocab  # the last position of each sequence
     head_bytes = table + 4 * cfg.hidden + p.batch * cfg.vocab * dtype_bytes  # unembedding, norm, logits
+    stored = weight_bytes(cfg, p.experts, dtype_bytes, n)
+    context = p.kv_len + 1 if p.mode == "decode" else p.seq_len
     extra.update(matmul_flops=extra["matmul_flops"] + head_flops, unembedding_bytes=float(table),
-                 weights_stored_bytes=float(weight_bytes(cfg, p.experts, dtype_bytes, n)["total"]),
-                 layers=float(n))
+                 weights_stored_bytes=float(stored["total"]), layers=float(n),
+                 activation_bytes_estimate=float(activation_bytes(
+                     cfg, p.experts, context, p.batch, p.mode, attn_backend=p.attn_backend,
+                     moe_backend=p.moe_backend, dtype_bytes=dtype_bytes)["total"]),
+                 **{f"stored_{group}_bytes": float(sum(stored[k] for k in kinds))
+                    for group, kinds in STORED_GROUPS.items()})
     return Cost(flops=flops + head_flops, bytes=nbytes + embedding_bytes + head_bytes, tokens=p.tokens, extra=extra)
 
 
