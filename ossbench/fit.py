@@ -16,7 +16,7 @@ fragmentation; the verdict keeps `MIN_HEADROOM` of the card free for them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .errors import UserError
@@ -71,7 +71,7 @@ def memory_plan(cfg: ModelConfig, experts: Experts, context: int, batch: int = 1
     if context < 1 or batch < 1:
         raise ValueError(f"context and batch must be >= 1, got {context} and {batch}")
     if layers is not None:
-        cfg = ModelConfig(**{**cfg.__dict__, "n_layers": layers})
+        cfg = replace(cfg, n_layers=layers)
     weights = weight_bytes(cfg, experts, dtype_bytes)
     kv = kv_cache_bytes(cfg, context, batch=batch, dtype_bytes=dtype_bytes)
     kv_full = kv_cache_bytes(cfg, context, batch=batch, dtype_bytes=dtype_bytes, windows=False)
