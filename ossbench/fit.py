@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import UserError
 from .layers.config import ModelConfig
@@ -85,6 +85,15 @@ def memory_plan(cfg: ModelConfig, experts: Experts, context: int, batch: int = 1
                       activations=activation_bytes(cfg, experts, context, batch, mode, attn_backend=attn_backend,
                                                    moe_backend=moe_backend, dtype_bytes=dtype_bytes),
                       capacity=capacity, notes=notes)
+
+
+def case_plan(params: Any, dtype_bytes: int = 2, capacity: int | None = None) -> MemoryPlan:
+    """The plan of a validated model-family case (ModelParams): its blocks, storage, context, batch, mode and
+    backends; decode holds kv_len + 1 positions, prefill seq_len. For the run planner."""
+    context = params.kv_len + 1 if params.mode == "decode" else params.seq_len
+    return memory_plan(params.config, params.experts, context, params.batch, mode=params.mode, capacity=capacity,
+                       attn_backend=params.attn_backend, moe_backend=params.moe_backend, layers=params.n_blocks,
+                       dtype_bytes=dtype_bytes)
 
 
 def parse_memory(text: str) -> int:
