@@ -49,7 +49,7 @@ def _figure(charts, title: str) -> dict:
 def test_memory_breakdown_stacks_the_cost_model_parts():
     run = _run()
     fig = _figure(report_charts(run, analyze_run(run))["memory"], "Memory of the whole model, decode")
-    assert fig["layout"]["barmode"] == "stack"
+    assert fig["layout"]["barmode"] == "stack" and fig["layout"]["xaxis"]["type"] == "category"
     bars = {t["name"]: t["y"] for t in fig["data"] if t["type"] == "bar"}
     assert bars["experts"] == [pytest.approx(10.2)] * 4
     assert bars["KV cache"][1] == pytest.approx(2048 * 24 * 32768 / 1e9)
@@ -60,12 +60,12 @@ def test_memory_breakdown_stacks_the_cost_model_parts():
 
 def test_decode_rate_with_the_bandwidth_bound():
     run = _run()
-    fig = _figure(report_charts(run, analyze_run(run))["latency"], "Decode tokens/s vs context")
+    fig = _figure(report_charts(run, analyze_run(run))["latency"], "Decode tokens/s vs context, batch 1")
     by_name = {t["name"]: t for t in fig["data"]}
-    measured = by_name["20b-mxfp4 batch 1"]
+    measured = by_name["20b-mxfp4"]
     assert measured["x"] == [4096, 32768]
     assert measured["y"][0] == pytest.approx(1e3 / (6.0 * 1.0045), rel=1e-6)  # batch / median
-    bound = by_name["20b-mxfp4 batch 1: bandwidth bound"]
+    bound = by_name["20b-mxfp4: bandwidth bound"]
     assert bound["line"]["dash"] == "dash"
     assert bound["y"][0] == pytest.approx(3350e9 / 4.5e9)  # tokens / (bytes / H100's 3350 GB/s)
     assert "Decode tokens/s" in render_report(run)

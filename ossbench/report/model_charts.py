@@ -3,8 +3,8 @@
 - memory breakdown: a stacked bar per case (variant and sweep point) of the weights by kind (experts,
   attention with norms, router, embedding + unembedding), the KV cache and the activation/workspace
   estimate, all from the case's cost model (cost_extra), with the measured peak as a marker where recorded;
-- decode rate: tokens per second against the cached context (kv_len), a line per variant and batch, and
-  dashed, in the same colour, the bandwidth bound: tokens / (bytes a step must read / the run's bandwidth
+- decode rate, a chart per batch size: tokens per second against the cached context (kv_len), a line per
+  variant and dashed, in the same colour, its bandwidth bound: tokens / (bytes a step must read / the run's bandwidth
   ceiling), the rate a step would reach moving its minimum bytes at the ceiling.
 
 Both are empty for a run without model cases; the bound is left out (and the note says so) when the run
@@ -30,7 +30,7 @@ def model_cases(run: RunResult) -> list[CaseResult]:
 
 
 def _label(case: CaseResult) -> str:
-    axes = ",".join(f"{k}={v}" for k, v in case.axes.items())
+    axes = ",".join(f"{k}={v}" for k, v in case.axes.items() if k != "mode")  # one chart per mode
     return f"{case.variant} {axes}" if axes else case.variant
 
 
@@ -53,8 +53,8 @@ def memory_breakdown_charts(run: RunResult, ids: ChartIds) -> list[Chart]:
         if peaks:
             fig.add_trace(go.Scatter(x=[p[0] for p in peaks], y=[p[1] for p in peaks], mode="markers",
                                      name="measured peak", marker=dict(symbol="line-ew-open", size=18, color="#000")))
-        fig.update_layout(**layout(title=f"Memory of the whole model, {mode}", x_title="case", y_title="GB"),
-                          barmode="stack")
+        fig.update_layout(**layout(title=f"Memory of the whole model, {mode}", x_title="case", y_title="GB",
+                                   x_type="category"), barmode="stack")
         charts.append(chart(ids, fig, "Stacked bars: the bytes the case holds, from its cost model (weights by "
                                       "storage, exactly what the model allocates; KV cache for its context; "
                                       "activations an estimate of one layer's step). Marker: the measured peak "
@@ -63,35 +63,36 @@ def memory_breakdown_charts(run: RunResult, ids: ChartIds) -> list[Chart]:
 
 
 def decode_rate_charts(run: RunResult, analysis: RunAnalysis, ids: ChartIds, colours: dict[str, str]) -> list[Chart]:
-    """Decode tokens/s against kv_len, a line per variant and batch, with the bandwidth bound dashed."""
+    """Per decode batch size: tokens/s against kv_len, a line per variant, with its bandwidth bound dashed."""
     import plotly.graph_objects as go
 
     cases = [c for c in model_cases(run) if c.params.get("mode") == "decode" and c.derived.tokens_per_s
              and isinstance(c.params.get("kv_len"), int)]
-    if not cases:
-        return []
     bandwidth = bandwidth_ceiling(analysis.ceilings)  # GB/s
-    lines: dict[tuple[str, Any], list[CaseResult]] = {}
-    for c in cases:
-        lines.setdefault((c.variant, c.params.get("batch")), []).append(c)
-    fig = go.Figure()
-    for (variant, batch), points in lines.items():
-        points.sort(key=lambda c: c.params["kv_len"])
-        name, colour = plot_text(f"{variant} batch {batch}"), colours.get(variant)
-        xs = [c.params["kv_len"] for c in points]
-        fig.add_trace(go.Scatter(x=xs, y=[c.derived.tokens_per_s for c in points], mode="lines+markers", name=name,
-                                 line=dict(color=colour), hovertext=[plot_text(c.id) for c in points]))
-        if bandwidth:
-            bound = [c.tokens / (c.bytes / (bandwidth * 1e9)) if c.bytes else None for c in points]
-            fig.add_trace(go.Scatter(x=xs, y=bound, mode="lines", name=f"{name}: bandwidth bound",
-                                     line=dict(color=colour, dash="dash")))
-    ys = [c.derived.tokens_per_s for c in cases]
-    fig.update_layout(**layout(title="Decode tokens/s vs context", x_title="kv_len (cached tokens)",
-                               y_title="tokens/s", x_type=axis_type([c.params["kv_len"] for c in cases]),
-                               y_type=axis_type(ys)))
-    note = ("Solid: measured tokens per second (batch / median step time). Dashed: the bound a step reaches "
-            f"reading its minimum bytes (every layer's attention weights and attended KV, the router, the "
+    note = ("Solid: measured tokens per second (batch / median step time). Dashed, same colour: the bound a step "
+            f"reaches reading its minimum bytes (every layer's attention weights and attended KV, the router, the "
             f"experts the batch touched, the unembedding) at {bandwidth:g} GB/s, the run's bandwidth ceiling; "
-            "the measured line over the dashed one is the bandwidth fraction." if bandwidth else
+            "the solid line over the dashed one is the bandwidth fraction." if bandwidth else
             "No bandwidth ceiling for this device (no peak-table row and no calibration): the bound is not drawn.")
-    return [chart(ids, fig, note)]
+    by_batch: dict[Any, dict[str, list[CaseResult]]] = {}
+    for c in cases:
+        by_batch.setdefault(c.params.get("batch"), {}).setdefault(c.variant, []).append(c)
+    charts = []
+    for batch, lines in by_batch.items():
+        fig = go.Figure()
+        for variant, points in lines.items():
+            points.sort(key=lambda c: c.params["kv_len"])
+            name, colour = plot_text(variant), colours.get(variant)
+            xs = [c.params["kv_len"] for c in points]
+            fig.add_trace(go.Scatter(x=xs, y=[c.derived.tokens_per_s for c in points], mode="lines+markers",
+                                     name=name, line=dict(color=colour), hovertext=[plot_text(c.id) for c in points]))
+            if bandwidth:
+                bound = [c.tokens / (c.bytes / (bandwidth * 1e9)) if c.bytes else None for c in points]
+                fig.add_trace(go.Scatter(x=xs, y=bound, mode="lines", name=f"{name}: bandwidth bound",
+                                         line=dict(color=colour, dash="dash")))
+        points = [c for pts in lines.values() for c in pts]
+        fig.update_layout(**layout(title=f"Decode tokens/s vs context, batch {batch}", x_title="kv_len (cached tokens)",
+                                   y_title="tokens/s", x_type=axis_type([c.params["kv_len"] for c in points]),
+                                   y_type=axis_type([c.derived.tokens_per_s for c in points])))
+        charts.append(chart(ids, fig, note))
+    return charts
