@@ -212,3 +212,20 @@ def test_planned_memory_against_the_allocator():
     torch.cuda.synchronize()
     transient = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
     assert transient <= 1.2 * plan.activations["total"] + (8 << 20)
+
+
+def test_a_model_suite_runs_end_to_end(tmp_path):
+    from pathlib import Path
+
+    from ossbench.report import render_report
+    from ossbench.runner import plan_run, run_plan
+    from ossbench.suite import load_suite
+
+    suite = load_suite(Path(__file__).parent / "suites" / "tiny_model.yaml")
+    result = run_plan(plan_run(suite, device="cpu", out_dir=tmp_path))
+    assert [c.status for c in result.cases] == ["ok"] * 4, [c.error for c in result.cases]
+    for c in result.cases:
+        assert c.numerics.ok and "block 0" in c.numerics.reference
+        assert c.cost_extra["stored_experts_bytes"] > 0 and c.derived.tokens_per_s > 0
+        assert c.memory.kv_cache_measured_bytes == c.cost_extra["kv_cache_bytes"]
+    assert "Memory of the whole model, decode" in render_report(result)
