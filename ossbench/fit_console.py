@@ -55,8 +55,9 @@ def verdict_line(plan: MemoryPlan, card: str | None = None) -> str:
 
 def fit_table_view(plans: list[MemoryPlan]) -> Table:
     """Presets x storage x context, the total and a yes/no per card size."""
-    t = Table(title="memory plan, decode at batch 1 (computed from the cost model, not measured)",
-              title_justify="left")
+    first = plans[0] if plans else None
+    step = f"{first.mode} at batch {first.batch}" if first else "no plans"
+    t = Table(title=f"memory plan, {step} (computed from the cost model, not measured)", title_justify="left")
     for col in ("preset", "experts", "context", "weights GB", "KV cache GB", "total GB"):
         t.add_column(col, justify="left" if col in ("preset", "experts") else "right")
     for card in CARDS_GB:

@@ -72,6 +72,8 @@ def test_sizes_and_devices():
     (["fit", "gpt-oss-120b", "--memory", "80GB", "--context", "131072"], 0, "fits on 80.00 GB"),
     (["fit", "gpt-oss-120b", "--device", "h100", "--experts", "bf16"], 0, "does not fit"),
     (["fit", "--table"], 0, "141 GB"),
+    (["fit", "--table", "--batch", "8", "--mode", "prefill"], 0, "prefill at batch 8"),
+    (["fit", "--table", "gpt-oss-20b"], 2, "drop PRESET"),
     (["fit", "gpt2-small"], 2, "not a gpt-oss preset"),
     (["fit", "gpt-oss-20b", "--memory", "lots"], 2, "--memory"),
     (["fit", "gpt-oss-20b", "--device", "tpu"], 2, "unknown device"),
