@@ -162,6 +162,8 @@ def test_windows_halve_the_kv_read_at_long_context():
     ({"seq_len": 4, "mode": "prefill"}, "window 8 is longer than seq_len 4"),
     ({"n_kv_heads": 3}, "n_kv_heads"),
     ({"top_k": 9}, "top_k"),
+    ({"hidden": 0}, "greater than 0"),
+    ({"window": 0}, "greater than 0"),
 ])
 def test_params_rules(changes, text):
     with pytest.raises(ValidationError, match=text):

@@ -56,6 +56,7 @@ MEMORY_FRACTION = 0.95  # a case whose weights and caches need more of the devic
 CONFIG_FIELDS = ("hidden", "n_layers", "vocab", "max_position", "norm_eps", "n_heads", "n_kv_heads", "head_dim",
                  "window", "window_every", "sinks", "rope_theta", "yarn_factor", "yarn_beta_slow", "yarn_beta_fast",
                  "yarn_original_context", "n_experts", "top_k", "intermediate", "swiglu_alpha", "swiglu_limit")
+BOUNDS = {"rope_theta": {"gt": 1.0}, "yarn_factor": {"ge": 1.0}}  # the others: > 0 (ModelConfig's rules)
 _HELP = {"n_layers": "the preset's layers (`layers` builds the first of them)",
          "window": "sliding window of the windowed layers; null: full attention everywhere",
          "window_every": "layer i is windowed iff i % window_every == 0 (gpt-oss: 2, starting with layer 0)",
@@ -108,7 +109,8 @@ def _config_fields() -> dict[str, Any]:
     out = {}
     for name in CONFIG_FIELDS:
         hint = int if name == "intermediate" else hints[name]  # gpt-oss gives it; null (ffn_mult) is GPT-2's
-        out[name] = (hint, Field(getattr(defaults, name), description=_HELP.get(name)))
+        bounds = BOUNDS.get(name, {"gt": 0} if hint in (int, float, int | None) else {})
+        out[name] = (hint, Field(getattr(defaults, name), description=_HELP.get(name), **bounds))
     return out
 
 
