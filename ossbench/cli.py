@@ -386,8 +386,10 @@ def calibrate(device: str, quick: bool, repeats: int | None, max_spread: float, 
         click.echo(f"saved: {saved}")
 
 
-from .cli_history import history  # noqa: E402 - the command lives in its own module (cli.py stays short)
+from .cli_fit import fit  # noqa: E402 - commands kept in their own modules (cli.py stays short)
+from .cli_history import history  # noqa: E402
 
+main.add_command(fit)
 main.add_command(history)
 
 if __name__ == "__main__":

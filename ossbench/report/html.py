@@ -19,6 +19,7 @@ from ..measure.roofline import CEILING_BELOW_MEASURED_TEXT
 from ..results import CaseResult, RunResult, gc_paused
 from . import extras
 from .ceilings import describe_ceilings, shown_path
+from .model_charts import decode_rate_charts, memory_breakdown_charts
 from .page import Chart, ChartIds, render_page, write_page
 from .plotly_js import PlotlyJs
 from .run_charts import (MEMORY_KIND_TEXT, energy_charts, kv_cache_bytes, latency_charts, memory_charts, roofline_chart,
@@ -43,10 +44,10 @@ def report_charts(run: RunResult, analysis: RunAnalysis) -> dict[str, list[Chart
     """The charts of each section, in page order (a section without data has none)."""
     ids, colours = ChartIds(), variant_colours(run)
     return {
-        "latency": latency_charts(run, ids, colours),
+        "latency": latency_charts(run, ids, colours) + decode_rate_charts(run, analysis, ids, colours),
         "speedup": speedup_charts(analysis.pairs, ids),
         "roofline": roofline_chart(run, analysis, ids, colours),
-        "memory": memory_charts(run, ids, colours),
+        "memory": memory_charts(run, ids, colours) + memory_breakdown_charts(run, ids),
         "energy": energy_charts(run, ids, colours),
     }
 

@@ -18,6 +18,7 @@ _MODULES = {
     "block": "ossbench.workloads.block",
     "comm": "ossbench.workloads.comm",
     "moe-ep": "ossbench.workloads.moe_ep",
+    "model": "ossbench.workloads.model",
 }
 
 __all__ = ["Cost", "Check", "Family", "Footprint", "Workload", "DEFAULT_SEED", "case_seed", "family_names", "get_family",
