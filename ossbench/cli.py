@@ -164,25 +164,22 @@ def plan(suite_file: Path, device: str, filter_text: str | None, suite_profile: 
 
 @main.command()
 @click.argument("suite_files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def validate(suite_files: tuple[Path, ...]) -> None:
-    """Check suites without running them (every case of every profile is expanded and validated)."""
-    from .text import term_text as escape  # markup escaped and control characters shown
-
-    from .errors import SuiteError
-    from .suite import load_suite
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Also warn about the cases a run on DEVICE (cpu, cuda, cuda:N) would skip, and why.")
+def validate(suite_files: tuple[Path, ...], device: str | None) -> None:
+    """Check suites without running them (every case of every profile is expanded and validated); every
+    error found is reported with its file, line and field. Exit 2 when a suite is invalid (skips: exit 0)."""
+    from .validate_console import validate_lines
 
     out, err = _console(), _console(stderr=True)
     bad = 0
     for path in suite_files:
-        try:
-            suite = load_suite(path)
-        except SuiteError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-            bad += 1
-            continue
-        cpu = f", {len(suite.cases('cpu'))} in its CPU profile" if suite.spec.cpu else ""
-        named = "".join(f", {len(suite.cases(name))} in profile {escape(name)}" for name in suite.spec.profiles)
-        out.print(f"[green]ok[/] {escape(str(path))}: {len(suite.cases('full'))} case(s){cpu}{named}")
+        ok, lines, problems = validate_lines(path, device)
+        bad += not ok
+        for line in lines:
+            out.print(line, soft_wrap=True)
+        for line in problems:
+            err.print(line, soft_wrap=True)
     sys.exit(2 if bad else 0)
 
 

@@ -29,6 +29,19 @@ class SuiteError(UserError):
         return f"{where}:{field} {self.message}"
 
 
+class SuiteErrors(SuiteError):
+    """Every error found in one suite (`ossbench validate`): the first as this error's own fields, all of
+    them, one per line, as its text."""
+
+    def __init__(self, errors: list[SuiteError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.message, path=first.path, line=first.line, field=first.field)
+
+    def __str__(self) -> str:
+        return "\n".join(SuiteError.__str__(e) for e in self.errors)
+
+
 class ResultsError(UserError):
     """A results file that is missing, corrupt, or not an ossbench results file."""
 

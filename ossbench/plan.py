@@ -254,3 +254,19 @@ def ratio_spread(cases: Iterable[Any]) -> dict[str, dict[str, float] | None]:
         return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
 
     return {"time": spread(times), "peak": spread(peaks)}
+
+
+def predicted_skips(cases: Sequence[Case], device: Device) -> list[tuple[Case, str]]:
+    """The cases a run would skip on `device`, each with the reason its family gives, from the parameters
+    alone (`Family.skip_reason`: the backend registry's limits and the family's own rules; no tensors)."""
+    import torch
+
+    from .workloads import get_family
+
+    where = torch.device(str(device))
+    skipped = []
+    for case in cases:
+        family = get_family(case.family)
+        if reason := family.skip_reason(family.validate(case.params_dict), where, getattr(torch, case.dtype)):
+            skipped.append((case, reason))
+    return skipped

@@ -22,11 +22,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter,
                       ValidationError, WithJsonSchema, field_validator)
 
-from .errors import SuiteError, UserError
+from .errors import SuiteError, SuiteErrors, UserError
 from .measure.spec import BenchSpec
 from .suite_cases import (DTYPE_BYTES, Case, Params, Scalar, case_identifier, check_case_count, expand, family_of,
                           filter_cases, preset_of)
-from .suite_errors import did_you_mean, first_error, got, message
+from .suite_errors import all_errors, did_you_mean, first_error, got, message
 from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
 
 __all__ = ["Case", "FULL", "Profile", "Suite", "SuiteSpec", "Timing", "case_identifier", "filter_cases",
@@ -250,12 +250,13 @@ class Suite:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read, parse and validate a suite, expanding every case of every profile to check it."""
-    return parse_suite(read_suite_text(path), str(path))
+def load_suite(path: str | Path, *, every_error: bool = False) -> Suite:
+    """Read, parse and validate a suite, expanding every case of every profile to check it. The first error
+    is raised (a SuiteError); with `every_error`, all that can be found (a SuiteErrors, `ossbench validate`)."""
+    return parse_suite(read_suite_text(path), str(path), every_error=every_error)
 
 
-def parse_suite(text: str, path: str = "<suite>") -> Suite:
+def parse_suite(text: str, path: str = "<suite>", *, every_error: bool = False) -> Suite:
     data, lines = load_yaml(text, path)
     if not isinstance(data, dict):
         raise SuiteError("a suite must be a YAML mapping (name:, family:, variants:, ...)", path=path, line=1)
@@ -263,13 +264,18 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     try:
         spec = SuiteSpec.model_validate(data)
     except ValidationError as e:
+        if every_error:
+            raise SuiteErrors(all_errors(probe, e, data, known_keys=_known_keys)) from None
         raise first_error(probe, e, data, known_keys=_known_keys) from None
     suite = Suite(spec=spec, path=path, sha256=hashlib.sha256(text.encode()).hexdigest(), lines=lines)
     profiles = suite.profile_names()
     for profile in profiles:  # counted before anything is expanded (or torch imported for the family)
         check_case_count(suite, profile)
     _check_references(suite)
-    cases = [case for profile in profiles for case in expand(suite, profile)]  # validates every case
+    found: list[SuiteError] | None = [] if every_error else None
+    cases = [case for profile in profiles for case in expand(suite, profile, found)]  # validates every case
+    if found:
+        raise SuiteErrors(sorted(found, key=lambda x: (x.line is None, x.line or 0)))
     ids = {c.id for c in cases}
     for i, pair in enumerate(spec.compare):  # a `where` that selects nothing is a typo, not a no-op
         if pair.where and not any(all(c.params_dict.get(k) == v for k, v in pair.where.items()) for c in cases):

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BeforeValidator, PlainValidator, ValidationError
 
+from .errors import SuiteError
 from .suite_errors import did_you_mean, got, message
 from .suite_yaml import YamlPath
 
 if TYPE_CHECKING:
-    from .errors import SuiteError
     from .suite import Suite
 
 _ScalarTypes = Union[bool, int, float, str, None]
@@ -127,7 +127,9 @@ def check_case_count(suite: Suite, profile: str) -> None:
                           f"`limits: {{max_cases: {total}}}` if you mean it", plan.sweep_at)
 
 
-def expand(suite: Suite, profile: str) -> list[Case]:
+def expand(suite: Suite, profile: str, errors: list[SuiteError] | None = None) -> list[Case]:
+    """The profile's cases, each validated. With `errors`, a case that fails validation is left out and its
+    error added there (one per place in the file, with how many cases it hit) instead of raised."""
     spec, family, preset = suite.spec, family_of(suite), preset_of(suite)
     plan = _plan(suite, profile)
     over = suite.profile_spec(profile)
@@ -150,6 +152,8 @@ def expand(suite: Suite, profile: str) -> list[Case]:
 
     cases: list[Case] = []
     seen: set[str] = set()
+    hits: dict[tuple[int | None, str | None], int] = {}  # cases failing at each place (with `errors`)
+    first_at: dict[tuple[int | None, str | None], SuiteError] = {}
     for bi, block in enumerate(plan.blocks):
         block_at = plan.block_at(bi)
         axes = list(block)
@@ -168,14 +172,29 @@ def expand(suite: Suite, profile: str) -> list[Case]:
                     raise suite.error(f"case {case_id} is produced twice (sweep blocks overlap)", block_at)
                 seen.add(case_id)
                 try:
-                    validated = family.validate(params, context=context)
-                except ValidationError as e:
-                    raise _reanchor(suite, e, where, variant, params, defaults, f" in case {case_id}") from None
-                except ValueError as e:  # a name set both as a value and as a group (nesting.nest)
-                    raise suite.error(f"{e} in case {case_id}", ("variants", variant)) from None
+                    try:
+                        validated = family.validate(params, context=context)
+                    except ValidationError as e:
+                        raise _reanchor(suite, e, where, variant, params, defaults, f" in case {case_id}") from None
+                    except ValueError as e:  # a name set both as a value and as a group (nesting.nest)
+                        raise suite.error(f"{e} in case {case_id}", ("variants", variant)) from None
+                except SuiteError as e:
+                    if errors is None:
+                        raise
+                    place = (e.line, e.field)
+                    hits[place] = hits.get(place, 0) + 1
+                    if hits[place] == 1:
+                        first_at[place] = e
+                    continue
                 cases.append(Case(id=case_id, family=spec.family, variant=variant, axes=tuple(point_d.items()),
                                   params=tuple(family.flat_params(validated).items()), dtype=dtype,
                                   preset=spec.preset))
+    if errors is not None:
+        for place, e in first_at.items():
+            more = f" (and {hits[place] - 1} more case(s))" if hits[place] > 1 else ""
+            errors.append(SuiteError(e.message + more, path=e.path, line=e.line, field=e.field))
+        if first_at:
+            return cases
     if not cases:
         raise suite.error("the suite expands to no cases (everything is excluded)", ("exclude",))
     return cases

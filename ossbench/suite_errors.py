@@ -69,14 +69,26 @@ def first_error(suite: Suite, e: ValidationError, data: Any, prefix: YamlPath = 
     errors = e.errors()
     err = min(errors, key=lambda x: _ERROR_ORDER.get(x["type"], 1))
     loc = prefix + user_path(data, tuple(err["loc"]))
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown field {loc[-1]!r}" + did_you_mean(str(loc[-1]), known_keys(loc[:-1]))
-    elif err["type"] == "missing":
-        msg = f"missing required field {loc[-1]!r}"
-    elif "[key]" in err["loc"] and err["type"] == "string_type":
-        msg = f"the key {err['input']!r} must be text (quote it in the YAML)"
-    else:
-        msg = message(err) + got(err)
     others = len({user_path(data, tuple(x["loc"])) for x in errors} - {loc[len(prefix):]})
     more = f" (and {others} more error(s))" if others else ""
-    return suite.error(msg + context + more, loc)
+    return suite.error(_text(err, loc, known_keys) + context + more, loc)
+
+
+def all_errors(suite: Suite, e: ValidationError, data: Any, prefix: YamlPath = (),
+               known_keys: Callable[[YamlPath], list[str]] = lambda at: []) -> list[SuiteError]:
+    """Every one of `e`'s errors, one per place (the most telling there), in the order of their lines."""
+    by_place: dict[YamlPath, dict] = {}
+    for err in sorted(e.errors(), key=lambda x: _ERROR_ORDER.get(x["type"], 1)):
+        by_place.setdefault(prefix + user_path(data, tuple(err["loc"])), err)
+    found = [suite.error(_text(err, loc, known_keys), loc) for loc, err in by_place.items()]
+    return sorted(found, key=lambda x: (x.line is None, x.line or 0))
+
+
+def _text(err: dict, loc: YamlPath, known_keys: Callable[[YamlPath], list[str]]) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown field {loc[-1]!r}" + did_you_mean(str(loc[-1]), known_keys(loc[:-1]))
+    if err["type"] == "missing":
+        return f"missing required field {loc[-1]!r}"
+    if "[key]" in err["loc"] and err["type"] == "string_type":
+        return f"the key {err['input']!r} must be text (quote it in the YAML)"
+    return message(err) + got(err)

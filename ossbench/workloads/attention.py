@@ -252,19 +252,26 @@ def fill_decode_cache(module: Attention, p: AttentionParams, generator: torch.Ge
     return cache
 
 
+def skip_reason(p: AttentionParams, device: Any, dtype: torch.dtype) -> str | None:
+    """Why `build` skips the case on `device` (None: it runs): what the backend cannot express, or a mask
+    that changes nothing at this length."""
+    reason = unsupported_reason(p.backend, sinks=p.sinks, device=torch.device(device), training=p.mode == "train",
+                                dtype=dtype, mask=p.layer_mask)
+    if reason:
+        return reason
+    if p.mask is not None and attention_pairs(p) == attention_pairs(p.model_copy(update={"mask": None})):
+        length = f"kv_len {p.kv_len}" if p.mode == "decode" else f"seq_len {p.seq_len}"
+        return f"mask {p.mask} allows every causal pair at {length}: the case would repeat plain causal attention"
+    return None
+
+
 def build(params: AttentionParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("attention", TOLERANCE, dtype)
     training = p.mode == "train"
-    reason = unsupported_reason(p.backend, sinks=p.sinks, device=device, training=training, dtype=dtype,
-                                mask=p.layer_mask)
-    if reason:
+    if reason := skip_reason(p, device, dtype):
         raise SkipCase(reason)
-    if p.mask is not None and attention_pairs(p) == attention_pairs(p.model_copy(update={"mask": None})):
-        length = f"kv_len {p.kv_len}" if p.mode == "decode" else f"seq_len {p.seq_len}"
-        raise SkipCase(f"mask {p.mask} allows every causal pair at {length}: the case would repeat plain "
-                       f"causal attention")
     generator = torch.Generator(device=device).manual_seed(seed)
     module = make_module(p, device, dtype, generator)
     module.requires_grad_(training)
@@ -328,4 +335,5 @@ FAMILY = Family(
     build=build,
     variants=VARIANTS,
     footprint=footprint,
+    skip=skip_reason,
 )

@@ -110,6 +110,24 @@ class Family:
     # Its cases run on every rank of a process group together (collectives); a sharded run does not split
     # them over the ranks (ossbench.distributed), and they never run in an isolated child process.
     collective: bool = False
+    # (params, torch.device, torch.dtype) -> why `build` would skip the case there (None: it would not), from
+    # the parameters alone; None: only the backends the footprint names are asked (`skip_reason`)
+    skip: Callable[[Any, Any, Any], str | None] | None = None
+
+    def skip_reason(self, params: BaseModel, device: Any, dtype: Any) -> str | None:
+        """Why a case would be skipped on `device` in `dtype` before anything is built (`ossbench validate
+        --device`): the family's own rule, else what its backends registered (device, dtype, train)."""
+        if self.skip is not None:
+            return self.skip(params, device, dtype)
+        if self.footprint is None:
+            return None
+        from ..backends import unsupported_reason
+
+        train = getattr(params, "mode", None) == "train"
+        for family, name in self.footprint(params, 2).backends:
+            if reason := unsupported_reason(family, name, device, dtype, train=train):
+                return reason
+        return None
 
     # Outside the model, parameters are one flat mapping with dotted names for nested specs
     # (`attention.window`): see nesting.py.

@@ -281,21 +281,28 @@ def make_block(p: BlockParams, device: Any, dtype: torch.dtype, generator: torch
     return Block(attn, mlp, p.dropout)
 
 
+def skip_reason(p: BlockParams, device: Any, dtype: torch.dtype) -> str | None:
+    """Why `build` skips the case on `device` (None: it runs): what either half's backend cannot express."""
+    device, training = torch.device(device), p.mode == "train"
+    if reason := unsupported_reason(p.attn_backend, sinks=p.attention.sinks, device=device, training=training,
+                                    attn_dropout=p.dropout, dtype=dtype, mask=p.attention_params().layer_mask):
+        return reason
+    mp = p.mlp_params()
+    if isinstance(mp, MoEParams):
+        if reason := backend_unsupported_reason("moe", mp.backend, device, dtype, train=training):
+            return reason
+        if mp.backend == "gather":
+            return gather_skip_reason(mp, device, torch.finfo(dtype).bits // 8)
+    return None
+
+
 def build(params: BlockParams, device: Any, dtype: torch.dtype, *, seed: int = DEFAULT_SEED) -> Workload:
     p = params
     device = torch.device(device)
     require_checked_dtype("block", TOLERANCE, dtype)
     training = p.mode == "train"
     dtype_bytes = torch.finfo(dtype).bits // 8
-    if reason := unsupported_reason(p.attn_backend, sinks=p.attention.sinks, device=device, training=training,
-                                    dtype=dtype, mask=p.attention_params().layer_mask):
-        raise SkipCase(reason)
-    mp = p.mlp_params()
-    if isinstance(mp, MoEParams) and (reason := backend_unsupported_reason("moe", mp.backend, device, dtype,
-                                                                           train=training)):
-        raise SkipCase(reason)
-    if isinstance(mp, MoEParams) and mp.backend == "gather" and (reason := gather_skip_reason(mp, device,
-                                                                                               dtype_bytes)):
+    if reason := skip_reason(p, device, dtype):
         raise SkipCase(reason)
     generator = torch.Generator(device=device).manual_seed(seed)
     block = make_block(p, device, dtype, generator)
@@ -383,4 +390,5 @@ FAMILY = Family(
     build=build,
     variants=VARIANTS,
     footprint=footprint,
+    skip=skip_reason,
 )

@@ -375,4 +375,5 @@ FAMILY = Family(
     build=build,
     variants=VARIANTS,
     footprint=footprint,
+    skip=skip_reason,
 )
