@@ -121,14 +121,17 @@ def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err
     from .runner import run_plan
     from .stopping import stop_on_signals
 
+    eta = Eta(plan, kept=resumed.kept if resumed else ())
     with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                               TimeElapsedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task("starting", total=todo)
+                                               TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=err,
+                                               transient=True) as progress:
+        task = progress.add_task("starting", total=todo, eta="")
 
         def on_case(case, result) -> None:
-            if result is None:
-                progress.update(task, description=term_text(case.id))
+            if result is None:  # the case in flight, and the time the rest should take
+                progress.update(task, description=term_text(case.id), eta=eta.text())
                 return
+            eta.finished(case.id)
             progress.advance(task)
             progress.console.print(case_line(case, result), soft_wrap=True)
 
@@ -150,6 +153,36 @@ def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err
     elif any(c.status == "skipped" and (c.error or "").startswith(BUDGET) for c in result.cases):
         err.print(budget_line(plan), soft_wrap=True)
     return exit_code(result.cases, report_written=report_path is not None, stop=stop)
+
+
+class Eta:
+    """The run's time left, from the plan's predicted time of the cases not yet finished, scaled by how the
+    finished ones compared with their predictions (a loaded machine runs slower than planned)."""
+
+    def __init__(self, plan: RunPlan, kept: Any = (), clock: Any = None) -> None:
+        import time
+
+        self.clock = clock or time.monotonic
+        self.start = self.clock()
+        self.left = {cid: p.time_s for cid, p in plan.predictions.items() if p.fits and cid not in kept}
+        self.done_predicted = 0.0
+
+    def finished(self, case_id: str) -> None:
+        self.done_predicted += self.left.pop(case_id, 0.0)
+
+    def seconds(self) -> float | None:
+        if not self.left:
+            return None
+        elapsed = self.clock() - self.start
+        scale = elapsed / self.done_predicted if self.done_predicted > 0 and elapsed > 0 else 1.0
+        return sum(self.left.values()) * scale
+
+    def text(self) -> str:
+        s = self.seconds()
+        if s is None:
+            return ""
+        minutes, secs = divmod(int(round(s)), 60)
+        return f"~{minutes}m{secs:02d}s left" if minutes else f"~{secs}s left"
 
 
 def budget_line(plan: RunPlan) -> str:

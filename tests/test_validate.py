@@ -63,3 +63,4 @@ def test_the_first_error_alone_is_still_what_a_run_reports(tmp_path):
     result = CliRunner().invoke(main, ["run", str(path), "--device", "cpu", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert sum(ln.startswith("error:") for ln in result.output.splitlines()) == 1
+
