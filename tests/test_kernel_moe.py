@@ -99,6 +99,23 @@ def test_few_experts_some_empty_match_float64(kernel, weights, dtype, top_k):
     assert rel_err(got, reference(m, t, r)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("weights", ["dtype", "mxfp4"])
+def test_partial_k_tiles_and_many_n_tiles(kernel, weights):
+    """BLOCK_K 64 over K = 96 and 32 (MXFP4: a partial tile of packed blocks; dtype: 40 and 24), BLOCK_N 16
+    (several N tiles per GROUP_M group), as GPU configs do it; the default interpreter tiles divide K."""
+    hidden, intermediate = (96, 32) if weights == "mxfp4" else (40, 24)
+    m = MoE(MoESpec(hidden=hidden, intermediate=intermediate, n_experts=5, top_k=2, weights=weights),
+            backend="triton", generator=torch.Generator().manual_seed(6))
+    t = torch.randn(80, hidden, generator=torch.Generator().manual_seed(7))  # 10 M tiles: 2 groups
+    r = few_experts_routing(80, 2, [4, 0, 2], torch.float32)
+    order, _, counts, _ = m._sorted_slots(r)
+    w1 = kernel.Packed(m.mlp1_weight.blocks, m.mlp1_weight.scales) if weights == "mxfp4" else m.mlp1_weight.detach()
+    w2 = kernel.Packed(m.mlp2_weight.blocks, m.mlp2_weight.scales) if weights == "mxfp4" else m.mlp2_weight.detach()
+    got = kernel.moe_grouped(t, order, counts, r.weights, w1, m.mlp1_bias.detach(), w2, m.mlp2_bias.detach(),
+                             config={"BLOCK_N": 16, "BLOCK_K": 64})
+    assert rel_err(got, reference(m, t, r)) < TOL[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_the_swiglu_clamps_bite(kernel, dtype):
     # mlp1 scaled so that many gate and linear pre-activations pass +-7: the clamps decide the output
@@ -208,7 +225,8 @@ if "nvidia" not in getattr(triton.backends, "backends", {}):
 floats = {"x_ptr", "h_ptr", "y_ptr", "b_ptr", "rw_ptr"}
 for mxfp4 in (False, True):
     for fn in (mg._up_swiglu_kernel, mg._down_weighted_kernel):
-        consts = {"HAS_BIAS": True, "MXFP4": mxfp4, "IEEE": False, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64}
+        consts = {"HAS_BIAS": True, "MXFP4": mxfp4, "IEEE": False, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64,
+                  "GROUP_M": 8}
         sig = {}
         for name in fn.arg_names:  # a bf16 launch: pointers, int32 sizes and strides, fp32 alpha / limit
             if name in consts:

@@ -11,8 +11,9 @@ sum of its k experts' outputs, with two kernels:
    [T * k, hidden] buffer; a sum over k (torch) then gives [T, hidden]. Every slot is written exactly once:
    no atomics (bf16 atomics are slow or missing), no zero fill, and a re-run (autotuning) is harmless.
 
-Program map (both kernels): axis 0 walks M tiles expert by expert (an expert with c rows owns
-ceil(c / BLOCK_M) tiles, one with no rows owns none), axis 1 the N tiles. The tile -> (expert, first row,
+Program map (both kernels): M tiles expert by expert (an expert with c rows owns ceil(c / BLOCK_M) tiles,
+one with no rows owns none) times N tiles, on a 1-D grid that takes GROUP_M M tiles across all N tiles at a
+time (their weight and token tiles stay in L2). The tile -> (expert, first row,
 end row) table is built with torch on the device from the per-expert counts (no host sync); the grid is
 sized by the bound R // BLOCK_M + min(E, R) and the programs past the last tile return at once.
 BLOCK_M follows the mean rows per expert (16 in decode, up to 128 in prefill); BLOCK_N / BLOCK_K and the
@@ -37,6 +38,7 @@ import triton.language as tl
 
 MXFP4_BLOCK = 32  # values per scale (layers/mxfp4.py's BLOCK; checked against the blocks' shape below)
 INTERPRET_CONFIG = {"BLOCK_N": 32, "BLOCK_K": 32}  # under the interpreter: small tiles, no autotuning
+GROUP_M = 8  # M tiles walked together across the N tiles (L2 reuse), see _program_tiles
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): BLOCK_K is a multiple of the MXFP4 block in every config
 TUNE_SPACE = ((64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3),
               (32, 128, 4, 4))
@@ -89,6 +91,18 @@ def _weight_tile(w_ptr, s_ptr, e, n, kk, mask, stride_we, stride_wn, stride_wk, 
 
 
 @triton.jit
+def _program_tiles(grid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(M tile, N tile) of this program: the 1-D grid walks GROUP_M consecutive M tiles (mostly one
+    expert's) across every N tile before the next group, so their weight and token tiles are reused from L2."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * n_tiles
+    first_m = (pid // in_group) * GROUP_M
+    size = tl.minimum(grid_m - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size, (pid % in_group) // size
+
+
+@triton.jit
 def _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, pid_m, BLOCK_M: tl.constexpr):
     """(expert, sorted rows [BLOCK_M], row mask) of M tile pid_m; expert < 0 past the last tile."""
     e = tl.load(tile_expert_ptr + pid_m)
@@ -98,16 +112,17 @@ def _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, pid_m, BLOCK_M: tl.conste
 
 @triton.jit
 def _up_swiglu_kernel(x_ptr, tok_ptr, w_ptr, ws_ptr, b_ptr, h_ptr, tile_expert_ptr, tile_row_ptr, tile_end_ptr,
-                      N, K, stride_xm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_be, stride_hm,
-                      alpha, limit, HAS_BIAS: tl.constexpr, MXFP4: tl.constexpr, IEEE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      grid_m, N, K, stride_xm, stride_we, stride_wn, stride_wk, stride_se, stride_sn, stride_be,
+                      stride_hm, alpha, limit, HAS_BIAS: tl.constexpr, MXFP4: tl.constexpr, IEEE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """h[rows, cols] = clamped SwiGLU of x[tok[rows]] @ W1[e].T + b1[e]; N = I (activation width), K = hidden."""
-    e, rows, row_ok = _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, tl.program_id(0), BLOCK_M)
+    pid_m, pid_n = _program_tiles(grid_m, N, BLOCK_N, GROUP_M)
+    e, rows, row_ok = _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, pid_m, BLOCK_M)
     if e < 0:
         return
     e = e.to(tl.int64)  # e * stride_we exceeds int32 for 128 experts of 5760 x 2880
     tok = tl.load(tok_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # activation columns j
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # activation columns j
     col_ok = cols < N
     gate, lin = 2 * cols, 2 * cols + 1  # interleaved: W1 row 2j is j's gate, 2j + 1 its linear half
     dtype = x_ptr.dtype.element_ty
@@ -140,16 +155,18 @@ def _up_swiglu_kernel(x_ptr, tok_ptr, w_ptr, ws_ptr, b_ptr, h_ptr, tile_expert_p
 
 @triton.jit
 def _down_weighted_kernel(h_ptr, w_ptr, ws_ptr, b_ptr, slot_ptr, rw_ptr, y_ptr, tile_expert_ptr, tile_row_ptr,
-                          tile_end_ptr, N, K, stride_hm, stride_we, stride_wn, stride_wk, stride_se, stride_sn,
-                          stride_be, stride_ym, HAS_BIAS: tl.constexpr, MXFP4: tl.constexpr, IEEE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          tile_end_ptr, grid_m, N, K, stride_hm, stride_we, stride_wn, stride_wk, stride_se,
+                          stride_sn, stride_be, stride_ym, HAS_BIAS: tl.constexpr, MXFP4: tl.constexpr,
+                          IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr):
     """y[slot[rows], cols] = (h[rows] @ W2[e].T + b2[e]) * routing weight of the slot; N = hidden, K = I."""
-    e, rows, row_ok = _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, tl.program_id(0), BLOCK_M)
+    pid_m, pid_n = _program_tiles(grid_m, N, BLOCK_N, GROUP_M)
+    e, rows, row_ok = _tile(tile_expert_ptr, tile_row_ptr, tile_end_ptr, pid_m, BLOCK_M)
     if e < 0:
         return
     e = e.to(tl.int64)
     rows64 = rows.to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     dtype = h_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -197,7 +214,7 @@ def _weight_args(w: Weight, n_experts: int, n: int, k: int) -> tuple[torch.Tenso
 
 
 def _tile_table(counts: torch.Tensor, bm: int, rows: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grid size, expert [G] (-1 past the last tile), first sorted row [G], end row [G]) of each M tile."""
+    """(M tiles G, expert [G] (-1 past the last tile), first sorted row [G], end row [G]) of each M tile."""
     E = counts.numel()
     grid = rows // bm + min(E, rows)  # sum over experts of ceil(c_e / bm) never exceeds this
     counts = counts.to(torch.int64)
@@ -215,12 +232,13 @@ def _tile_table(counts: torch.Tensor, bm: int, rows: int) -> tuple[int, torch.Te
 
 def moe_grouped(t: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor, w1: Weight,
                 b1: torch.Tensor | None, w2: Weight, b2: torch.Tensor | None, *, alpha: float = 1.702,
-                limit: float = 7.0) -> torch.Tensor:
+                limit: float = 7.0, config: dict[str, int] | None = None) -> torch.Tensor:
     """The combined expert outputs [T, hidden] of normed tokens t [T, hidden].
 
     order [T*k]: token slots (token * k + j) sorted by expert, counts [E]: slots per expert, weights [T, k]:
     routing weights; w1 [E, 2I, hidden] (gate/linear rows interleaved), w2 [E, hidden, I], float or Packed
-    MXFP4; b1 [E, 2I], b2 [E, hidden] or None. Computes in t's dtype with fp32 accumulation.
+    MXFP4; b1 [E, 2I], b2 [E, hidden] or None. Computes in t's dtype with fp32 accumulation. `config`
+    ({"BLOCK_N": .., "BLOCK_K": ..}) replaces INTERPRET_CONFIG under the interpreter (tests of partial tiles).
     """
     T, H = t.shape
     k = weights.shape[1]
@@ -244,17 +262,18 @@ def moe_grouped(t: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, weig
     h = t.new_empty(R, I)  # activations of the sorted rows
     y = t.new_empty(T * k, H)  # weighted expert output of each slot
     dummy = t.new_zeros(1)
-    common = dict(HAS_BIAS=b1 is not None, MXFP4=mx1, IEEE=t.dtype == torch.float32, BLOCK_M=bm)
+    common = dict(HAS_BIAS=b1 is not None, MXFP4=mx1, IEEE=t.dtype == torch.float32, BLOCK_M=bm, GROUP_M=GROUP_M)
     up, down = (_up_swiglu_kernel, _down_weighted_kernel) if interpreting() else (_up_tuned, _down_tuned)
-    fixed = INTERPRET_CONFIG if interpreting() else {}
+    fixed = (config or INTERPRET_CONFIG) if interpreting() else {}
     if (b1 is None) != (b2 is None):
         raise ValueError("b1 and b2 must both be given or both be None")
 
-    up[lambda meta: (grid_m, triton.cdiv(I, meta["BLOCK_N"]))](
+    up[lambda meta: (grid_m * triton.cdiv(I, meta["BLOCK_N"]),)](
         t, token_of_row, w1d, w1s, b1 if b1 is not None else dummy, h, tile_expert, tile_row, tile_end,
-        I, H, t.stride(0), *w1_strides, b1.stride(0) if b1 is not None else 0, h.stride(0),
+        grid_m, I, H, t.stride(0), *w1_strides, b1.stride(0) if b1 is not None else 0, h.stride(0),
         float(alpha), float(limit), **common, **fixed)
-    down[lambda meta: (grid_m, triton.cdiv(H, meta["BLOCK_N"]))](
+    down[lambda meta: (grid_m * triton.cdiv(H, meta["BLOCK_N"]),)](
         h, w2d, w2s, b2 if b2 is not None else dummy, order, rw, y, tile_expert, tile_row, tile_end,
-        H, I, h.stride(0), *w2_strides, b2.stride(0) if b2 is not None else 0, y.stride(0), **common, **fixed)
+        grid_m, H, I, h.stride(0), *w2_strides, b2.stride(0) if b2 is not None else 0, y.stride(0), **common,
+        **fixed)
     return y.view(T, k, H).sum(1)  # [T, hidden]; torch sums 16-bit values in fp32
