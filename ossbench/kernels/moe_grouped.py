@@ -24,7 +24,9 @@ stores it (blocks uint8 [E, N, K/32, 16], the even element of a pair in the low 
 [E, N, K/32], E8M0 with bias 127, 255 = NaN). Each K tile is decoded in registers (E2M1 code -> value,
 times 2^(scale - 127) built from its fp32 bit pattern: exact), cast to the activation dtype and fed to
 tl.dot: no decoded copy of the experts exists in memory. Accumulation is fp32; float32 inputs use
-input_precision="ieee" (no TF32).
+input_precision="ieee" (no TF32). The kernels call only Triton builtins and their own helpers, none of
+triton.language's @jit functions (tl.cdiv, tl.zeros, ...): those are interpreted only when triton was
+first imported with TRITON_INTERPRET=1, and a test may set it after something imported triton.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _program_tiles(grid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(M tile, N tile) of this program: the 1-D grid walks GROUP_M consecutive M tiles (mostly one
     expert's) across every N tile before the next group, so their weight and token tiles are reused from L2."""
     pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BLOCK_N)
+    n_tiles = (N + BLOCK_N - 1) // BLOCK_N
     in_group = GROUP_M * n_tiles
     first_m = (pid // in_group) * GROUP_M
     size = tl.minimum(grid_m - first_m, GROUP_M)
@@ -126,8 +128,8 @@ def _up_swiglu_kernel(x_ptr, tok_ptr, w_ptr, ws_ptr, b_ptr, h_ptr, tile_expert_p
     col_ok = cols < N
     gate, lin = 2 * cols, 2 * cols + 1  # interleaved: W1 row 2j is j's gate, 2j + 1 its linear half
     dtype = x_ptr.dtype.element_ty
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_l = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_g = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc_l = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_ok = kk < K
@@ -169,7 +171,7 @@ def _down_weighted_kernel(h_ptr, w_ptr, ws_ptr, b_ptr, slot_ptr, rw_ptr, y_ptr, 
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     dtype = h_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         k_ok = kk < K
