@@ -13,9 +13,9 @@ sum of its k experts' outputs, with two kernels:
 
 Program map (both kernels): M tiles expert by expert (an expert with c rows owns ceil(c / BLOCK_M) tiles,
 one with no rows owns none) times N tiles, on a 1-D grid that takes GROUP_M M tiles across all N tiles at a
-time (their weight and token tiles stay in L2). The tile -> (expert, first row,
-end row) table is built with torch on the device from the per-expert counts (no host sync); the grid is
-sized by the bound R // BLOCK_M + min(E, R) and the programs past the last tile return at once.
+time (their weight and token tiles stay in L2). The tile -> (expert, first row, end row) table is built
+with torch on the device from the per-expert counts (no host sync); the grid is sized by the bound
+R // BLOCK_M + min(E, R) and the programs past the last tile return at once.
 BLOCK_M follows the mean rows per expert (16 in decode, up to 128 in prefill); BLOCK_N / BLOCK_K and the
 warps / stages are autotuned on CUDA (key: N, K, BLOCK_M, MXFP4) and fixed under TRITON_INTERPRET=1.
 
@@ -57,8 +57,11 @@ Weight = Union[torch.Tensor, Packed]
 
 
 def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET, read when a kernel is decorated)."""
+    """Whether TRITON_INTERPRET asks for Triton's CPU interpreter (Triton reads it when it decorates a kernel)."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+INTERPRETED = interpreting()  # how this module's kernels were decorated (below, at import)
 
 
 def block_m(rows: int, n_experts: int) -> int:
@@ -255,6 +258,8 @@ def moe_grouped(t: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, weig
     w2d, w2s, w2_strides, mx2 = _weight_args(w2, E, H, I)
     if mx1 != mx2:
         raise ValueError("mlp1 and mlp2 must both be MXFP4 or both float")
+    if (b1 is None) != (b2 is None):
+        raise ValueError("b1 and b2 must both be given or both be None")
     t = t.contiguous()
     order = order.contiguous()
     token_of_row = (order // k).to(torch.int32)  # [R] the token each sorted row reads
@@ -263,19 +268,17 @@ def moe_grouped(t: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, weig
     grid_m, tile_expert, tile_row, tile_end = _tile_table(counts, bm, R)
     h = t.new_empty(R, I)  # activations of the sorted rows
     y = t.new_empty(T * k, H)  # weighted expert output of each slot
-    dummy = t.new_zeros(1)
+    no_bias = t  # any pointer: never read when HAS_BIAS is False
     common = dict(HAS_BIAS=b1 is not None, MXFP4=mx1, IEEE=t.dtype == torch.float32, BLOCK_M=bm, GROUP_M=GROUP_M)
-    up, down = (_up_swiglu_kernel, _down_weighted_kernel) if interpreting() else (_up_tuned, _down_tuned)
-    fixed = (config or INTERPRET_CONFIG) if interpreting() else {}
-    if (b1 is None) != (b2 is None):
-        raise ValueError("b1 and b2 must both be given or both be None")
+    up, down = (_up_swiglu_kernel, _down_weighted_kernel) if INTERPRETED else (_up_tuned, _down_tuned)
+    fixed = (config or INTERPRET_CONFIG) if INTERPRETED else {}
 
     up[lambda meta: (grid_m * triton.cdiv(I, meta["BLOCK_N"]),)](
-        t, token_of_row, w1d, w1s, b1 if b1 is not None else dummy, h, tile_expert, tile_row, tile_end,
+        t, token_of_row, w1d, w1s, b1 if b1 is not None else no_bias, h, tile_expert, tile_row, tile_end,
         grid_m, I, H, t.stride(0), *w1_strides, b1.stride(0) if b1 is not None else 0, h.stride(0),
         float(alpha), float(limit), **common, **fixed)
     down[lambda meta: (grid_m * triton.cdiv(H, meta["BLOCK_N"]),)](
-        h, w2d, w2s, b2 if b2 is not None else dummy, order, rw, y, tile_expert, tile_row, tile_end,
+        h, w2d, w2s, b2 if b2 is not None else no_bias, order, rw, y, tile_expert, tile_row, tile_end,
         grid_m, H, I, h.stride(0), *w2_strides, b2.stride(0) if b2 is not None else 0, y.stride(0), **common,
         **fixed)
     return y.view(T, k, H).sum(1)  # [T, hidden]; torch sums 16-bit values in fp32
