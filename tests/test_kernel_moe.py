@@ -2,7 +2,7 @@
 Triton's interpreter, against a float64 reference written here.
 
 Triton reads TRITON_INTERPRET when `@triton.jit` decorates a kernel, that is when the kernel module is
-imported. The `kernel` fixture therefore sets the variable (for this module's tests only) and imports
+imported. The `kernel` fixture therefore sets the variable for one test and imports
 ossbench.kernels.moe_grouped afresh; at the end it drops the interpreted module again, so that no other
 test sees it or the variable. The interpreter has no bfloat16: float32 and float16 here; the bf16 and
 autotuned paths run in the gpu-marked tests (tests/test_moe_numerics.py and the end of this file).
@@ -30,9 +30,10 @@ KERNEL = "ossbench.kernels.moe_grouped"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}  # max error over max |reference| (workloads/ffn.TOLERANCE)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def kernel():
-    """The kernel module, decorated under the interpreter. triton.language is imported before the variable
+    """The kernel module, decorated under the interpreter, for one test (the gpu test below needs it
+    compiled, in the same module). triton.language is imported before the variable
     is set: imported with it set, triton's own @jit library functions (tl.cdiv, tl.zeros, ...) would stay
     interpreted for the rest of the process and break any real compile after this module's tests."""
     import triton.language  # noqa: F401 - see above
