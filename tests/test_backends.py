@@ -19,7 +19,7 @@ from ossbench.workloads import all_families, describe_families, get_family
 
 BUILT_IN = {
     "attention": ["eager", "sdpa", "flex"],
-    "moe": ["gather", "loop", "grouped"],
+    "moe": ["gather", "loop", "grouped", "triton"],
     "norm": ["eager", "compile", "fused"],
     "activation": ["eager", "compile"],
     "positions": ["eager", "compile"],
@@ -124,9 +124,9 @@ def test_an_unknown_backend_lists_the_registered_names(registry):
     with pytest.raises(ValueError, match=r"unknown attention backend 'sdap'; registered: eager, sdpa, flex "
                                          r"\(did you mean 'sdpa'\?\)"):
         Attention(AttentionSpec(64, 4, 2, 16), backend="sdap")
-    with pytest.raises(ValueError, match="unknown moe backend 'grouped_mm'; registered: gather, loop, grouped"):
+    with pytest.raises(ValueError, match="unknown moe backend 'grouped_mm'; registered: gather, loop, grouped, triton"):
         MoE(MoESpec(64, 32, 4, 2), backend="grouped_mm")
-    with pytest.raises(ValidationError, match="not a registered moe backend; registered: gather, loop, grouped "
+    with pytest.raises(ValidationError, match="not a registered moe backend; registered: gather, loop, grouped, triton "
                                               r"\(did you mean 'loop'\?\)"):
         _moe_params(backend="lop")
 
@@ -171,7 +171,7 @@ def test_a_plugin_backend_computes_the_family_and_is_skipped_where_it_says(regis
     from ossbench.layers.moe_spec import MoESpec
 
     assert "fake_moe_plugin" not in sys.modules  # nothing loaded before the first lookup
-    assert backends.backend_names("moe") == ["gather", "loop", "grouped", "fake-gather"]
+    assert backends.backend_names("moe") == ["gather", "loop", "grouped", "triton", "fake-gather"]
     assert backends.get_backend("moe", "fake-gather").origin == "fake_moe_plugin"
     torch.manual_seed(0)
     layer = MoE(MoESpec(64, 32, 4, 2), backend="fake-gather")

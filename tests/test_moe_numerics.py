@@ -228,7 +228,8 @@ def test_every_backend_passes_the_workload_check_on_gpu(dtype):
     base = {**FAMILY.defaults(get_preset("gpt-oss-20b")), "hidden": 256, "intermediate": 256, "tokens": 300}
     for over in ({"backend": "gather"}, {"backend": "loop"}, {"backend": "grouped"},
                  {"backend": "grouped", "grouped_impl": "padded_bmm"}, {"weights": "mxfp4"}, {"skew": 1.0},
-                 {"mode": "train"}, {"mode": "decode", "tokens": 4}):
+                 {"mode": "train"}, {"mode": "decode", "tokens": 4}, {"backend": "triton"},
+                 {"backend": "triton", "weights": "mxfp4"}, {"backend": "triton", "mode": "decode", "tokens": 4}):
         w = FAMILY.build(MoEParams.model_validate({**base, **over}), "cuda", dtype)
         c = w.check()
         assert c.ok, (over, c)

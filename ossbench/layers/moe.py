@@ -26,6 +26,9 @@ Backends (same function, different execution), registered at the end of this fil
              probe call on this device/dtype succeeds, else padded_bmm).
 With MXFP4 weights, "loop" and "grouped" decode only the experts that received tokens, "gather" decodes
 the gathered blocks of every token slot.
+- "triton":  ossbench's own Triton grouped GEMMs (layers/moe_triton.py, kernels/moe_grouped.py): the same
+             sorted slots, SwiGLU fused into mlp1's epilogue, routing weights into mlp2's, MXFP4 decoded in
+             the kernel; forward only, CUDA (or the CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
@@ -222,6 +225,8 @@ class MoE(nn.Module):
     def experts(self, t: torch.Tensor, routing: Routing, backend: str | None = None) -> torch.Tensor:
         """Normed tokens t [T, hidden] and their routing -> combined expert outputs [T, hidden]."""
         y = get_backend("moe", backend or self.backend).build(self, t, routing)  # [T, k, hidden]
+        if y.dim() == 2:  # [T, hidden]: the backend applied the routing weights itself (triton)
+            return y
         # [T, 1, k] @ [T, k, hidden]: each token's weighted sum over its k slots
         return torch.bmm(routing.weights.unsqueeze(1), y).squeeze(1)  # [T, hidden]
 
@@ -321,3 +326,5 @@ register_backend("moe", "loop", layer_method("_loop"),
                  description="slots sorted by expert, two matmuls per touched expert")
 register_backend("moe", "grouped", layer_method("_grouped"),
                  description="slots sorted by expert, one grouped GEMM per projection (grouped_impl picks the kernel)")
+
+from . import moe_triton  # noqa: E402,F401 - registers the "triton" backend
