@@ -10,8 +10,9 @@ j = r % G (head kv_head * G + j, gpt-oss's head order), so the G heads that shar
 tile and each K/V block is loaded once for all of them (no repeat_interleave). The rows of a block span
 only BLOCK_M / G query positions, which keeps the key range of a windowed block tight: the key loop runs
 from the block's first position minus the window (rounded down to BLOCK_N) to its last position, so a
-windowed layer reads about (W + BLOCK_M / G) keys per block: cost grows with N*W, and no K or V block
-outside [lower bound, last position] is ever loaded. Bounds are positions (q_start + i), never block
+windowed layer reads about (W + BLOCK_M / G) keys per block: cost grows with N*W. The loads are masked
+to the block's exact key range [first key its rows see, its last position], so no K or V element outside
+it is read (stale or NaN memory outside the window cannot leak in through 0 * NaN). Bounds are positions (q_start + i), never block
 indices, so a query block that starts after position 0 still reads the cached keys before it.
 
 Numerics. Scores and the softmax in float32 with exp2 (scale * log2(e) folded into the scores); the sink
@@ -88,12 +89,13 @@ def _fwd_kernel(Q, K, V, Sinks, O, LSE,
     hi = T
     if CAUSAL:
         hi = tl.minimum(pos_hi + 1, T)
-    lo = 0
+    first = 0  # the first key any row of the block sees
     if WINDOW > 0:
-        lo = (tl.maximum(pos_lo - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
+        first = tl.maximum(pos_lo - WINDOW + 1, 0)
+    lo = (first // BLOCK_N) * BLOCK_N
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = n < T
+        n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
         k = tl.load(k_base + n[None, :].to(tl.int64) * sks + d[:, None], mask=n_ok[None, :], other=0.0)  # [D, BN]
         s = tl.dot(q, k, input_precision=PREC) * scale_log2  # [BM, BN], log2 units
         ok = row_ok[:, None] & n_ok[None, :]
@@ -177,7 +179,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BM, BN]
-        ds = p * (dp - delta[:, None])  # d loss / d logit
+        ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # d loss / d logit (0 * NaN kept out)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     out = (b.to(tl.int64) * H_KV + kvh) * T * HEAD_DIM + n.to(tl.int64)[:, None] * HEAD_DIM + d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=n_ok[:, None])
@@ -217,12 +219,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     hi = T
     if CAUSAL:
         hi = tl.minimum(pos_hi + 1, T)
-    lo = 0
+    first = 0  # the first key any row of the block sees
     if WINDOW > 0:
-        lo = (tl.maximum(pos_lo - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
+        first = tl.maximum(pos_lo - WINDOW + 1, 0)
+    lo = (first // BLOCK_N) * BLOCK_N
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = n < T
+        n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
         k = tl.load(k_base + n[:, None].to(tl.int64) * sks + d[None, :], mask=n_ok[:, None], other=0.0)  # [BN, D]
         v = tl.load(v_base + n[:, None].to(tl.int64) * svs + d[None, :], mask=n_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
@@ -233,7 +236,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
             ok = ok & (n[None, :] > pos[:, None] - WINDOW)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
+        ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     out = row_off * HEAD_DIM  # DQ [B, Hq, S, D] contiguous: the row's offset times D
     tl.store(DQ + out[:, None] + d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
