@@ -25,7 +25,7 @@ Backward (FA2): delta = rowsum(dO * O); one kernel per KV block accumulates dK a
 of the group that sees it (the group's sum, natively), one kernel per query block accumulates dQ; the
 sink gradient is -sum over rows of p_sink * delta (the sink column's value is zero), in torch.
 
-The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype); under TRITON_INTERPRET=1
+The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype, group); under TRITON_INTERPRET=1
 (CPU tests) it runs one fixed small configuration, since autotuning times kernels on a GPU.
 """
 
@@ -121,7 +121,10 @@ def _fwd_kernel(Q, K, V, Sinks, O, LSE,
     tl.store(LSE + lse_off, m_i + tl.log2(l_safe), mask=row_ok)
 
 
-_fwd_tuned = triton.autotune(configs=FORWARD_CONFIGS, key=["HEAD_DIM", "WINDOW"])(_fwd_kernel)  # + dtypes
+# Tuned once per (head_dim, window, dtype) - the autotuner adds the tensors' dtypes to the key - and per
+# query group size, which sets how many positions a BLOCK_M tile spans (GQA 8 vs MHA). Sequence lengths are
+# not in the key: a sweep tunes at its first length and keeps that tile.
+_fwd_tuned = triton.autotune(configs=FORWARD_CONFIGS, key=["HEAD_DIM", "WINDOW", "GROUP"])(_fwd_kernel)
 
 
 @triton.jit
