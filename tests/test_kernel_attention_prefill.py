@@ -116,6 +116,16 @@ def test_the_backend_is_unavailable_on_the_cpu_without_the_interpreter(monkeypat
     assert "drop out" in backends.unsupported_reason("attention", "triton", "cuda", dropout=True)
 
 
+def test_a_cpu_case_without_the_interpreter_skips_with_the_backends_reason(monkeypatch):
+    from ossbench.layers.config import get_preset
+    from ossbench.workloads.attention import FAMILY, AttentionParams, defaults
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    p = AttentionParams(**{**defaults(get_preset("gpt-oss-20b")), **cases.FAMILY_SMALL, "mode": "prefill",
+                           "backend": "triton"})
+    with pytest.raises(SkipCase, match="TRITON_INTERPRET=1"):
+        FAMILY.build(p, "cpu", torch.float32)
+
+
 def test_a_chunked_mask_is_refused_with_a_reason():
     with pytest.raises(SkipCase, match="not chunk8"):
         attention_triton._mask_options(chunked(8), 40)

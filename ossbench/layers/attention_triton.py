@@ -80,7 +80,8 @@ def attend(layer: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 register_backend(
     "attention", "triton", attend, available=available,
-    description="ossbench's FlashAttention-2-style Triton kernel: sinks, windows, native GQA, backward",
+    description="ossbench's FlashAttention-2-style Triton kernel: sinks, windows, native GQA, backward "
+                "(CUDA; the CPU only under TRITON_INTERPRET=1)",
     supports=Supports(devices=frozenset({"cuda", "cpu"}), dtypes=frozenset({"float16", "bfloat16", "float32"}),
                       dropout=False, reasons={
                           "dropout": "triton attention cannot drop out attention probabilities (GPT-2's "
