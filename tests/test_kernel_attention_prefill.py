@@ -131,6 +131,40 @@ def test_a_chunked_mask_is_refused_with_a_reason():
         attention_triton._mask_options(chunked(8), 40)
 
 
+POINTERS = {"Q", "K", "V", "Sinks", "O", "DO", "DK", "DV", "DQ"}  # the kernels' tensor arguments (+ LSE, DELTA)
+
+
+# --- the compiled path without a GPU: Triton's CUDA backend (and the ptxas it ships) compiles for sm_90
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, head_dim, window, sinks, group", [("fp16", 64, 128, True, 8), ("bf16", 128, 0, False, 1)])
+def test_the_kernels_compile_for_sm90(dtype, head_dim, window, sinks, group):
+    """Every kernel goes through ttir -> ttgir -> llir -> ptx -> cubin for an H100/H200 target, so a typing or
+    lowering error in the compiled path (which the interpreter does not see) fails here, on a CPU."""
+    compiler = pytest.importorskip("triton.compiler")
+    target_module = pytest.importorskip("triton.backends.compiler")
+    from ossbench.kernels import attention_prefill as ap
+    if not hasattr(ap._fwd_kernel, "arg_names") or os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels were decorated for the interpreter")
+    target = target_module.GPUTarget("cuda", 90, 32)
+    bm, bn = ap.BACKWARD_BLOCKS[head_dim]
+    common = dict(GROUP=group, HEAD_DIM=head_dim, WINDOW=window, CAUSAL=True, PREC="tf32")
+    kernels = [(ap._fwd_kernel, {**common, "HAS_SINKS": sinks, "BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
+               (ap._bwd_dkdv_kernel, {**common, "BLOCK_M": bm, "BLOCK_N": bn}, 4, 2),
+               (ap._bwd_dq_kernel, {**common, "BLOCK_M": bm, "BLOCK_N": bn}, 4, 2)]
+    for fn, consts, warps, stages in kernels:
+        signature = {name: "constexpr" if name in consts else "*fp32" if name in ("LSE", "DELTA") else
+                     f"*{dtype}" if name in POINTERS else "fp32" if name.startswith("scale") else "i32"
+                     for name in fn.arg_names}
+        try:
+            compiled = compiler.compile(compiler.ASTSource(fn, signature, consts), target=target,
+                                        options={"num_warps": warps, "num_stages": stages})
+        except RuntimeError as e:
+            if "ptxas" in str(e).lower() and "not found" in str(e).lower():
+                pytest.skip(f"no ptxas: {e}")
+            raise
+        assert compiled.asm.get("cubin"), fn.__name__
+
+
 # --- on a GPU: bf16, the autotuned forward, the compiled backward, the backend (run with `pytest -m gpu`)
 def _needs_cuda() -> None:
     if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":

@@ -32,6 +32,7 @@ The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -50,7 +51,10 @@ INTERPRET_BLOCKS = (32, 16)  # the interpreter's fixed tile (tiny test shapes; t
 
 
 def _interpreting() -> bool:
-    return triton.knobs.runtime.interpret if hasattr(triton, "knobs") else False
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1; `knobs` from Triton 3.4)."""
+    if hasattr(triton, "knobs"):
+        return bool(triton.knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
