@@ -63,6 +63,8 @@ FORWARD = {
     "gqa4-offset-causal": (1, 8, 2, 12, 45, 16, None, True, torch.float32),  # 33 cached keys before
     "gqa2-offset-window30": (2, 4, 2, 14, 50, 16, 30, False, torch.float32),  # the window reaches the cache
     "decode-gqa8-sinks": (2, 8, 1, 1, 37, 16, None, True, torch.float32),
+    # 4 positions a tile: unmasked tiles inside the window between its masked edge and the diagonal
+    "gqa8-window40-interior": (1, 8, 1, 64, 64, 16, 40, True, torch.float32),
 }
 # the same for the backward: dq, dk, dv and the sink gradient
 BACKWARD = {

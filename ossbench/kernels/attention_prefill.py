@@ -58,6 +58,45 @@ def _interpreting() -> bool:
 
 
 @triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, start, end, first, hi, scale_log2,
+               HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """The online softmax over key tiles start, start + BLOCK_N, ... < end. MASKED: tiles at the window's
+    edge or the diagonal, masked per (row, key), their loads limited to keys first..hi-1 (no K or V element
+    outside the tile's key range is read); else tiles that every row sees whole."""
+    d = tl.arange(0, HEAD_DIM)
+    for start_n in range(start, end, BLOCK_N):
+        n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + n[None, :].to(tl.int64) * sks + d[:, None]  # [D, BN]
+        v_ptrs = v_base + n[:, None].to(tl.int64) * svs + d[None, :]  # [BN, D]
+        if MASKED:
+            n_ok = (n >= first) & (n < hi)
+            k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        s = tl.dot(q, k, input_precision=PREC) * scale_log2  # [BM, BN], log2 units
+        if MASKED:
+            ok = row_ok[:, None] & n_ok[None, :]
+            if CAUSAL:
+                ok = ok & (n[None, :] <= pos[:, None])
+            if WINDOW > 0:
+                ok = ok & (n[None, :] > pos[:, None] - WINDOW)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet: no NaN
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, Sinks, O, LSE,
                 sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
                 S, T, Q_START, H_KV, scale_log2,
@@ -97,25 +136,23 @@ def _fwd_kernel(Q, K, V, Sinks, O, LSE,
     if WINDOW > 0:
         first = tl.maximum(pos_lo - WINDOW + 1, 0)
     lo = (first // BLOCK_N) * BLOCK_N
-    for start_n in range(lo, hi, BLOCK_N):
-        n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
-        k = tl.load(k_base + n[None, :].to(tl.int64) * sks + d[:, None], mask=n_ok[None, :], other=0.0)  # [D, BN]
-        s = tl.dot(q, k, input_precision=PREC) * scale_log2  # [BM, BN], log2 units
-        ok = row_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            ok = ok & (n[None, :] <= pos[:, None])
-        if WINDOW > 0:
-            ok = ok & (n[None, :] > pos[:, None] - WINDOW)
-        s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet: no NaN
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + n[:, None].to(tl.int64) * svs + d[None, :], mask=n_ok[:, None], other=0.0)  # [BN, D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
+    # Tiles where every row sees every key need no mask: [mid_lo, mid_hi), keys at or after the last row's
+    # first key and at or before the first row's position. The masked tiles are the window's edge
+    # [lo, mid_lo) and the diagonal [mid_hi, hi).
+    mid_lo = lo
+    if WINDOW > 0:
+        mid_lo = tl.minimum(tl.cdiv(tl.maximum(pos_hi - WINDOW + 1, 0), BLOCK_N) * BLOCK_N, hi)
+    if CAUSAL:
+        mid_hi = ((pos_lo + 1) // BLOCK_N) * BLOCK_N
+    else:
+        mid_hi = (T // BLOCK_N) * BLOCK_N
+    mid_hi = tl.maximum(tl.minimum(mid_hi, hi), mid_lo)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, lo, mid_lo, first, hi,
+                               scale_log2, HEAD_DIM, WINDOW, CAUSAL, PREC, BLOCK_N, True)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, mid_lo, mid_hi, first,
+                               hi, scale_log2, HEAD_DIM, WINDOW, CAUSAL, PREC, BLOCK_N, False)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, mid_hi, hi, first, hi,
+                               scale_log2, HEAD_DIM, WINDOW, CAUSAL, PREC, BLOCK_N, True)
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
