@@ -25,7 +25,7 @@ Backward (FA2): delta = rowsum(dO * O); one kernel per KV block accumulates dK a
 of the group that sees it (the group's sum, natively), one kernel per query block accumulates dQ; the
 sink gradient is -sum over rows of p_sink * delta (the sink column's value is zero), in torch.
 
-The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype, group); under TRITON_INTERPRET=1
+The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype, group, query-count bucket); under TRITON_INTERPRET=1
 (CPU tests) it runs one fixed small configuration, since autotuning times kernels on a GPU.
 """
 
@@ -99,7 +99,7 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, start, e
 @triton.jit
 def _fwd_kernel(Q, K, V, Sinks, O, LSE,
                 sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
-                S, T, Q_START, H_KV, scale_log2,
+                S, T, Q_START, H_KV, scale_log2, S_BUCKET,
                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr, CAUSAL: tl.constexpr,
                 HAS_SINKS: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -163,9 +163,11 @@ def _fwd_kernel(Q, K, V, Sinks, O, LSE,
 
 
 # Tuned once per (head_dim, window, dtype) - the autotuner adds the tensors' dtypes to the key - and per
-# query group size, which sets how many positions a BLOCK_M tile spans (GQA 8 vs MHA). Sequence lengths are
-# not in the key: a sweep tunes at its first length and keeps that tile.
-_fwd_tuned = triton.autotune(configs=FORWARD_CONFIGS, key=["HEAD_DIM", "WINDOW", "GROUP"])(_fwd_kernel)
+# query group size (it sets how many positions a BLOCK_M tile spans: GQA 8 vs MHA) and power-of-two bucket
+# of the query count (S_BUCKET, unused by the kernel: a decode step's one query and a 32k prefill want
+# different tiles, while a sweep's lengths 1k..32k tune once each).
+_fwd_tuned = triton.autotune(configs=FORWARD_CONFIGS,
+                             key=["HEAD_DIM", "WINDOW", "GROUP", "S_BUCKET"])(_fwd_kernel)
 
 
 @triton.jit
@@ -326,7 +328,7 @@ def _forward(q, k, v, sinks, scale: float, causal: bool, window: int | None, q_s
     o = torch.empty((B, S, Hq, D), device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty((B, Hq, S), device=q.device, dtype=torch.float32)  # log2 units, sink included
     args = (q, k, v, sinks if sinks is not None else q, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *o.stride()[:3], S, T, q_start, Hkv, scale * LOG2E)
+            *o.stride()[:3], S, T, q_start, Hkv, scale * LOG2E, triton.next_power_of_2(S))
     meta = dict(GROUP=G, HEAD_DIM=D, WINDOW=window or 0, CAUSAL=causal, HAS_SINKS=sinks is not None,
                 PREC=_precision(q.dtype))
     if _interpreting():
