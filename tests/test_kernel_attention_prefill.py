@@ -136,7 +136,8 @@ POINTERS = {"Q", "K", "V", "Sinks", "O", "DO", "DK", "DV", "DQ"}  # the kernels'
 
 # --- the compiled path without a GPU: Triton's CUDA backend (and the ptxas it ships) compiles for sm_90
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, head_dim, window, sinks, group", [("fp16", 64, 128, True, 8), ("bf16", 128, 0, False, 1)])
+@pytest.mark.parametrize("dtype, head_dim, window, sinks, group",
+                         [("fp16", 64, 128, True, 8), ("bf16", 128, 0, False, 1)])
 def test_the_kernels_compile_for_sm90(dtype, head_dim, window, sinks, group):
     """Every kernel goes through ttir -> ttgir -> llir -> ptx -> cubin for an H100/H200 target, so a typing or
     lowering error in the compiled path (which the interpreter does not see) fails here, on a CPU."""

@@ -10,10 +10,11 @@ j = r % G (head kv_head * G + j, gpt-oss's head order), so the G heads that shar
 tile and each K/V block is loaded once for all of them (no repeat_interleave). The rows of a block span
 only BLOCK_M / G query positions, which keeps the key range of a windowed block tight: the key loop runs
 from the block's first position minus the window (rounded down to BLOCK_N) to its last position, so a
-windowed layer reads about (W + BLOCK_M / G) keys per block: cost grows with N*W. The loads are masked
-to the block's exact key range [first key its rows see, its last position], so no K or V element outside
-it is read (stale or NaN memory outside the window cannot leak in through 0 * NaN). Bounds are positions (q_start + i), never block
-indices, so a query block that starts after position 0 still reads the cached keys before it.
+windowed layer reads about (W + BLOCK_M / G) keys per block: cost grows with N*W. Bounds are positions
+(q_start + i), never block indices, so a query block that starts after position 0 still reads the cached
+keys before it. Only the tiles at the window's edge and on the diagonal are masked, and their loads are
+limited to the block's exact key range, so no K or V element outside it is read (stale or NaN memory
+outside the window cannot leak in through 0 * NaN); the tiles between run without masks.
 
 Numerics. Scores and the softmax in float32 with exp2 (scale * log2(e) folded into the scores); the sink
 logit starts the running max and the running sum (m = sink, l = 1), so it is the extra softmax column
@@ -25,8 +26,9 @@ Backward (FA2): delta = rowsum(dO * O); one kernel per KV block accumulates dK a
 of the group that sees it (the group's sum, natively), one kernel per query block accumulates dQ; the
 sink gradient is -sum over rows of p_sink * delta (the sink column's value is zero), in torch.
 
-The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype, group, query-count bucket); under TRITON_INTERPRET=1
-(CPU tests) it runs one fixed small configuration, since autotuning times kernels on a GPU.
+The forward is autotuned over FORWARD_CONFIGS keyed by (head_dim, window, dtype, group, query-count
+bucket); under TRITON_INTERPRET=1 (CPU tests) it runs one fixed small tile, since autotuning times kernels
+on a GPU.
 """
 
 from __future__ import annotations
