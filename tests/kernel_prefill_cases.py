@@ -55,7 +55,7 @@ def inputs(B, Hq, Hkv, S, T, D, dtype, sinks, seed=0):
 
 
 # (B, Hq, Hkv, S, T, D, window, sinks, dtype): GQA 8 and 1, windows shorter than the sequence, sinks on and
-# off, queries after cached keys (T > S), head_dim 64, float32 and float16
+# off, queries after cached keys (T > S), head_dim 64 and 128, float32 and float16
 FORWARD = {
     "gqa8-causal-sinks": (1, 8, 1, 40, 40, 16, None, True, torch.float32),
     "mha-window7-sinks": (2, 2, 2, 37, 37, 16, 7, True, torch.float32),
@@ -65,6 +65,7 @@ FORWARD = {
     "decode-gqa8-sinks": (2, 8, 1, 1, 37, 16, None, True, torch.float32),
     # 4 positions a tile: unmasked tiles inside the window between its masked edge and the diagonal
     "gqa8-window40-interior": (1, 8, 1, 64, 64, 16, 40, True, torch.float32),
+    "gqa2-window8-d128": (1, 4, 2, 20, 20, 128, 8, True, torch.float32),
 }
 # the same for the backward: dq, dk, dv and the sink gradient
 BACKWARD = {
