@@ -46,9 +46,10 @@ HEAD_DIMS = (16, 32, 64, 128)  # powers of two (tl.arange), at least 16 (tl.dot)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): a small set around FA2's usual tiles for head_dim 64/128
 FORWARD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in ((128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2))
+    for bm, bn, w, s in ((128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2))
 ]
-BACKWARD_BLOCKS = {16: (64, 64), 32: (64, 64), 64: (64, 64), 128: (64, 32)}  # head_dim -> (BLOCK_M, BLOCK_N)
+# head_dim -> (BLOCK_M, BLOCK_N) of both backward kernels: the largest tiles ptxas (sm_90) keeps free of spills
+BACKWARD_BLOCKS = {16: (64, 64), 32: (64, 64), 64: (64, 32), 128: (32, 32)}
 INTERPRET_BLOCKS = (32, 16)  # the interpreter's fixed tile (tiny test shapes; tl.dot needs >= 16)
 
 
@@ -69,8 +70,9 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, start, e
     d = tl.arange(0, HEAD_DIM)
     for start_n in range(start, end, BLOCK_N):
         n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + n[None, :].to(tl.int64) * sks + d[:, None]  # [D, BN]
-        v_ptrs = v_base + n[:, None].to(tl.int64) * svs + d[None, :]  # [BN, D]
+        # int32 offsets within one (sequence, KV head): the base pointers carry the int64 part
+        k_ptrs = k_base + (n[None, :] * sks + d[:, None])  # [D, BN]
+        v_ptrs = v_base + (n[:, None] * svs + d[None, :])  # [BN, D]
         if MASKED:
             n_ok = (n >= first) & (n < hi)
             k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
@@ -203,6 +205,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     i_hi = S - 1
     if WINDOW > 0:
         i_hi = tl.minimum(n1 + WINDOW - 1 - Q_START, S - 1)
+    q_base = Q + b.to(tl.int64) * sqb
+    do_base = DO + b.to(tl.int64) * sdb
     r_lo = ((i_lo * GROUP) // BLOCK_M) * BLOCK_M
     r_hi = (i_hi + 1) * GROUP
     for start_m in range(r_lo, r_hi, BLOCK_M):
@@ -211,10 +215,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         head = kvh * GROUP + rows % GROUP
         row_ok = qi < S
         pos = Q_START + qi
-        q_off = b.to(tl.int64) * sqb + head.to(tl.int64) * sqh + qi.to(tl.int64) * sqs
-        do_off = b.to(tl.int64) * sdb + head.to(tl.int64) * sdh + qi.to(tl.int64) * sds
-        q = tl.load(Q + q_off[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)  # [BM, D]
-        do = tl.load(DO + do_off[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+        q_off = head * sqh + qi * sqs  # int32 within one sequence: the base pointers carry the int64 part
+        do_off = head * sdh + qi * sds
+        q = tl.load(q_base + q_off[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)  # [BM, D]
+        do = tl.load(do_base + do_off[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
         row_off = (b.to(tl.int64) * H_KV * GROUP + head) * S + qi
         lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
@@ -274,8 +278,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + tl.arange(0, BLOCK_N)
         n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
-        k = tl.load(k_base + n[:, None].to(tl.int64) * sks + d[None, :], mask=n_ok[:, None], other=0.0)  # [BN, D]
-        v = tl.load(v_base + n[:, None].to(tl.int64) * svs + d[None, :], mask=n_ok[:, None], other=0.0)
+        k = tl.load(k_base + (n[:, None] * sks + d[None, :]), mask=n_ok[:, None], other=0.0)  # [BN, D]
+        v = tl.load(v_base + (n[:, None] * svs + d[None, :]), mask=n_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
         ok = row_ok[:, None] & n_ok[None, :]
         if CAUSAL:
