@@ -389,5 +389,4 @@ def causal_window_block_mask(S: int, window: int | None, device: Any, block: int
     return layer_mask(window=window).block_mask(S, S, device=device, block=block)
 
 
-
-from . import attention_triton  # noqa: E402,F401 - registers the "triton" backend (ossbench/kernels), after the built-ins
+from . import attention_triton  # noqa: E402,F401 - registers the "triton" backend after the built-ins
