@@ -18,7 +18,7 @@ from ossbench.layers.config import get_preset
 from ossbench.workloads import all_families, describe_families, get_family
 
 BUILT_IN = {
-    "attention": ["eager", "sdpa", "flex"],
+    "attention": ["eager", "sdpa", "flex", "triton"],
     "moe": ["gather", "loop", "grouped", "triton"],
     "norm": ["eager", "compile", "fused"],
     "activation": ["eager", "compile"],
@@ -121,7 +121,7 @@ def test_an_unknown_backend_lists_the_registered_names(registry):
     from ossbench.layers.moe import MoE
     from ossbench.layers.moe_spec import MoESpec
 
-    with pytest.raises(ValueError, match=r"unknown attention backend 'sdap'; registered: eager, sdpa, flex "
+    with pytest.raises(ValueError, match=r"unknown attention backend 'sdap'; registered: eager, sdpa, flex, triton "
                                          r"\(did you mean 'sdpa'\?\)"):
         Attention(AttentionSpec(64, 4, 2, 16), backend="sdap")
     with pytest.raises(ValueError, match="unknown moe backend 'grouped_mm'; registered: gather, loop, grouped, triton"):

@@ -1,4 +1,4 @@
-"""gpt-oss attention block (and its MHA/MQA/full/no-sink/GPT-2 relatives) with three backends.
+"""gpt-oss attention block (and its MHA/MQA/full/no-sink/GPT-2 relatives) with its backends.
 
 One `Attention(spec)` module (the spec: layers/attention_spec.py) covers: query and KV head counts (MHA, GQA, MQA), head_dim, an attention mask
 (causal, sliding window, ... from ossbench.layers.masks), learned attention sinks, RoPE/YaRN or no
@@ -20,6 +20,8 @@ Backends (all compute the same function), registered at the end of this file wit
 - "flex":  torch.compile'd flex_attention with a block mask, so blocks outside the mask cost
            nothing; sinks through the log-sum-exp it returns (not available on CPU in torch 2.13). On CPU
            the keys are padded to whole 128-token blocks (masked out) to avoid a torch 2.13 CPU kernel bug.
+- "triton": ossbench's own Triton kernel (sinks, windows, native GQA, backward), registered by
+           layers/attention_triton.py, imported at the end of this file.
 """
 
 from __future__ import annotations
@@ -395,3 +397,5 @@ def causal_window_block_mask(S: int, window: int | None, device: Any, block: int
     """A flex BlockMask for causal attention over S tokens with an optional window."""
     return layer_mask(window=window).block_mask(S, S, device=device, block=block)
 
+
+from . import attention_triton  # noqa: E402,F401 - registers the "triton" backend after the built-ins
