@@ -1,0 +1,1 @@
+"""Triton kernels behind the layers' `triton` backends (one file per kernel, a thin torch wrapper each)."""
