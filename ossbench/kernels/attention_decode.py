@@ -58,8 +58,8 @@ def _split_kernel(Q, K, V, LENGTHS, O_PART, M_PART, L_PART,
                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, N_HEADS: tl.constexpr,
                   WINDOWED: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
-    b = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    b = tl.program_id(0).to(tl.int64)  # int64 offsets: b * stride_kb passes 2^31 at batch 32 of 128k slots
+    kv_head = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
 
     length = tl.minimum(tl.maximum(tl.load(LENGTHS + b).to(tl.int32), 0), n_slots)
