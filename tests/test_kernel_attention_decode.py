@@ -12,8 +12,11 @@ the compiled kernels and the heuristic split count run in the `gpu` test.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import triton
 
 from ossbench.kernels import attention_decode as kernel
 from ossbench.layers.attention import Attention
@@ -238,6 +241,34 @@ def test_cpu_without_the_interpreter_is_unavailable():
     q, k, v, n, s = inputs(1, 2, 1, 8, 16, [8], torch.float32)
     with pytest.raises(RuntimeError, match="CUDA"):
         kernel.flash_decode(q, k, v, n, s, None, SCALE)
+
+
+def _signature(fn, types: dict[str, str], constexprs: dict) -> dict[str, str]:
+    """A compile signature: pointer and scalar types by argument name, "i32" for the rest (strides, sizes)."""
+    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in fn.arg_names}
+
+
+@pytest.mark.parametrize("arch", [80, 90], ids=["sm80", "sm90"])
+def test_compiles_for_cuda_without_a_gpu(arch):
+    """The interpreter runs the kernels as Python and would accept what the compiler refuses (a plain global,
+    a badly typed branch); compiling them ahead of time for a CUDA target (ptxas ships with triton) needs
+    no GPU: bf16 windowed and fp32 (IEEE dot) split kernels, the merge with sinks."""
+    compiler = pytest.importorskip("triton.compiler")
+    from triton.backends.compiler import GPUTarget
+    if kernel.interpreted() or "constexprs" not in inspect.signature(compiler.ASTSource).parameters:
+        pytest.skip("needs the compiled (not interpreted) kernels and triton's ASTSource(fn, signature, constexprs)")
+    target = GPUTarget("cuda", arch, 32)
+    for dtype, windowed in (("bf16", True), ("fp32", False)):
+        consts = dict(GROUP=8, HEAD_DIM=64, NUM_SPLITS=9, N_HEADS=64, WINDOWED=windowed, BLOCK_G=16,
+                      BLOCK_N=kernel.BLOCK_N, BLOCK_D=64, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+        types = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "LENGTHS": "*i32", "O_PART": "*fp32",
+                 "M_PART": "*fp32", "L_PART": "*fp32", "qk_scale": "fp32"}
+        src = compiler.ASTSource(kernel._split_kernel, _signature(kernel._split_kernel, types, consts), consts)
+        assert triton.compile(src, target=target, options=dict(num_warps=kernel.SPLIT_WARPS)).asm["cubin"]
+    consts = dict(HEAD_DIM=64, NUM_SPLITS=9, N_HEADS=64, HAS_SINKS=True, BLOCK_S=16, BLOCK_D=64)
+    types = {"O_PART": "*fp32", "M_PART": "*fp32", "L_PART": "*fp32", "SINKS": "*bf16", "OUT": "*bf16"}
+    src = compiler.ASTSource(kernel._merge_kernel, _signature(kernel._merge_kernel, types, consts), consts)
+    assert triton.compile(src, target=target, options=dict(num_warps=kernel.MERGE_WARPS)).asm["cubin"]
 
 
 @pytest.mark.gpu

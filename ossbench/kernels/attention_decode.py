@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2 e)
+_LOG2E = tl.constexpr(LOG2E)  # the same, readable inside a kernel (a plain global is not)
 BLOCK_N = 64  # keys per block: a [64, D] K/V tile of 8 KiB at D=64 in bf16
 MIN_ROWS = 16  # tl.dot needs M >= 16: a group of fewer query heads is padded with masked rows
 SPLIT_WARPS, MERGE_WARPS = 4, 2
@@ -124,7 +125,7 @@ def _merge_kernel(O_PART, M_PART, L_PART, SINKS, OUT,
     l_s = tl.load(L_PART + row, mask=s_mask, other=0.0)
     m_all = tl.max(m, 0)
     if HAS_SINKS:
-        sink = tl.load(SINKS + h).to(tl.float32) * LOG2E  # the sink logit in the scores' base-2 units
+        sink = tl.load(SINKS + h).to(tl.float32) * _LOG2E  # the sink logit in the scores' base-2 units
         m_all = tl.maximum(m_all, sink)
     m_all = tl.where(m_all == float("-inf"), 0.0, m_all)  # no key and no sink: every weight below is 0
     w = tl.exp2(m - m_all)  # [BLOCK_S]; an empty split (m = -inf) weighs 0
