@@ -243,9 +243,18 @@ def test_cpu_without_the_interpreter_is_unavailable():
         kernel.flash_decode(q, k, v, n, s, None, SCALE)
 
 
-def _signature(fn, types: dict[str, str], constexprs: dict) -> dict[str, str]:
-    """A compile signature: pointer and scalar types by argument name, "i32" for the rest (strides, sizes)."""
-    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in fn.arg_names}
+def _compile(fn, types: dict[str, str], constexprs: dict, target, num_warps: int):
+    """Compile `fn` as a launch on contiguous tensors would: pointer and scalar types by argument name, "i32"
+    for the rest (strides, sizes), unit strides as constants and the other ints and pointers divisible by 16
+    (what triton's launcher specialises on, so the K/V loads take the vectorised, pipelined path)."""
+    from triton.compiler import ASTSource
+    constexprs = {**{name: 1 for name in fn.arg_names if name.startswith("stride_") and name.endswith("d")},
+                  **constexprs}
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if signature[name].startswith("*") or signature[name] == "i32"}
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                          options=dict(num_warps=num_warps))
 
 
 @pytest.mark.parametrize("arch", [80, 90], ids=["sm80", "sm90"])
@@ -263,12 +272,10 @@ def test_compiles_for_cuda_without_a_gpu(arch):
                       BLOCK_N=kernel.BLOCK_N, BLOCK_D=64, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
         types = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "LENGTHS": "*i32", "O_PART": "*fp32",
                  "M_PART": "*fp32", "L_PART": "*fp32", "qk_scale": "fp32"}
-        src = compiler.ASTSource(kernel._split_kernel, _signature(kernel._split_kernel, types, consts), consts)
-        assert triton.compile(src, target=target, options=dict(num_warps=kernel.SPLIT_WARPS)).asm["cubin"]
+        assert _compile(kernel._split_kernel, types, consts, target, kernel.SPLIT_WARPS).asm["cubin"]
     consts = dict(HEAD_DIM=64, NUM_SPLITS=9, N_HEADS=64, HAS_SINKS=True, BLOCK_S=16, BLOCK_D=64)
     types = {"O_PART": "*fp32", "M_PART": "*fp32", "L_PART": "*fp32", "SINKS": "*bf16", "OUT": "*bf16"}
-    src = compiler.ASTSource(kernel._merge_kernel, _signature(kernel._merge_kernel, types, consts), consts)
-    assert triton.compile(src, target=target, options=dict(num_warps=kernel.MERGE_WARPS)).asm["cubin"]
+    assert _compile(kernel._merge_kernel, types, consts, target, kernel.MERGE_WARPS).asm["cubin"]
 
 
 @pytest.mark.gpu
