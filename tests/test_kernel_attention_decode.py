@@ -65,11 +65,13 @@ def rel_error(got, ref) -> float:
 
 # (name, heads, kv heads, head_dim, slots, lengths, window, sinks, splits): lengths include 1 and values that
 # are not multiples of the 64-key block; the windowed case is the layer's ring (slots = W) with one full
-# ring; head_dim 64 as gpt-oss (one of them MQA: 64 query heads, the M tile at 64 rows) and 48 (padded to 64)
+# ring (one split: kernel 1 finishes alone; two: through the merge); head_dim 64 as gpt-oss (one of them
+# MQA: 64 query heads, the M tile at 64 rows) and 48 (padded to 64)
 CASES = [
     ("gqa8-sinks", 8, 1, 16, 130, [1, 37, 130], None, True, 3),
-    ("gqa1-no-sinks", 2, 2, 16, 100, [100, 65, 1], None, False, 2),
-    ("window-ring-gqa4", 8, 2, 16, 48, [48, 20, 1], 48, True, 2),
+    ("gqa1-no-sinks", 2, 2, 16, 100, [100, 65, 1], None, False, 1),
+    ("window-ring-gqa4", 8, 2, 16, 48, [48, 20, 1], 48, True, 1),
+    ("window-ring-split", 8, 2, 16, 48, [48, 20, 1], 48, True, 2),
     ("mqa64-d64", 64, 1, 64, 129, [129, 64], None, True, 2),
     ("d48-gqa2", 4, 2, 48, 70, [70, 3], None, True, 2),
 ]
@@ -93,11 +95,11 @@ def linear_window_args() -> tuple:
     return (*inputs(2, 4, 2, 150, 16, [150, 30], torch.float32), 50, SCALE, 2)
 
 
-def zero_length_args(sinks: bool) -> tuple:
+def zero_length_args(sinks: bool, splits: int) -> tuple:
     """q as the layer hands it (non-contiguous strides); a sequence with no valid slot gives zeros."""
     q, k, v, n, s = inputs(2, 4, 2, 40, 16, [0, 40], torch.float32, sinks)
     q = q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
-    return (q, k, v, n, s, None, SCALE, 2)
+    return (q, k, v, n, s, None, SCALE, splits)
 
 
 def layer_decode(window: int | None):
@@ -140,7 +142,7 @@ def calls() -> dict[str, tuple[tuple, dict]]:
     out = {f"case/{case[0]}/{d}": (case_args(case, dtype), {}) for case in CASES for d, dtype in DTYPES.items()}
     out |= {f"splits/{n}": (split_args(n), {}) for n in (1, 2, 5)}
     out["linear-window"] = (linear_window_args(), {})
-    out |= {f"zero-length/{sinks}": (zero_length_args(sinks), {}) for sinks in (True, False)}
+    out |= {f"zero-length/{sinks}/{n}": (zero_length_args(sinks, n), {}) for sinks in (True, False) for n in (1, 2)}
     for label, window in LAYER_WINDOWS.items():
         for i, (args, _) in enumerate(layer_decode(window)[0]):
             out[f"layer/{label}/{i}"] = (args, {})
@@ -174,10 +176,11 @@ def test_window_over_a_linear_cache_reads_the_last_w_slots(outputs):
     assert rel_error(outputs["linear-window"], reference(*linear_window_args()[:7])) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("splits", [1, 2])
 @pytest.mark.parametrize("sinks", [True, False], ids=["sinks", "no-sinks"])
-def test_strided_query_and_length_zero(outputs, sinks):
-    q, k, v, n, s = zero_length_args(sinks)[:5]
-    got = outputs[f"zero-length/{sinks}"]
+def test_strided_query_and_length_zero(outputs, sinks, splits):
+    q, k, v, n, s = zero_length_args(sinks, splits)[:5]
+    got = outputs[f"zero-length/{sinks}/{splits}"]
     assert isinstance(got, torch.Tensor), got
     assert torch.equal(got[0], torch.zeros_like(got[0]))
     assert rel_error(got[1:], reference(q[1:], k[1:], v[1:], n[1:], s, None, SCALE)) < TOLERANCE[torch.float32]
@@ -261,17 +264,18 @@ def _compile(fn, types: dict[str, str], constexprs: dict, target, num_warps: int
 def test_compiles_for_cuda_without_a_gpu(arch):
     """The interpreter runs the kernels as Python and would accept what the compiler refuses (a plain global,
     a badly typed branch); compiling them ahead of time for a CUDA target (ptxas ships with triton) needs
-    no GPU: bf16 windowed and fp32 (IEEE dot) split kernels, the merge with sinks."""
+    no GPU: the split kernel in bf16 with one split (finishing alone, windowed) and nine, in fp32 (IEEE dot),
+and the merge with sinks."""
     compiler = pytest.importorskip("triton.compiler")
     from triton.backends.compiler import GPUTarget
     if kernel.interpreted() or "constexprs" not in inspect.signature(compiler.ASTSource).parameters:
         pytest.skip("needs the compiled (not interpreted) kernels and triton's ASTSource(fn, signature, constexprs)")
     target = GPUTarget("cuda", arch, 32)
-    for dtype, windowed in (("bf16", True), ("fp32", False)):
-        consts = dict(GROUP=8, HEAD_DIM=64, NUM_SPLITS=9, N_HEADS=64, WINDOWED=windowed, BLOCK_G=16,
-                      BLOCK_N=kernel.BLOCK_N, BLOCK_D=64, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    for dtype, windowed, splits in (("bf16", True, 1), ("bf16", False, 9), ("fp32", False, 9)):
+        consts = dict(GROUP=8, HEAD_DIM=64, NUM_SPLITS=splits, N_HEADS=64, WINDOWED=windowed, HAS_SINKS=True,
+                      BLOCK_G=16, BLOCK_N=kernel.BLOCK_N, BLOCK_D=64, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
         types = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "LENGTHS": "*i32", "O_PART": "*fp32",
-                 "M_PART": "*fp32", "L_PART": "*fp32", "qk_scale": "fp32"}
+                 "M_PART": "*fp32", "L_PART": "*fp32", "SINKS": "*bf16", "OUT": f"*{dtype}", "qk_scale": "fp32"}
         assert _compile(kernel._split_kernel, types, consts, target, kernel.SPLIT_WARPS).asm["cubin"]
     consts = dict(HEAD_DIM=64, NUM_SPLITS=9, N_HEADS=64, HAS_SINKS=True, BLOCK_S=16, BLOCK_D=64)
     types = {"O_PART": "*fp32", "M_PART": "*fp32", "L_PART": "*fp32", "SINKS": "*bf16", "OUT": "*bf16"}

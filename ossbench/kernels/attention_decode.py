@@ -21,7 +21,8 @@ block, padded to 16 rows), over its share of the sequence's keys: the sequence's
 a length-1 sequence one non-empty split). It keeps an online softmax in base 2 (scores times
 scale * log2 e) and writes the unnormalised partial output with its running max and sum (float32).
 Kernel 2, `_merge_kernel`, grid (B, Hq): the log-sum-exp merge of the splits, with the sink added once here
-(as one more term of the denominator), then the division and the cast to q's dtype.
+(as one more term of the denominator), then the division and the cast to q's dtype. With one split (a
+window ring, a short cache) kernel 1 does that itself and kernel 2 is not launched.
 
 The wrapper does not read `lengths` on the host (that would synchronise every call): a length above the
 cache's slots is read as the slots, a length of 0 gives a zero output.
@@ -51,13 +52,15 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _split_kernel(Q, K, V, LENGTHS, O_PART, M_PART, L_PART,
+def _split_kernel(Q, K, V, LENGTHS, O_PART, M_PART, L_PART, SINKS, OUT,
                   stride_qb, stride_qh, stride_qd,
                   stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd,
+                  stride_ob, stride_oh, stride_od,
                   n_slots, window, qk_scale,
                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, N_HEADS: tl.constexpr,
-                  WINDOWED: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  WINDOWED: tl.constexpr, HAS_SINKS: tl.constexpr,
+                  BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)  # int64 offsets: b * stride_kb passes 2^31 at batch 32 of 128k slots
     kv_head = tl.program_id(1).to(tl.int64)
@@ -102,11 +105,23 @@ def _split_kernel(Q, K, V, LENGTHS, O_PART, M_PART, L_PART,
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # partials [B, Hq, NUM_SPLITS, (D)], contiguous; an empty split writes m = -inf, l = 0, acc = 0
-    row = (b * N_HEADS + heads) * NUM_SPLITS + split  # [BLOCK_G]
-    tl.store(M_PART + row, m_i, mask=g_mask)
-    tl.store(L_PART + row, l_i, mask=g_mask)
-    tl.store(O_PART + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None] & d_mask[None, :])
+    if NUM_SPLITS == 1:  # one split: finish here (the merge's sum over one split), one launch instead of two
+        denom = l_i
+        if HAS_SINKS:
+            sink = tl.load(SINKS + heads, mask=g_mask, other=0.0).to(tl.float32) * _LOG2E  # [BLOCK_G]
+            m_all = tl.maximum(m_i, sink)  # finite: the sink is
+            w = tl.exp2(m_i - m_all)  # 0 when the sequence has no key (m_i = -inf)
+            denom = l_i * w + tl.exp2(sink - m_all)
+            acc = acc * w[:, None]
+        o = tl.where(denom[:, None] > 0, acc / tl.where(denom > 0, denom, 1.0)[:, None], 0.0)
+        tl.store(OUT + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
+                 o.to(OUT.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+    else:
+        # partials [B, Hq, NUM_SPLITS, (D)], contiguous; an empty split writes m = -inf, l = 0, acc = 0
+        row = (b * N_HEADS + heads) * NUM_SPLITS + split  # [BLOCK_G]
+        tl.store(M_PART + row, m_i, mask=g_mask)
+        tl.store(L_PART + row, l_i, mask=g_mask)
+        tl.store(O_PART + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=g_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit
@@ -231,22 +246,27 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     out = torch.empty((B, Hq, D), device=q.device, dtype=q.dtype)
     if B == 0 or Hq == 0 or D == 0:
         return out
-    o_part = torch.empty((B, Hq, num_splits, D), device=q.device, dtype=torch.float32)
-    m_part = torch.empty((B, Hq, num_splits), device=q.device, dtype=torch.float32)
-    l_part = torch.empty_like(m_part)
+    if num_splits > 1:  # float32 partials for the merge; one split writes `out` directly
+        o_part = torch.empty((B, Hq, num_splits, D), device=q.device, dtype=torch.float32)
+        m_part = torch.empty((B, Hq, num_splits), device=q.device, dtype=torch.float32)
+        l_part = torch.empty_like(m_part)
+    else:
+        o_part = m_part = l_part = out  # not touched
+    sinks_arg = sinks if sinks is not None else out  # not read without sinks
     block_d = max(MIN_ROWS, triton.next_power_of_2(D))
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _split_kernel[(B, Hkv, num_splits)](
-            q, k_cache, v_cache, lengths, o_part, m_part, l_part,
-            *q.stride(), *k_cache.stride(), *v_cache.stride(),
+            q, k_cache, v_cache, lengths, o_part, m_part, l_part, sinks_arg, out,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(), *out.stride(),
             S, window if window is not None else S, float(scale) * LOG2E,
             GROUP=group, HEAD_DIM=D, NUM_SPLITS=num_splits, N_HEADS=Hq, WINDOWED=window is not None,
-            BLOCK_G=max(MIN_ROWS, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N, BLOCK_D=block_d,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=SPLIT_WARPS)
-        _merge_kernel[(B, Hq)](
-            o_part, m_part, l_part, sinks if sinks is not None else m_part, out, *out.stride(),
-            HEAD_DIM=D, NUM_SPLITS=num_splits, N_HEADS=Hq, HAS_SINKS=sinks is not None,
-            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d, num_warps=MERGE_WARPS)
+            HAS_SINKS=sinks is not None, BLOCK_G=max(MIN_ROWS, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
+            BLOCK_D=block_d, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=SPLIT_WARPS)
+        if num_splits > 1:
+            _merge_kernel[(B, Hq)](
+                o_part, m_part, l_part, sinks_arg, out, *out.stride(),
+                HEAD_DIM=D, NUM_SPLITS=num_splits, N_HEADS=Hq, HAS_SINKS=sinks is not None,
+                BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d, num_warps=MERGE_WARPS)
     return out
 
 
@@ -273,5 +293,6 @@ def flash_decode_bytes(lengths: Sequence[int] | torch.Tensor, n_heads: int, n_kv
 
 
 def split_workspace_bytes(batch: int, n_heads: int, head_dim: int, num_splits: int) -> int:
-    """The float32 partials the split kernel writes and the merge reads: per head and split, D + 2 values."""
-    return 2 * batch * n_heads * num_splits * (head_dim + 2) * 4
+    """The float32 partials the split kernel writes and the merge reads: per head and split, D + 2 values
+    (none with one split: the split kernel then writes the output itself)."""
+    return 2 * batch * n_heads * num_splits * (head_dim + 2) * 4 if num_splits > 1 else 0
