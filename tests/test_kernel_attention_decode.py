@@ -5,7 +5,7 @@ byte count against the attention family's cost model.
 How the kernels run without a GPU: under TRITON_INTERPRET=1 in one child process for the whole module
 (tests/triton_interpret.py says why not in this process: triton reads the variable when it decorates a
 function, its own tl.max/tl.sum/tl.cdiv included, at its first import). The `outputs` fixture builds every
-kernel call of this module up front (CALLS), runs them in the child and hands each test its outputs; the
+kernel call of this module up front (`calls()`), runs them in the child and hands each test its outputs; the
 references and the comparisons run here. The interpreter has no bfloat16: float32 and float16 here; bf16,
 the compiled kernels and the heuristic split count run in the `gpu` test.
 """
@@ -105,8 +105,14 @@ def zero_length_args(sinks: bool, splits: int) -> tuple:
 def layer_decode(window: int | None):
     """The layer's own decode: a prefill of 12 tokens into its KVCache, then decode steps at positions
     12..14 on the eager backend. A window-8 layer's cache is a ring of 8 slots that has already wrapped
-    (position p in slot p % 8). Returns [(kernel call args, the eager update [B, 1, hidden])] and the layer."""
-    torch.manual_seed(0)
+    (position p in slot p % 8). Returns [(kernel call args, the eager update [B, 1, hidden])] and the layer;
+    the same on every call (seeded; the global RNG is restored afterwards)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _layer_decode(window)
+
+
+def _layer_decode(window: int | None):
     module = Attention(AttentionSpec(hidden=64, n_heads=8, n_kv_heads=2, head_dim=16, window=window))
     with torch.no_grad():
         for name, param in module.named_parameters():
