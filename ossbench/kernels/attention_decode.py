@@ -197,7 +197,7 @@ def _check(q, k_cache, v_cache, lengths, sinks, window, num_splits) -> None:
                          f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
     B, Hq, D = q.shape
     Bk, Hkv, _, Dk = k_cache.shape
-    if Bk != B or Dk != D or Hq % Hkv:
+    if Bk != B or Dk != D or Hkv == 0 or Hq % Hkv:
         raise ValueError(f"flash_decode: q {tuple(q.shape)} does not fit the cache {tuple(k_cache.shape)} (same "
                          f"batch and head_dim, query heads a multiple of KV heads)")
     if q.dtype not in DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -239,13 +239,13 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     Hkv, S = k_cache.shape[1], k_cache.shape[2]
     group = Hq // Hkv
     keys = min(S, window) if window is not None else S  # the most keys one sequence reads
+    out = torch.empty((B, Hq, D), device=q.device, dtype=q.dtype)
+    if B == 0 or Hq == 0 or D == 0:
+        return out
     if num_splits is None:
         sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
             if q.device.type == "cuda" else 1
         num_splits = choose_num_splits(B, Hkv, keys, sms)
-    out = torch.empty((B, Hq, D), device=q.device, dtype=q.dtype)
-    if B == 0 or Hq == 0 or D == 0:
-        return out
     if num_splits > 1:  # float32 partials for the merge; one split writes `out` directly
         o_part = torch.empty((B, Hq, num_splits, D), device=q.device, dtype=torch.float32)
         m_part = torch.empty((B, Hq, num_splits), device=q.device, dtype=torch.float32)
