@@ -86,7 +86,8 @@ def case_args(case, dtype) -> tuple:
 
 
 def split_args(splits) -> tuple:
-    """1, 2 and 5 splits (5: more splits than blocks for the shorter sequence, so some splits are empty)."""
+    """1, 2 and 5 splits (5: more splits than blocks for the shorter sequence, so some splits are empty), and
+    None (the wrapper's choice)."""
     return (*inputs(2, 8, 1, 200, 16, [200, 70], torch.float32), None, SCALE, splits)
 
 
@@ -147,6 +148,7 @@ def calls() -> dict[str, tuple[tuple, dict]]:
     """Every interpreted kernel call of this module, by name."""
     out = {f"case/{case[0]}/{d}": (case_args(case, dtype), {}) for case in CASES for d, dtype in DTYPES.items()}
     out |= {f"splits/{n}": (split_args(n), {}) for n in (1, 2, 5)}
+    out["splits/default"] = (split_args(None)[:7], {})  # num_splits left out: the wrapper chooses
     out["linear-window"] = (linear_window_args(), {})
     out |= {f"zero-length/{sinks}/{n}": (zero_length_args(sinks, n), {}) for sinks in (True, False) for n in (1, 2)}
     for label, window in LAYER_WINDOWS.items():
@@ -172,10 +174,11 @@ def test_matches_float64(outputs, case, dtype):
 
 def test_split_counts_agree(outputs):
     ref = reference(*split_args(1)[:7])
-    outs = [outputs[f"splits/{n}"] for n in (1, 2, 5)]
+    outs = [outputs[f"splits/{n}"] for n in (1, 2, 5, "default")]
     for out in outs:
         assert rel_error(out, ref) < TOLERANCE[torch.float32]
-    assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-6) and torch.allclose(outs[0], outs[2], rtol=0, atol=1e-6)
+    for out in outs[1:]:
+        assert torch.allclose(outs[0], out, rtol=0, atol=1e-6)
 
 
 def test_window_over_a_linear_cache_reads_the_last_w_slots(outputs):
