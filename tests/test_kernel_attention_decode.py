@@ -50,10 +50,14 @@ def reference(q, k, v, lengths, sinks, window, scale) -> torch.Tensor:
 
 
 def inputs(batch, n_heads, n_kv_heads, slots, head_dim, lengths, dtype, sinks=True, seed=0):
+    """Random q, k, v, sinks; the slots past each sequence's length hold NaN, so a kernel that reads (and
+    does not just mask) a slot it should not see returns NaN."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, n_heads, head_dim, generator=g).to(dtype)
     k = torch.randn(batch, n_kv_heads, slots, head_dim, generator=g).to(dtype)
     v = torch.randn(batch, n_kv_heads, slots, head_dim, generator=g).to(dtype)
+    for b, n in enumerate(lengths):
+        k[b, :, n:] = v[b, :, n:] = float("nan")
     s = torch.randn(n_heads, generator=g) if sinks else None
     return q, k, v, torch.tensor(lengths, dtype=torch.int32), s
 
@@ -92,8 +96,11 @@ def split_args(splits) -> tuple:
 
 
 def linear_window_args() -> tuple:
-    """A window over a linear cache (slots in position order, longer than W): the last W valid slots."""
-    return (*inputs(2, 4, 2, 150, 16, [150, 30], torch.float32), 50, SCALE, 2)
+    """A window over a linear cache (slots in position order, longer than W): the last W valid slots (the
+    ones before them hold NaN too)."""
+    q, k, v, n, s = inputs(2, 4, 2, 150, 16, [150, 30], torch.float32)
+    k[0, :, :100] = v[0, :, :100] = float("nan")
+    return (q, k, v, n, s, 50, SCALE, 2)
 
 
 def zero_length_args(sinks: bool, splits: int) -> tuple:
