@@ -10,8 +10,8 @@ tl.dot in IEEE precision, no TF32, so it matches the reference to float32 accura
 imported on the first call, so listing backends never imports Triton.
 
 Decode (one query against the keys the cache kept): ossbench/kernels/attention_decode.py's split-KV
-`flash_decode` when that module exists; otherwise the prefill kernel with the one query at the last key
-position, which is correct but not fast (one program per KV head walks the whole cache).
+`flash_decode`, reading the kept slots in place (without that module, the prefill kernel with the one
+query at the last key position: correct, not fast).
 """
 
 from __future__ import annotations
@@ -67,11 +67,10 @@ def attend(layer: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     if S == 1 and mask is None:  # decode: the cache already kept only the keys this query may see
         if _has_decode_kernel():
             from ..kernels.attention_decode import flash_decode
-            # the keys are already the ones to read (window=None, every slot valid); a windowed ring's run of
-            # slots can be a strided slice of the cache: made contiguous (at most W slots a head)
+            # the keys are already the ones to read (window=None, every slot valid); the kernel takes any
+            # strides, so a slice of the cache is read in place, never copied
             lengths = torch.full((q.shape[0],), T, dtype=torch.int32, device=q.device)
-            o = flash_decode(q[:, :, 0], k.contiguous(), v.contiguous(), lengths, sinks=layer.sinks, window=None,
-                             scale=layer.scale)
+            o = flash_decode(q[:, :, 0], k, v, lengths, sinks=layer.sinks, window=None, scale=layer.scale)
             return o.unsqueeze(2)  # [B, Hq, 1, D]
         # Until the split-KV decode kernel lands: the prefill kernel, one query at the last position (causal
         # over T keys = every key). Correct, not fast: one program per KV head reads the whole cache.
