@@ -128,12 +128,13 @@ def test_a_cpu_case_without_the_interpreter_skips_with_the_backends_reason(monke
 
 def test_decode_calls_the_split_kv_kernel_when_it_exists(monkeypatch):
     """With ossbench/kernels/attention_decode.py present, a decode step goes to its flash_decode with the
-    query [B, Hq, D], the kept keys as a contiguous cache, every slot valid and no window."""
+    query [B, Hq, D], the kept keys read in place (a strided slice of the cache, not a copy), every slot
+    valid and no window."""
     import types
     calls = []
 
     def flash_decode(q, k_cache, v_cache, lengths, sinks=None, window=None, scale=None):
-        calls.append((q.shape, k_cache.shape, k_cache.is_contiguous(), lengths.tolist(), sinks, window, scale))
+        calls.append((q.shape, k_cache.shape, k_cache.data_ptr(), lengths.tolist(), sinks, window, scale))
         return torch.zeros(q.shape)
 
     monkeypatch.setitem(sys.modules, attention_triton.DECODE_MODULE,
@@ -143,7 +144,8 @@ def test_decode_calls_the_split_kv_kernel_when_it_exists(monkeypatch):
     cache = torch.randn(2, 2, 40, 16)
     out = attention_triton.attend(layer, torch.randn(2, 8, 1, 16), cache[:, :, 3:20], cache[:, :, 3:20], None)
     assert out.shape == (2, 8, 1, 16)
-    assert calls == [((2, 8, 16), (2, 2, 17, 16), True, [17, 17], layer.sinks, None, 0.25)]
+    kept = cache[:, :, 3:20]
+    assert calls == [((2, 8, 16), (2, 2, 17, 16), kept.data_ptr(), [17, 17], layer.sinks, None, 0.25)]
 
 
 def test_a_chunked_mask_is_refused_with_a_reason():
