@@ -103,7 +103,7 @@ def predict_case(case: Case, timing: BenchSpec, ceilings: dict[str, Any], basis:
     family = get_family(case.family)
     if family.footprint is None:
         raise ValueError(f"family {case.family!r} declares no footprint: its cases cannot be planned")
-    fp = family.footprint(family.params_model.model_validate(case.params_dict), DTYPE_BYTES[case.dtype])
+    fp = family.footprint(family.validate(case.params_dict), DTYPE_BYTES[case.dtype])
     kind = "cuda" if device.is_cuda else "cpu"
     compute = ceilings["compute_tflops"]
     key = dtype_key(case.dtype)
