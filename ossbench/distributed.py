@@ -175,15 +175,28 @@ class Shard:
             self._store.set(f"case/{result.id}", result.model_dump_json())
             self._store.set(f"inflight/{self.rank}", "")
 
+    def agree(self, start: bool) -> bool:
+        """Whether every rank starts the next collective case (each rank says whether it would: out of
+        budget, stopped, predicted not to fit on its GPU, ...); a rank alone in a collective would wait."""
+        import torch.distributed as dist
+
+        every: list[Any] = [None] * self.world_size
+        dist.all_gather_object(every, bool(start))
+        return all(every)
+
     def leave(self) -> None:
         """Take no more cases (this rank cannot run any: a lost CUDA context); the others take the rest."""
         self._leaving = True
 
     # --- after the run
     def gather(self, own: list[CaseResult], cases: list[Case]) -> list[CaseResult]:
-        """Rank 0: every rank's results in the suite's order, lost cases recorded as failed. Others: their own."""
+        """Rank 0: every rank's results in the suite's order, lost cases recorded as failed. Others: their own
+        (a collective run's in the suite's order too: every rank ran every case)."""
         self._store.set(f"done/{self.rank}", "1")
-        if self.collective or self.rank:
+        if self.collective:
+            by_id = {r.id: r for r in own}
+            return [by_id[c.id] for c in cases if c.id in by_id]
+        if self.rank:
             return own
         self._wait_for_ranks()
         mine = {r.id: r for r in own}

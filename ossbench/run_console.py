@@ -121,17 +121,18 @@ def execute(plan: RunPlan, resumed: Resumed | None, todo: int, out: Console, err
     from .runner import run_plan
     from .stopping import stop_on_signals
 
-    eta = Eta(plan, kept=resumed.kept if resumed else ())
+    shared_out = shard is not None and not shard.collective  # this rank runs a share it cannot know ahead
+    eta = Eta(plan, kept=resumed.kept if resumed else (), enabled=not shared_out)
     with claim_out_dir(plan.out_dir), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=err,
                                                transient=True) as progress:
-        task = progress.add_task("starting", total=todo, eta="")
+        task = progress.add_task("starting", total=None if shared_out else todo, eta="")
 
         def on_case(case, result) -> None:
             if result is None:  # the case in flight, and the time the rest should take
                 progress.update(task, description=term_text(case.id), eta=eta.text())
                 return
-            eta.finished(case.id)
+            eta.finished(case.id, timed=result.stats is not None)
             progress.advance(task)
             progress.console.print(case_line(case, result), soft_wrap=True)
 
@@ -159,16 +160,20 @@ class Eta:
     """The run's time left, from the plan's predicted time of the cases not yet finished, scaled by how the
     finished ones compared with their predictions (a loaded machine runs slower than planned)."""
 
-    def __init__(self, plan: RunPlan, kept: Any = (), clock: Any = None) -> None:
+    def __init__(self, plan: RunPlan, kept: Any = (), clock: Any = None, enabled: bool = True) -> None:
         import time
 
         self.clock = clock or time.monotonic
         self.start = self.clock()
-        self.left = {cid: p.time_s for cid, p in plan.predictions.items() if p.fits and cid not in kept}
+        self.left = {cid: p.time_s for cid, p in plan.predictions.items() if p.fits and cid not in kept} \
+            if enabled else {}
         self.done_predicted = 0.0
 
-    def finished(self, case_id: str) -> None:
-        self.done_predicted += self.left.pop(case_id, 0.0)
+    def finished(self, case_id: str, timed: bool = True) -> None:
+        """A case ended; one recorded without timing (skipped, not started) took about none of its time."""
+        predicted = self.left.pop(case_id, 0.0)
+        if timed:
+            self.done_predicted += predicted
 
     def seconds(self) -> float | None:
         if not self.left:

@@ -24,9 +24,9 @@ from .failures import NumericsMismatch, context_lost, describe, is_oom
 from .hardware import Device, resolve_device  # resolve_device: re-exported for the CLI and Python callers
 from .journal import JOURNAL, Journal
 from .outdir import OutputError, claim_out_dir
-from .plan import Budget, Prediction, free_memory_bytes, predict_cases, run_order
+from .plan import BUDGET, Budget, Prediction, free_memory_bytes, predict_cases, run_order
 from .results import SCHEMA, CaseResult, Environment, RunOptions, RunResult, SuiteInfo
-from .stopping import StopRequest
+from .stopping import INTERRUPTED, StopRequest
 from .isolate import IsolatedRunner, default_isolation
 from .suite import Case, Suite, Timing
 
@@ -171,15 +171,15 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                     if on_case:
                         on_case(case, None)
                     predicted = plan.predictions.get(case.id)
+                    not_started = _not_started(lost, stop, predicted, budget)
+                    if shard and shard.collective and not shard.agree(not_started is None) and not not_started:
+                        # every rank runs a collective case or none does: one rank alone would wait in it
+                        not_started = ("skipped", f"{NOT_RUN} another rank did not start this collective case",
+                                       False)
                     journaled = True  # a case recorded without running is not: `--resume` runs it
-                    if lost:
-                        result, journaled = _unrun(case, "failed", lost), False
-                    elif stop and stop.requested:
-                        result, journaled = _unrun(case, "skipped", stop.reason), False
-                    elif predicted is not None and not predicted.fits:  # a verdict for this device: journaled
-                        result = _unrun(case, "skipped", predicted.fit_reason or "")
-                    elif budget is not None and not budget.allows(predicted.time_s if predicted else 0.0):
-                        result, journaled = _unrun(case, "skipped", budget.reason), False
+                    if not_started:
+                        status, error, journaled = not_started
+                        result = _unrun(case, status, error)
                     elif plan.isolate:  # a lost context dies with its child: the next case gets a fresh one
                         result = isolated.run(case)
                     else:
@@ -201,8 +201,16 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
                     done[case.id] = result
                     if on_case:
                         on_case(case, result)
-            run.cases = (shard.gather(list(done.values()), plan.cases) if shard
-                         else [done[c.id] for c in plan.cases])
+                if shard:
+                    run.cases = shard.gather(list(done.values()), plan.cases)
+                    for r in run.cases:  # rank 0: the other ranks' cases, so that `--resume` keeps them too
+                        if r.id not in done and not shard.collective:
+                            if _journaled(r):
+                                journal.append_case(_record(r))
+                            else:
+                                unrun += 1
+                else:
+                    run.cases = [done[c.id] for c in plan.cases]
         finally:
             if measure.nvml_device is not None:
                 measure.nvml_device.close()
@@ -216,6 +224,26 @@ def run_plan(plan: RunPlan, on_case: Callable[[Case, CaseResult | None], None] |
         if not unrun:
             (plan.out_dir / JOURNAL).unlink()  # results.json now holds everything the journal did
     return run
+
+
+def _not_started(lost: str | None, stop: StopRequest | None, predicted: Any,
+                 budget: Budget | None) -> tuple[str, str, bool] | None:
+    """Why the next case is recorded without running, as (status, error, journaled), or None to run it."""
+    if lost:
+        return "failed", lost, False
+    if stop and stop.requested:
+        return "skipped", stop.reason, False
+    if predicted is not None and not predicted.fits:  # a verdict for this device: journaled
+        return "skipped", predicted.fit_reason or "", True
+    if budget is not None and not budget.allows(predicted.time_s if predicted else 0.0):
+        return "skipped", budget.reason, False
+    return None
+
+
+def _journaled(result: CaseResult) -> bool:
+    """Whether a rank journaled this result (not: left unrun by a lost context, a stop or the budget)."""
+    error = result.error or ""
+    return not (error.startswith(NOT_RUN) or error.startswith(INTERRUPTED) or error.startswith(BUDGET))
 
 
 def _unrun(case: Case, status: str, error: str) -> CaseResult:

@@ -24,8 +24,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFlo
 
 from .errors import SuiteError, SuiteErrors, UserError
 from .measure.spec import BenchSpec
-from .suite_cases import (DTYPE_BYTES, Case, Params, Scalar, case_identifier, check_case_count, expand, family_of,
-                          filter_cases, preset_of)
+from .suite_cases import (DTYPE_BYTES, Case, CaseErrors, Params, Scalar, case_identifier, check_case_count, expand,
+                          family_of, filter_cases, preset_of)
 from .suite_errors import all_errors, did_you_mean, first_error, got, message
 from .suite_yaml import YamlPath, dotted, load_yaml, read_suite_text
 
@@ -272,10 +272,10 @@ def parse_suite(text: str, path: str = "<suite>", *, every_error: bool = False) 
     for profile in profiles:  # counted before anything is expanded (or torch imported for the family)
         check_case_count(suite, profile)
     _check_references(suite)
-    found: list[SuiteError] | None = [] if every_error else None
+    found = CaseErrors() if every_error else None
     cases = [case for profile in profiles for case in expand(suite, profile, found)]  # validates every case
     if found:
-        raise SuiteErrors(sorted(found, key=lambda x: (x.line is None, x.line or 0)))
+        raise SuiteErrors(found.errors())
     ids = {c.id for c in cases}
     for i, pair in enumerate(spec.compare):  # a `where` that selects nothing is a typo, not a no-op
         if pair.where and not any(all(c.params_dict.get(k) == v for k, v in pair.where.items()) for c in cases):

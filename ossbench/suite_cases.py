@@ -127,9 +127,31 @@ def check_case_count(suite: Suite, profile: str) -> None:
                           f"`limits: {{max_cases: {total}}}` if you mean it", plan.sweep_at)
 
 
-def expand(suite: Suite, profile: str, errors: list[SuiteError] | None = None) -> list[Case]:
+class CaseErrors:
+    """Case errors collected over the expansion of every profile (`ossbench validate`): one per place in the
+    file, with how many cases it hit."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[int | None, str | None], SuiteError] = {}
+        self._hits: dict[tuple[int | None, str | None], int] = {}
+
+    def add(self, e: SuiteError) -> None:
+        place = (e.line, e.field)
+        self._hits[place] = self._hits.get(place, 0) + 1
+        self._first.setdefault(place, e)
+
+    def __bool__(self) -> bool:
+        return bool(self._first)
+
+    def errors(self) -> list[SuiteError]:
+        found = [SuiteError(e.message + (f" (and {self._hits[p] - 1} more case(s))" if self._hits[p] > 1 else ""),
+                            path=e.path, line=e.line, field=e.field) for p, e in self._first.items()]
+        return sorted(found, key=lambda x: (x.line is None, x.line or 0))
+
+
+def expand(suite: Suite, profile: str, errors: CaseErrors | None = None) -> list[Case]:
     """The profile's cases, each validated. With `errors`, a case that fails validation is left out and its
-    error added there (one per place in the file, with how many cases it hit) instead of raised."""
+    error added there instead of raised."""
     spec, family, preset = suite.spec, family_of(suite), preset_of(suite)
     plan = _plan(suite, profile)
     over = suite.profile_spec(profile)
@@ -152,8 +174,7 @@ def expand(suite: Suite, profile: str, errors: list[SuiteError] | None = None) -
 
     cases: list[Case] = []
     seen: set[str] = set()
-    hits: dict[tuple[int | None, str | None], int] = {}  # cases failing at each place (with `errors`)
-    first_at: dict[tuple[int | None, str | None], SuiteError] = {}
+    failed = False  # some case failed (with `errors`)
     for bi, block in enumerate(plan.blocks):
         block_at = plan.block_at(bi)
         axes = list(block)
@@ -181,20 +202,14 @@ def expand(suite: Suite, profile: str, errors: list[SuiteError] | None = None) -
                 except SuiteError as e:
                     if errors is None:
                         raise
-                    place = (e.line, e.field)
-                    hits[place] = hits.get(place, 0) + 1
-                    if hits[place] == 1:
-                        first_at[place] = e
+                    errors.add(e)
+                    failed = True
                     continue
                 cases.append(Case(id=case_id, family=spec.family, variant=variant, axes=tuple(point_d.items()),
                                   params=tuple(family.flat_params(validated).items()), dtype=dtype,
                                   preset=spec.preset))
-    if errors is not None:
-        for place, e in first_at.items():
-            more = f" (and {hits[place] - 1} more case(s))" if hits[place] > 1 else ""
-            errors.append(SuiteError(e.message + more, path=e.path, line=e.line, field=e.field))
-        if first_at:
-            return cases
+    if failed:
+        return cases
     if not cases:
         raise suite.error("the suite expands to no cases (everything is excluded)", ("exclude",))
     return cases

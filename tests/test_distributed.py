@@ -237,3 +237,33 @@ def test_nproc_and_torchrun_do_not_mix_with_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     done = CliRunner().invoke(main, ["run", str(suite), "--nproc", "2"])
     assert done.exit_code == 2 and "under torchrun drop it" in done.output
+
+
+def test_a_collective_run_gathers_its_cases_in_the_suites_order():
+    """Each rank ran every case in the run order (a point of every variant first); results keep the suite's."""
+    from types import SimpleNamespace
+
+    from ossbench.distributed import Shard
+
+    shard = object.__new__(Shard)  # no process group needed for a collective gather
+    shard.collective, shard.rank = True, 0
+    shard._store = SimpleNamespace(set=lambda key, value: None)
+    cases = [SimpleNamespace(id=i) for i in ("decode-1", "decode-8", "prefill-128")]
+    ran = [SimpleNamespace(id=i) for i in ("decode-1", "prefill-128", "decode-8")]
+    assert [r.id for r in shard.gather(ran, cases)] == ["decode-1", "decode-8", "prefill-128"]
+
+
+def test_cases_left_unrun_are_not_journaled_on_rank_0_either():
+    from ossbench.plan import BUDGET
+    from ossbench.results import CaseResult
+    from ossbench.runner import NOT_RUN, _journaled
+    from ossbench.stopping import INTERRUPTED
+
+    def result(status, error=None):
+        return CaseResult(id="x", family="f", variant="v", params={}, dtype="float32", status=status, error=error)
+
+    assert _journaled(result("ok")) and _journaled(result("failed", "boom"))
+    assert _journaled(result("skipped", "flex cannot express sinks on cpu"))
+    for error in (f"{BUDGET} (1 min) reached", f"{INTERRUPTED} (SIGINT) before this case started",
+                  f"{NOT_RUN} the CUDA context was lost"):
+        assert not _journaled(result("skipped", error))

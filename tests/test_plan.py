@@ -312,3 +312,18 @@ def test_every_shipped_suite_can_be_planned(tmp_path):
         suite = load_suite(path)
         plan = plan_run(suite, device="cpu", out_dir=tmp_path / path.stem)
         assert set(plan.predictions) == {c.id for c in plan.cases}, path
+
+
+def test_the_triton_moe_backend_is_not_charged_for_a_decoded_copy_of_mxfp4_experts():
+    from ossbench.layers.config import get_preset
+    from ossbench.workloads import get_family
+    from ossbench.workloads.model import activation_bytes
+
+    moe = get_family("moe")
+    base = {**moe.flat_defaults(get_preset("gpt-oss-120b")), "weights": "mxfp4", "mode": "decode", "tokens": 64}
+    grouped = moe.footprint(moe.validate(base), 2).activation_bytes
+    triton = moe.footprint(moe.validate({**base, "backend": "triton"}), 2).activation_bytes
+    assert grouped - triton > 1e9  # grouped decodes the ~64 touched experts to bf16 (GBs); triton in its GEMMs
+    cfg = get_preset("gpt-oss-120b")
+    for experts in ("mxfp4", "dtype"):
+        assert activation_bytes(cfg, experts, 4096, 8, "decode", moe_backend="triton")["expert_decode"] == 0

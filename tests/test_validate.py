@@ -64,3 +64,11 @@ def test_the_first_error_alone_is_still_what_a_run_reports(tmp_path):
     assert result.exit_code == 2
     assert sum(ln.startswith("error:") for ln in result.output.splitlines()) == 1
 
+
+
+def test_a_case_error_is_reported_once_over_every_profile(tmp_path):
+    profiles = ("cpu:\n  params: {seq_len: 16}\nprofiles:\n  smoke:\n    params: {seq_len: 8}\n")
+    path, result = _validate(tmp_path, "  a: {n_kv_heads: 3}\n", extra="sweep: {mode: [prefill, decode]}\n" + profiles)
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "(and 5 more case(s))" in errors[0]  # 2 cases in each of the 3 profiles

@@ -183,7 +183,9 @@ def activation_bytes(cfg: ModelConfig, experts: str, context: int, batch: int, m
     moe = slots * (H + 2 * I + I + H) * dtype_bytes  # grouped rows: input, mlp1 out, SwiGLU out, mlp2 out
     touched = min(cfg.n_experts, slots)
     one_expert = expert_weight_values(cfg) * dtype_bytes
-    if moe_backend == "gather":
+    if moe_backend == "triton":
+        decoded = 0  # its GEMMs read the experts as stored (MXFP4 decoded in registers)
+    elif moe_backend == "gather":
         decoded = slots * one_expert  # every token slot's expert weights gathered
     elif experts == "mxfp4":  # the touched experts decoded to the dtype (values, then scaled)
         decoded = (1 if moe_backend == "loop" else touched) * one_expert * 2

@@ -181,8 +181,8 @@ def footprint(p: MoEParams, dtype_bytes: int) -> Footprint:
     act = T * p.n_experts * 4 + T * k * (H + 2 * I + I + H) * dtype_bytes
     if p.backend == "gather":  # a copy of its experts' weights per token slot
         act += T * k * 3 * H * I * dtype_bytes
-    if p.weights == "mxfp4":  # the touched experts decoded to the compute dtype each call
-        act += cost.extra["experts_touched"] * 3 * H * I * dtype_bytes
+    if p.weights == "mxfp4" and p.backend != "triton":  # the touched experts decoded to the compute dtype each
+        act += cost.extra["experts_touched"] * 3 * H * I * dtype_bytes  # call (triton decodes in its GEMMs)
     return Footprint(cost=cost, persistent_bytes=float(held), activation_bytes=float(act * activation_factor(p.mode)),
                      backends=(("moe", p.backend),))
 
