@@ -101,6 +101,25 @@ def _fwd_tiles(acc, m_i, l_i, q, k_base, v_base, sks, svs, pos, row_ok, start, e
 
 
 @triton.jit
+def _key_range(pid_m, Q_START, S, T, GROUP: tl.constexpr, WINDOW: tl.constexpr, CAUSAL: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The positions of a query block's first and last rows, the first key any row sees, the first key tile
+    and the end of the keys (the forward and dq kernels walk the same range). From positions, not block
+    indices: the known chunked-prefill bug is a lower bound counted from query index 0, which skips cached
+    keys when the block starts after position 0."""
+    pos_lo = Q_START + (pid_m * BLOCK_M) // GROUP
+    pos_hi = Q_START + tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, S - 1)
+    hi = T
+    if CAUSAL:
+        hi = tl.minimum(pos_hi + 1, T)
+    first = 0
+    if WINDOW > 0:
+        first = tl.maximum(pos_lo - WINDOW + 1, 0)
+    lo = (first // BLOCK_N) * BLOCK_N
+    return pos_lo, pos_hi, first, lo, hi
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, Sinks, O, LSE,
                 sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos,
                 S, T, Q_START, H_KV, scale_log2, S_BUCKET,
@@ -129,17 +148,7 @@ def _fwd_kernel(Q, K, V, Sinks, O, LSE,
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # key range of this block, from positions (not block indices): the known chunked-prefill bug is a lower
-    # bound counted from query index 0, which skips cached keys when the block starts after position 0
-    pos_lo = Q_START + (pid_m * BLOCK_M) // GROUP
-    pos_hi = Q_START + tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, S - 1)
-    hi = T
-    if CAUSAL:
-        hi = tl.minimum(pos_hi + 1, T)
-    first = 0  # the first key any row of the block sees
-    if WINDOW > 0:
-        first = tl.maximum(pos_lo - WINDOW + 1, 0)
-    lo = (first // BLOCK_N) * BLOCK_N
+    pos_lo, pos_hi, first, lo, hi = _key_range(pid_m, Q_START, S, T, GROUP, WINDOW, CAUSAL, BLOCK_M, BLOCK_N)
     # Tiles where every row sees every key need no mask: [mid_lo, mid_hi), keys at or after the last row's
     # first key and at or before the first row's position. The masked tiles are the window's edge
     # [lo, mid_lo) and the diagonal [mid_hi, hi).
@@ -266,15 +275,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    pos_lo = Q_START + (pid_m * BLOCK_M) // GROUP
-    pos_hi = Q_START + tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // GROUP, S - 1)
-    hi = T
-    if CAUSAL:
-        hi = tl.minimum(pos_hi + 1, T)
-    first = 0  # the first key any row of the block sees
-    if WINDOW > 0:
-        first = tl.maximum(pos_lo - WINDOW + 1, 0)
-    lo = (first // BLOCK_N) * BLOCK_N
+    pos_lo, pos_hi, first, lo, hi = _key_range(pid_m, Q_START, S, T, GROUP, WINDOW, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         n = start_n + tl.arange(0, BLOCK_N)
         n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
