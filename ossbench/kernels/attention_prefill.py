@@ -184,6 +184,18 @@ _fwd_tuned = triton.autotune(configs=FORWARD_CONFIGS,
 
 
 @triton.jit
+def _bwd_probs(s, lse, row_ok, n_ok, n, pos, WINDOW: tl.constexpr, CAUSAL: tl.constexpr):
+    """The forward's probabilities of a tile again, from the saved log-sum-exp (base 2), and which of its
+    entries are allowed (the dkdv and dq kernels recompute the same tile)."""
+    ok = row_ok[:, None] & n_ok[None, :]
+    if CAUSAL:
+        ok = ok & (n[None, :] <= pos[:, None])
+    if WINDOW > 0:
+        ok = ok & (n[None, :] > pos[:, None] - WINDOW)
+    return ok, tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+
+
+@triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sdb, sdh, sds,
                      S, T, Q_START, H_KV, scale_log2, scale,
@@ -232,12 +244,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2  # [BM, BN]
-        ok = row_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            ok = ok & (n[None, :] <= pos[:, None])
-        if WINDOW > 0:
-            ok = ok & (n[None, :] > pos[:, None] - WINDOW)
-        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+        ok, p = _bwd_probs(s, lse, row_ok, n_ok, n, pos, WINDOW, CAUSAL)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BM, BN]
         ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)  # d loss / d logit (0 * NaN kept out)
@@ -281,13 +288,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         n_ok = (n >= first) & (n < hi)  # no K or V element outside the block's key range is loaded
         k = tl.load(k_base + (n[:, None] * sks + d[None, :]), mask=n_ok[:, None], other=0.0)  # [BN, D]
         v = tl.load(v_base + (n[:, None] * svs + d[None, :]), mask=n_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
-        ok = row_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            ok = ok & (n[None, :] <= pos[:, None])
-        if WINDOW > 0:
-            ok = ok & (n[None, :] > pos[:, None] - WINDOW)
-        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2  # [BM, BN]
+        ok, p = _bwd_probs(s, lse, row_ok, n_ok, n, pos, WINDOW, CAUSAL)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = tl.where(ok, p * (dp - delta[:, None]), 0.0)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
