@@ -42,7 +42,9 @@ def test_runs_on_cpu_with_gpu_steps_skipped(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert status == {"env": "ok", "calibrate": "skipped", "pytest-gpu": "skipped", "smoke-smoke": "ok",
-                      "run-attention": "skipped", "run-moe": "skipped"}
+                      "run-attention": "skipped", "run-moe": "skipped", "figures": "ok"}
+    figures = (out / "figures.md").read_text()  # from the smoke results; no CUDA for do_bench
+    assert "smoke/smoke/results.json" in figures and "skipped: no CUDA device" in figures
     notes = {s["name"]: s["note"] for s in summary["steps"]}
     assert "no CUDA device" in notes["calibrate"] and "no CUDA device" in notes["run-moe"]
     # the smoke run wrote its results under the output folder, recording which profile ran
@@ -128,3 +130,28 @@ def test_conftest_timeout_without_pytest_timeout(tmp_path):
                        cwd=tmp_path, env=_env(OSSBENCH_TEST_TIMEOUT_S="1"), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and "timed out after 1 s" in r.stdout
+
+
+def test_gpu_figures_from_results_files(tmp_path):
+    """Energy vs power x time and profiler vs median read from the results, the window speedup next to its
+    FLOP ratio, and the A/A gate; missing data is said, not made up."""
+    from ossbench.results import load_results
+
+    run = load_results(ROOT / "reports" / "example" / "cpu" / "attention" / "results.json")
+    for c in run.cases:  # what NVML and --profile would have recorded: exactly consistent figures
+        if c.stats:
+            c.power = {"available": True, "power_w": {"mean": 100.0},
+                       "energy": {"available": True, "per_call_j": 100.0 * c.stats.median / 1e3}}
+            c.profile = {"available": True, "device_ms_per_call": c.stats.median * 0.9}
+    made = tmp_path / "gpu" / "results.json"
+    made.parent.mkdir()
+    run.save(made)
+    plain = ROOT / "reports" / "example" / "cpu" / "attention" / "results.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu-figures"), str(made), str(plain), "--aa",
+                        str(plain), str(plain)], cwd=tmp_path, env=_env(PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| /")}
+    assert "| 1.000 | 0.900 |" in rows[str(made)] and "| no data | no data |" in rows[str(plain)]
+    assert "window-128 speedup" in r.stdout and "FLOP ratio" in r.stdout
+    assert "A/A gate: 0 false alarm(s)" in r.stdout
