@@ -27,6 +27,7 @@ against the chained pieces.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ from .base import DEFAULT_SEED, Check, Cost, Family, Footprint, Workload
 from .block import TOLERANCE, BlockParams, block_cost, check_block
 from .checks import errors, require_checked_dtype
 from .fields import backend_of, fits_memory
-from .moe import available_bytes, gather_skip_reason
+from .moe import available_bytes, balanced_tokens_per_expert, gather_skip_reason
 
 CHECK_ALL_LAYERS = 4
 # the stored weights by kind (layers/storage.py) as each case records them (cost_extra.stored_<group>_bytes)
@@ -357,8 +358,8 @@ def footprint(p: Any, dtype_bytes: int) -> Footprint:
     and one layer's working set (`activation_bytes`, what `ossbench fit` adds); balanced routing."""
     cfg = p.config
     tokens = p.batch if p.mode == "decode" else p.batch * p.seq_len
-    slots = tokens * cfg.top_k
-    balanced = [slots // cfg.n_experts + (1 if e < slots % cfg.n_experts else 0) for e in range(cfg.n_experts)]
+    balanced = balanced_tokens_per_expert(types.SimpleNamespace(tokens=tokens, top_k=cfg.top_k,
+                                                                 n_experts=cfg.n_experts))
     context = p.kv_len + 1 if p.mode == "decode" else p.seq_len
     act = activation_bytes(cfg, p.experts, context, p.batch, p.mode, attn_backend=p.attn_backend,
                            moe_backend=p.moe_backend, dtype_bytes=dtype_bytes)["total"]

@@ -166,6 +166,11 @@ def balanced_tokens_per_expert(p: MoEParams) -> list[int]:
     return [slots // p.n_experts + (1 if e < slots % p.n_experts else 0) for e in range(p.n_experts)]
 
 
+def router_bytes(hidden: int, n_experts: int, dtype_bytes: int) -> int:
+    """The gate's weight and bias in the dtype, and the MLP norm's fp32 scale."""
+    return (hidden + 1) * n_experts * dtype_bytes + 4 * hidden
+
+
 def footprint(p: MoEParams, dtype_bytes: int) -> Footprint:
     """The case before it is built (ossbench/plan.py), with balanced routing (a skewed router touches fewer
     experts: the prediction then overestimates decode bytes)."""
@@ -175,7 +180,7 @@ def footprint(p: MoEParams, dtype_bytes: int) -> Footprint:
         return ffn_footprint(p.mode, p.tokens, p.hidden, width, "swiglu", p.expert_bias, "rmsnorm", dtype_bytes)
     cost = moe_cost(p, dtype_bytes, balanced_tokens_per_expert(p))
     T, k, H, I = p.tokens, p.top_k, p.hidden, p.intermediate
-    router = (H + 1) * p.n_experts * dtype_bytes + 4 * H  # gate weight and bias, the fp32 norm scale
+    router = router_bytes(H, p.n_experts, dtype_bytes)
     held = cost.extra["expert_weight_bytes_stored"] + router + T * H * dtype_bytes * (2 if p.mode == "train" else 1)
     # per call: router logits, each token slot's gathered input, mlp1's output, the SwiGLU, mlp2's output
     act = T * p.n_experts * 4 + T * k * (H + 2 * I + I + H) * dtype_bytes

@@ -52,7 +52,7 @@ from .checks import errors, require_checked_dtype
 from .comm import require_group
 from .ffn import TOLERANCE
 from .fields import default_tokens
-from .moe import _skew_needs_bias, apply_skew, balanced_tokens_per_expert, moe_cost
+from .moe import _skew_needs_bias, apply_skew, balanced_tokens_per_expert, moe_cost, router_bytes
 from .spec_params import spec_of, spec_params_model
 
 PHASES = ("route", "dispatch", "experts", "combine")
@@ -239,7 +239,7 @@ def footprint(p: MoEEPParams, dtype_bytes: int) -> Footprint:
     whole = types.SimpleNamespace(**{**p.model_dump(), "weights": "dtype"})
     cost = moe_cost(whole, dtype_bytes, balanced_tokens_per_expert(whole))
     experts = cost.extra["expert_weight_bytes_stored"]
-    router = (p.hidden + 1) * p.n_experts * dtype_bytes + 4 * p.hidden
+    router = router_bytes(p.hidden, p.n_experts, dtype_bytes)
     held = 1.5 * experts + router + p.tokens * p.hidden * dtype_bytes
     act = p.tokens * p.top_k * (2 * p.hidden + 3 * p.intermediate) * dtype_bytes
     return Footprint(cost=cost, persistent_bytes=held, activation_bytes=float(act))
